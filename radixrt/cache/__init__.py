@@ -1,0 +1,1 @@
+"""KV memory: slot allocator, request->token table, per-layer K/V pools, prefix caches."""

@@ -1,0 +1,134 @@
+"""KV memory pools.
+
+- `KVAllocator` hands out KV slot indices, one page (``page_size`` consecutive slots) at a
+  time. Slot 0 is reserved as a padding target and never handed out.
+- `ReqToTokenPool` keeps, per running request, the row of KV slot indices of its tokens.
+- `TokenToKVPool` holds per-layer K and V tensors ``[num_slots + 1, kv_heads, head_dim]``.
+
+Accounting invariant (checked by tests after every scenario):
+``allocator.available_size() + slots held by running requests + slots held by the prefix
+cache == allocator.size``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVAllocator:
+    """Free-list allocator of KV slots, page-granular.
+
+    Slots are numbered 1..size (0 is the padding slot). With ``page_size > 1`` a page is the
+    aligned run ``[p * page_size, (p + 1) * page_size)`` and slot 0's page is never used, so
+    ``size`` must be a multiple of ``page_size``.
+    """
+
+    def __init__(self, size: int, page_size: int = 1, device: str | torch.device = "cpu"):
+        if size < page_size or size % page_size:
+            raise ValueError(f"KV pool size {size} must be a positive multiple of page_size {page_size}")
+        self.size = size
+        self.page_size = page_size
+        self.device = device
+        self.num_pages = size // page_size
+        self.clear()
+
+    def clear(self) -> None:
+        # Page ids 1..num_pages (page 0 would contain the padding slot 0).
+        self._free_pages: list[int] = list(range(self.num_pages, 0, -1))
+        self._is_free = torch.ones(self.num_pages + 1, dtype=torch.bool)
+        self._is_free[0] = False
+
+    def available_size(self) -> int:
+        """Number of free slots."""
+        return len(self._free_pages) * self.page_size
+
+    def alloc(self, num_tokens: int, last_slot: int | None = None) -> torch.Tensor | None:
+        """Slots for ``num_tokens`` new tokens that follow ``last_slot`` in a sequence.
+
+        With paging, the tail of ``last_slot``'s page is used first, then whole new pages.
+        Returns an int64 tensor of slot indices, or None if there is not enough room (nothing
+        is allocated then).
+        """
+        ps = self.page_size
+        if num_tokens <= 0:
+            return torch.empty(0, dtype=torch.int64)
+        if ps == 1:
+            if num_tokens > len(self._free_pages):
+                return None
+            pages = self._free_pages[-num_tokens:]
+            del self._free_pages[-num_tokens:]
+            self._is_free[pages] = False
+            return torch.tensor(pages, dtype=torch.int64)
+        head: list[int] = []
+        if last_slot is not None and (last_slot + 1) % ps:
+            head = list(range(last_slot + 1, min((last_slot // ps + 1) * ps, last_slot + 1 + num_tokens)))
+        rest = num_tokens - len(head)
+        n_pages = -(-rest // ps)
+        if n_pages > len(self._free_pages):
+            return None
+        pages = self._free_pages[len(self._free_pages) - n_pages:]
+        del self._free_pages[len(self._free_pages) - n_pages:]
+        if pages:
+            self._is_free[pages] = False
+        slots = head + [p * ps + i for p in pages for i in range(ps)][:rest]
+        return torch.tensor(slots, dtype=torch.int64)
+
+    def free(self, slots: torch.Tensor | list[int]) -> None:
+        """Return slots to the pool; with paging, every page touched is freed whole."""
+        if isinstance(slots, torch.Tensor):
+            if slots.numel() == 0:
+                return
+            pages = torch.unique(slots // self.page_size) if self.page_size > 1 else slots
+            pages_l = pages.tolist()
+        else:
+            if not slots:
+                return
+            pages_l = sorted({s // self.page_size for s in slots}) if self.page_size > 1 else list(slots)
+        if __debug__:
+            if self._is_free[pages_l].any() or 0 in pages_l:
+                raise RuntimeError("double free of KV slots")
+        self._is_free[pages_l] = True
+        self._free_pages.extend(pages_l)
+
+
+class ReqToTokenPool:
+    """Per running request, the KV slot index of each of its tokens (a tensor row)."""
+
+    def __init__(self, max_requests: int, max_context_len: int, device: str | torch.device = "cpu"):
+        self.size = max_requests
+        self.max_context_len = max_context_len
+        self.req_to_token = torch.zeros((max_requests, max_context_len), dtype=torch.int64, device=device)
+        self._free_rows = list(range(max_requests - 1, -1, -1))
+
+    def available_size(self) -> int:
+        return len(self._free_rows)
+
+    def alloc(self) -> int | None:
+        return self._free_rows.pop() if self._free_rows else None
+
+    def free(self, row: int) -> None:
+        self._free_rows.append(row)
+
+    def clear(self) -> None:
+        self._free_rows = list(range(self.size - 1, -1, -1))
+
+
+class TokenToKVPool:
+    """Per-layer K and V buffers indexed by slot: ``[size + 1, kv_heads, head_dim]``."""
+
+    def __init__(self, size: int, num_layers: int, num_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: str | torch.device = "cpu"):
+        self.size = size
+        self.num_layers = num_layers
+        self.k_buffers = [torch.zeros((size + 1, num_kv_heads, head_dim), dtype=dtype, device=device)
+                          for _ in range(num_layers)]
+        self.v_buffers = [torch.zeros((size + 1, num_kv_heads, head_dim), dtype=dtype, device=device)
+                          for _ in range(num_layers)]
+
+    @staticmethod
+    def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+        return 2 * num_layers * num_kv_heads * head_dim * torch.empty(0, dtype=dtype).element_size()
+
+    def set_kv(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k_buffers[layer][slots] = k
+        self.v_buffers[layer][slots] = v

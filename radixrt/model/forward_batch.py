@@ -1,0 +1,63 @@
+"""ForwardBatch: the tensors one model forward needs, for a batch that mixes extend
+(new tokens after a cached prefix) and decode requests, each with its own KV slot list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ForwardBatch:
+    input_ids: torch.Tensor  # [T] new tokens of all requests, request after request
+    positions: torch.Tensor  # [T] absolute position of each new token
+    out_cache_loc: torch.Tensor  # [T] KV slot each new token's K/V is written to
+    kv_indices: torch.Tensor  # [B, Lmax] slots of each request's whole sequence (0-padded)
+    seq_lens: torch.Tensor  # [B] tokens in the KV after this forward (prefix + new)
+    extend_lens: torch.Tensor  # [B] new tokens per request (1 for decode)
+    q_starts: torch.Tensor  # [B] offset of request b's first new token in input_ids
+    logits_indices: torch.Tensor  # rows of the hidden states whose logits are wanted
+    is_decode: bool  # every request has exactly one new token
+    seq_lens_list: list[int]
+    extend_lens_list: list[int]
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.seq_lens_list)
+
+    @classmethod
+    def build(cls, input_ids: list[int], seq_lens: list[int], extend_lens: list[int],
+              out_cache_loc: torch.Tensor, req_to_token: torch.Tensor, req_rows: list[int],
+              logits_rows: list[int] | None = None, device: str | torch.device = "cpu") -> ForwardBatch:
+        """``logits_rows`` defaults to the last new token of every request."""
+        B = len(seq_lens)
+        positions: list[int] = []
+        q_starts: list[int] = []
+        off = 0
+        for s, e in zip(seq_lens, extend_lens):
+            q_starts.append(off)
+            positions.extend(range(s - e, s))
+            off += e
+        if logits_rows is None:
+            logits_rows = [q + e - 1 for q, e in zip(q_starts, extend_lens)]
+        lmax = max(seq_lens)
+        rows = torch.tensor(req_rows, dtype=torch.int64)
+        kv_indices = req_to_token[rows, :lmax]
+        seq_t = torch.tensor(seq_lens, dtype=torch.int64)
+        if B > 1 and min(seq_lens) < lmax:
+            pad = torch.arange(lmax).unsqueeze(0) >= seq_t.unsqueeze(1)
+            kv_indices = kv_indices.masked_fill(pad, 0)
+        return cls(
+            input_ids=torch.tensor(input_ids, dtype=torch.int64, device=device),
+            positions=torch.tensor(positions, dtype=torch.int64, device=device),
+            out_cache_loc=out_cache_loc.to(device),
+            kv_indices=kv_indices.to(device),
+            seq_lens=seq_t.to(device),
+            extend_lens=torch.tensor(extend_lens, dtype=torch.int64, device=device),
+            q_starts=torch.tensor(q_starts, dtype=torch.int64, device=device),
+            logits_indices=torch.tensor(logits_rows, dtype=torch.int64, device=device),
+            is_decode=all(e == 1 for e in extend_lens),
+            seq_lens_list=list(seq_lens),
+            extend_lens_list=list(extend_lens),
+        )

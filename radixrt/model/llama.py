@@ -1,0 +1,103 @@
+"""radixrt's Llama-family transformer (Llama, Mistral, Qwen2, SmolLM) on the paged KV pool.
+
+Weights are plain tensors (no nn.Module per layer: fewer Python calls per token), with Q/K/V
+and gate/up fused into single matmuls (`radixrt.model.linear.Linear` picks the fastest
+layout for the device). RMSNorm, rotate-half RoPE (with rope scaling), GQA,
+SwiGLU, tied embeddings, optional QKV bias (Qwen2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from radixrt.cache.memory_pool import TokenToKVPool
+from radixrt.model.config import ModelConfig
+from radixrt.model.forward_batch import ForwardBatch
+from radixrt.model.linear import Linear
+from radixrt.model.rope import RotaryEmbedding
+
+
+@dataclass
+class LayerWeights:
+    input_norm: torch.Tensor
+    qkv: Linear
+    o: Linear
+    post_norm: torch.Tensor
+    gate_up: Linear
+    down: Linear
+
+
+class LlamaModel:
+    def __init__(self, config: ModelConfig, state_dict: dict[str, torch.Tensor], dtype: torch.dtype,
+                 device: torch.device | str, max_positions: int, attn_backend):
+        self.config = config
+        self.dtype = dtype
+        self.device = device
+        c = config
+        self.q_size = c.num_heads * c.head_dim
+        self.kv_size = c.num_kv_heads * c.head_dim
+
+        def w(name: str) -> torch.Tensor:
+            try:
+                t = state_dict.pop(name)
+            except KeyError:
+                raise ValueError(f"checkpoint is missing weight {name!r}") from None
+            return t.to(device=device, dtype=dtype).contiguous()
+
+        def lin(*names: str, bias: torch.Tensor | None = None) -> Linear:  # fused along out dim
+            return Linear(torch.cat([w(n) for n in names]), bias)
+
+        self.embed = w("model.embed_tokens.weight")
+        self.layers: list[LayerWeights] = []
+        for i in range(c.num_layers):
+            p = f"model.layers.{i}."
+            bias = None
+            if c.attention_bias:
+                bias = torch.cat([w(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
+            self.layers.append(LayerWeights(
+                input_norm=w(p + "input_layernorm.weight"),
+                qkv=lin(*(p + f"self_attn.{n}_proj.weight" for n in "qkv"), bias=bias),
+                o=lin(p + "self_attn.o_proj.weight"),
+                post_norm=w(p + "post_attention_layernorm.weight"),
+                gate_up=lin(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
+                down=lin(p + "mlp.down_proj.weight"),
+            ))
+        self.norm = w("model.norm.weight")
+        if c.tie_word_embeddings or "lm_head.weight" not in state_dict:
+            self.lm_head = Linear(self.embed)
+        else:
+            self.lm_head = lin("lm_head.weight")
+        self.rope = RotaryEmbedding(c.head_dim, c.rope_theta, c.rope_scaling, max_positions, dtype, device)
+        self.attn = attn_backend
+
+    @torch.inference_mode()
+    def forward(self, fb: ForwardBatch, kv_pool: TokenToKVPool) -> torch.Tensor:
+        """Returns logits [len(fb.logits_indices), vocab] in float32."""
+        c = self.config
+        T = fb.input_ids.shape[0]
+        eps = c.rms_norm_eps
+        hidden = (c.hidden_size,)
+        h = self.embed.index_select(0, fb.input_ids)
+        cos, sin = self.rope.cos_sin(fb.positions)
+        loc = fb.out_cache_loc
+        for i, L in enumerate(self.layers):
+            x = F.rms_norm(h, hidden, L.input_norm, eps)
+            qkv = L.qkv(x)
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = self.rope.apply(q.view(T, c.num_heads, c.head_dim), cos, sin)
+            k = self.rope.apply(k.view(T, c.num_kv_heads, c.head_dim), cos, sin)
+            v = v.view(T, c.num_kv_heads, c.head_dim)
+            k_buf, v_buf = kv_pool.k_buffers[i], kv_pool.v_buffers[i]
+            k_buf[loc] = k
+            v_buf[loc] = v
+            o = self.attn.forward(q, k, v, k_buf, v_buf, fb)
+            h = h + L.o(o.reshape(T, self.q_size))
+            x = F.rms_norm(h, hidden, L.post_norm, eps)
+            gate, up = L.gate_up(x).chunk(2, dim=-1)
+            h = h + L.down(F.silu(gate) * up)
+        h = h.index_select(0, fb.logits_indices)
+        h = F.rms_norm(h, hidden, self.norm, eps)
+        return self.lm_head(h).float()

@@ -1,0 +1,86 @@
+"""ModelRunner: loads the model, sizes and owns the KV pools, runs one forward per step."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from radixrt.cache.memory_pool import KVAllocator, ReqToTokenPool, TokenToKVPool
+from radixrt.config import ServerArgs
+from radixrt.model.attention import make_attention_backend
+from radixrt.model.config import ModelConfig
+from radixrt.model.forward_batch import ForwardBatch
+from radixrt.model.llama import LlamaModel
+from radixrt.model.loader import ModelLoadError, load_state_dict, prepare_model_dir
+
+logger = logging.getLogger("radixrt.runner")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        # bf16 matmul on CPUs without AMX is hundreds of times slower than fp32.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+class ModelRunner:
+    def __init__(self, args: ServerArgs):
+        self.args = args
+        if args.num_threads:
+            torch.set_num_threads(args.num_threads)
+        self.device = resolve_device(args.device)
+        self.dtype = resolve_dtype(args.dtype, self.device)
+        t0 = time.perf_counter()
+        self.model_dir = prepare_model_dir(args.model_path)
+        self.config = ModelConfig.from_dir(self.model_dir)
+        from radixrt.model.loader import SUPPORTED_ARCHITECTURES
+
+        if self.config.architecture not in SUPPORTED_ARCHITECTURES:
+            raise ModelLoadError(
+                f"unsupported architecture {self.config.architecture!r}; supported: "
+                f"{sorted(SUPPORTED_ARCHITECTURES)}")
+        c = self.config
+        self.context_len = args.context_length or c.max_position_embeddings
+        state = load_state_dict(self.model_dir, self.dtype)
+        self.attn_backend = make_attention_backend(self._attention_backend_name(), c.head_dim ** -0.5)
+        self.model = LlamaModel(c, state, self.dtype, self.device, self.context_len, self.attn_backend)
+        del state
+        self._init_pools()
+        logger.info(
+            "loaded %s (%d layers, hidden %d, %s on %s) in %.2fs; KV pool: %d slots (page %d, %.1f MiB), "
+            "attention backend: %s",
+            self.model_dir, c.num_layers, c.hidden_size, str(self.dtype).replace("torch.", ""),
+            self.device, time.perf_counter() - t0, self.max_total_tokens, args.page_size,
+            self.kv_bytes / 2**20, self.attn_backend.name)
+
+    def _attention_backend_name(self) -> str:
+        return "torch"
+
+    def _init_pools(self) -> None:
+        a, c = self.args, self.config
+        per_tok = TokenToKVPool.bytes_per_token(c.num_layers, c.num_kv_heads, c.head_dim, self.dtype)
+        if a.max_total_tokens is not None:
+            total = a.max_total_tokens
+        else:
+            total = int(a.kv_cache_memory_gb * 2**30 // per_tok)
+        total = max(a.page_size, total // a.page_size * a.page_size)
+        self.max_total_tokens = total
+        self.kv_bytes = total * per_tok
+        self.allocator = KVAllocator(total, a.page_size, self.device)
+        self.req_to_token_pool = ReqToTokenPool(a.max_running_requests + 8, self.context_len + 8)
+        self.kv_pool = TokenToKVPool(total, c.num_layers, c.num_kv_heads, c.head_dim, self.dtype, self.device)
+
+    def forward(self, fb: ForwardBatch) -> torch.Tensor:
+        return self.model.forward(fb, self.kv_pool)

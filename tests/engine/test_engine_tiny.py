@@ -1,0 +1,199 @@
+"""Engine behaviour on a tiny random-weight Llama: batching, caching, memory pressure,
+sampling parameters, logprobs. Fast; the real-model equivalence tests live in
+test_engine_real.py."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from radixrt import Engine
+from tests.engine.conftest import assert_no_leak
+
+GREEDY = {"temperature": 0, "max_new_tokens": 12, "ignore_eos": True}
+
+
+def _prompts(n: int, length: int, seed: int = 0, shared: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    head = [rng.randrange(100, 40000) for _ in range(shared)]
+    return [head + [rng.randrange(100, 40000) for _ in range(length)] for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    eng = Engine(model_path=str(tiny_model_dir), max_total_tokens=4096, max_running_requests=16)
+    yield eng
+    eng.shutdown()
+
+
+def _outputs(eng, prompts, params=GREEDY):
+    return [r["output_ids"] for r in eng.generate(input_ids=prompts, sampling_params=params)]
+
+
+def test_batch_equals_alone(engine):
+    prompts = _prompts(6, 20, seed=1) + _prompts(2, 5, seed=2)
+    together = _outputs(engine, prompts)
+    engine.flush_cache()
+    alone = [engine.generate(input_ids=p, sampling_params=GREEDY)["output_ids"] for p in prompts]
+    assert together == alone
+    assert_no_leak(engine)
+
+
+def test_text_prompts_and_result_shape(engine):
+    res = engine.generate("Hello there", {"max_new_tokens": 5, "temperature": 0, "ignore_eos": True})
+    assert set(res) == {"text", "output_ids", "meta_info"}
+    m = res["meta_info"]
+    assert m["completion_tokens"] == 5 == len(res["output_ids"])
+    assert m["prompt_tokens"] == len(engine.tokenizer.encode("Hello there"))
+    assert m["finish_reason"]["type"] == "length"
+    batch = engine.generate(["a", "b c"], {"max_new_tokens": 2, "ignore_eos": True})
+    assert isinstance(batch, list) and len(batch) == 2
+    assert_no_leak(engine)
+
+
+def test_cache_hits_reported(engine):
+    p = _prompts(1, 64, seed=3)[0]
+    first = engine.generate(input_ids=p, sampling_params=GREEDY)
+    second = engine.generate(input_ids=p, sampling_params=GREEDY)
+    assert first["meta_info"]["cached_tokens"] == 0
+    assert second["meta_info"]["cached_tokens"] == len(p) - 1
+    assert second["output_ids"] == first["output_ids"]
+    # The previous answer is cached too (multi-turn): prompt + output hits.
+    third = engine.generate(input_ids=p + first["output_ids"], sampling_params=GREEDY)
+    assert third["meta_info"]["cached_tokens"] >= len(p) + len(first["output_ids"]) - 2
+    assert_no_leak(engine)
+
+
+def test_shared_prefix_computed_once(engine):
+    engine.flush_cache()
+    before = engine.get_stats()["num_prefill_tokens"]
+    prompts = _prompts(8, 8, seed=4, shared=200)
+    _outputs(engine, prompts)
+    computed = engine.get_stats()["num_prefill_tokens"] - before
+    # The 200-token prefix once, each 8-token suffix once (plus a little slack).
+    assert computed <= 200 + 8 * 8 + 8, computed
+    assert_no_leak(engine)
+
+
+def test_n_and_seed(engine):
+    params = {"max_new_tokens": 8, "temperature": 1.0, "seed": 7, "n": 3, "ignore_eos": True}
+    a = engine.generate("Once upon", params)
+    b = engine.generate("Once upon", params)
+    assert len(a) == 3 and [r["output_ids"] for r in a] == [r["output_ids"] for r in b]
+    assert len({tuple(r["output_ids"]) for r in a}) > 1
+    # Same seed alone vs inside a batch of unrelated requests: same tokens.
+    single = {"max_new_tokens": 8, "temperature": 1.0, "seed": 11, "ignore_eos": True}
+    alone = engine.generate(input_ids=[5, 6, 7], sampling_params=single)["output_ids"]
+    mixed = engine.generate(input_ids=[[9, 9], [5, 6, 7], [1, 2, 3, 4]],
+                            sampling_params=[{"max_new_tokens": 4, "temperature": 1.0}, single,
+                                             {"max_new_tokens": 9, "temperature": 0.5, "seed": 1}])
+    assert mixed[1]["output_ids"] == alone
+    assert_no_leak(engine)
+
+
+def test_stop_token_ids_and_min_new_tokens(engine):
+    base = engine.generate(input_ids=[10, 20, 30], sampling_params=GREEDY)["output_ids"]
+    stop_at = base[3]
+    r = engine.generate(input_ids=[10, 20, 30], sampling_params={
+        "temperature": 0, "max_new_tokens": 12, "stop_token_ids": [stop_at]})
+    assert r["output_ids"][-1] == stop_at and len(r["output_ids"]) == base.index(stop_at) + 1
+    assert r["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop_at}
+    r = engine.generate(input_ids=[10, 20, 30], sampling_params={
+        "temperature": 0, "max_new_tokens": 12, "min_new_tokens": 12, "stop_token_ids": [stop_at]})
+    assert len(r["output_ids"]) == 12 and stop_at not in r["output_ids"]
+    assert_no_leak(engine)
+
+
+def test_stop_strings_not_emitted(engine):
+    base = engine.generate(input_ids=[11, 22, 33], sampling_params=GREEDY)
+    text = base["text"]
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    if not stop.strip():
+        pytest.skip("generated text has no usable stop string")
+    r = engine.generate(input_ids=[11, 22, 33], sampling_params={**GREEDY, "stop": [stop]})
+    assert stop not in r["text"]
+    assert text.startswith(r["text"])
+    assert r["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}
+    assert_no_leak(engine)
+
+
+def test_logprobs(engine):
+    r = engine.generate(input_ids=[3, 4, 5, 6, 7], sampling_params={**GREEDY, "max_new_tokens": 4},
+                        return_logprob=True, logprob_start_len=0, top_logprobs_num=3)
+    m = r["meta_info"]
+    assert len(m["output_token_logprobs"]) == 4
+    assert [t[1] for t in m["output_token_logprobs"]] == r["output_ids"]
+    assert len(m["input_token_logprobs"]) == 5 and m["input_token_logprobs"][0][0] is None
+    # Greedy: the chosen token is the top-1 of the top logprobs.
+    for (lp, tok, _), top in zip(m["output_token_logprobs"], m["output_top_logprobs"]):
+        assert top[0][1] == tok and abs(top[0][0] - lp) < 1e-5 and len(top) == 3
+    # Prompt logprobs do not depend on the cache.
+    again = engine.generate(input_ids=[3, 4, 5, 6, 7], sampling_params={**GREEDY, "max_new_tokens": 1},
+                            return_logprob=True, logprob_start_len=0)
+    a = [x[0] for x in m["input_token_logprobs"][1:]]
+    b = [x[0] for x in again["meta_info"]["input_token_logprobs"][1:]]
+    assert a == pytest.approx(b, abs=1e-4)
+    assert_no_leak(engine)
+
+
+def test_streaming_equals_non_streaming(engine):
+    params = {"max_new_tokens": 10, "temperature": 0, "ignore_eos": True}
+    full = engine.generate("The quick brown", params)
+    chunks = list(engine.generate("The quick brown", params, stream=True))
+    assert "".join(c["text"] for c in chunks) == full["text"]
+    assert chunks[-1]["meta_info"]["finish_reason"]["type"] == "length"
+    assert_no_leak(engine)
+
+
+def test_bad_requests(engine):
+    with pytest.raises(ValueError, match="temperature"):
+        engine.generate("x", {"temperature": -1})
+    with pytest.raises(ValueError, match="unknown"):
+        engine.generate("x", {"max_tokens": 3})
+    with pytest.raises(ValueError, match="vocabulary"):
+        engine.generate(input_ids=[10**7], sampling_params={"max_new_tokens": 1})
+    with pytest.raises(ValueError, match="context length"):
+        engine.generate(input_ids=[5] * 2000, sampling_params={"max_new_tokens": 1})
+    assert engine.generate("ok", {"max_new_tokens": 1})["meta_info"]["completion_tokens"] == 1
+    assert_no_leak(engine)
+
+
+@pytest.mark.parametrize("page_size", [1, 4])
+@pytest.mark.parametrize("disable_cache", [False, True])
+def test_memory_pressure_same_outputs(tiny_model_dir, page_size, disable_cache):
+    """A pool so small that eviction and retraction happen constantly changes nothing."""
+    prompts = _prompts(12, 30, seed=5, shared=40) + _prompts(6, 50, seed=6)
+    params = {"temperature": 0, "max_new_tokens": 40, "ignore_eos": True}
+    with Engine(model_path=str(tiny_model_dir), max_total_tokens=100000, page_size=page_size,
+                disable_radix_cache=disable_cache) as big:
+        expected = _outputs(big, prompts, params)
+    with Engine(model_path=str(tiny_model_dir), max_total_tokens=400, page_size=page_size,
+                disable_radix_cache=disable_cache, chunked_prefill_size=64,
+                max_running_requests=16) as small:
+        got = _outputs(small, prompts, params)
+        stats = small.get_stats()
+        assert stats["num_retractions"] > 0
+        assert_no_leak(small)
+    assert got == expected
+
+
+@pytest.mark.parametrize("policy", ["lpm", "dfs-weight", "fcfs", "random"])
+def test_policies_same_outputs(tiny_model_dir, policy):
+    prompts = _prompts(5, 10, seed=8, shared=30) + _prompts(5, 10, seed=9)
+    with Engine(model_path=str(tiny_model_dir), max_total_tokens=2048, schedule_policy=policy) as eng:
+        got = _outputs(eng, prompts)
+        eng.flush_cache()
+        alone = [eng.generate(input_ids=p, sampling_params=GREEDY)["output_ids"] for p in prompts]
+        assert got == alone
+        assert_no_leak(eng)
+
+
+def test_chunked_prefill_matches(tiny_model_dir):
+    prompts = _prompts(3, 300, seed=10)
+    with Engine(model_path=str(tiny_model_dir), max_total_tokens=4096, chunked_prefill_size=64) as eng:
+        chunked = _outputs(eng, prompts)
+        assert_no_leak(eng)
+    with Engine(model_path=str(tiny_model_dir), max_total_tokens=4096, chunked_prefill_size=-1) as eng:
+        whole = _outputs(eng, prompts)
+    assert chunked == whole

@@ -3,7 +3,8 @@
 - `KVAllocator` hands out KV slot indices, one page (``page_size`` consecutive slots) at a
   time. Slot 0 is reserved as a padding target and never handed out.
 - `ReqToTokenPool` keeps, per running request, the row of KV slot indices of its tokens.
-- `TokenToKVPool` holds per-layer K and V tensors ``[num_slots + 1, kv_heads, head_dim]``.
+- `TokenToKVPool` holds per-layer K and V tensors ``[num_slots + page_size, kv_heads,
+  head_dim]`` (the first page is the reserved padding page).
 
 Accounting invariant (checked by tests after every scenario):
 ``allocator.available_size() + slots held by running requests + slots held by the prefix
@@ -61,6 +62,10 @@ class KVAllocator:
             return torch.tensor(pages, dtype=torch.int64)
         head: list[int] = []
         if last_slot is not None and (last_slot + 1) % ps:
+            # The rest of last_slot's page belongs to the caller only if that page is allocated
+            # (page 0 is the padding page and never is).
+            if not 0 < last_slot // ps <= self.num_pages or self._is_free[last_slot // ps]:
+                raise ValueError(f"last_slot {last_slot} is not in an allocated page")
             head = list(range(last_slot + 1, min((last_slot // ps + 1) * ps, last_slot + 1 + num_tokens)))
         rest = num_tokens - len(head)
         n_pages = -(-rest // ps)
@@ -85,7 +90,7 @@ class KVAllocator:
                 return
             pages_l = sorted({s // self.page_size for s in slots}) if self.page_size > 1 else list(slots)
         if __debug__:
-            if self._is_free[pages_l].any() or 0 in pages_l:
+            if self._is_free[pages_l].any() or 0 in pages_l or len(set(pages_l)) != len(pages_l):
                 raise RuntimeError("double free of KV slots")
         self._is_free[pages_l] = True
         self._free_pages.extend(pages_l)
@@ -114,17 +119,18 @@ class ReqToTokenPool:
 
 
 class TokenToKVPool:
-    """Per-layer K and V buffers indexed by slot: ``[size + 1, kv_heads, head_dim]``."""
+    """Per-layer K and V buffers indexed by slot: ``[size + page_size, kv_heads, head_dim]``."""
 
     def __init__(self, size: int, num_layers: int, num_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: str | torch.device = "cpu"):
+                 dtype: torch.dtype, device: str | torch.device = "cpu", page_size: int = 1):
         self.size = size
+        rows = size + page_size
         self.num_layers = num_layers
         # Uninitialised memory: every slot is written before it is read, except the padding
         # slot 0, which padded gathers read and which must hold finite values.
-        self.k_buffers = [torch.empty((size + 1, num_kv_heads, head_dim), dtype=dtype, device=device)
+        self.k_buffers = [torch.empty((rows, num_kv_heads, head_dim), dtype=dtype, device=device)
                           for _ in range(num_layers)]
-        self.v_buffers = [torch.empty((size + 1, num_kv_heads, head_dim), dtype=dtype, device=device)
+        self.v_buffers = [torch.empty((rows, num_kv_heads, head_dim), dtype=dtype, device=device)
                           for _ in range(num_layers)]
         for buf in self.k_buffers + self.v_buffers:
             buf[0].zero_()

@@ -52,35 +52,25 @@ class SchedulePolicy:
 
     @staticmethod
     def _dfs_weight(matched: list[tuple[Req, MatchResult]]) -> list[tuple[Req, MatchResult]]:
+        """Depth-first over the tree, heaviest subtree (most waiting requests) first."""
         by_node: dict[int, list[tuple[Req, MatchResult]]] = defaultdict(list)
-        nodes = {}
+        weight: dict[int, int] = defaultdict(int)
+        roots: dict[int, object] = {}
+        for rm in matched:
+            by_node[id(rm[1].last_node)].append(rm)
         for rm in matched:
             node = rm[1].last_node
-            by_node[id(node)].append(rm)
-            nodes[id(node)] = node
-        weight: dict[int, int] = defaultdict(int)
-        roots = []
-        for key, node in nodes.items():
-            n = len(by_node[key])
-            cur = node
-            while cur is not None:
-                weight[id(cur)] += n
-                nodes.setdefault(id(cur), cur)
-                if getattr(cur, "parent", None) is None:
-                    roots.append(cur)
-                cur = getattr(cur, "parent", None)
+            while node is not None:
+                weight[id(node)] += 1
+                if getattr(node, "parent", None) is None:
+                    roots[id(node)] = node
+                node = getattr(node, "parent", None)
         out: list[tuple[Req, MatchResult]] = []
-        seen = set()
-
-        def visit(node) -> None:
-            if id(node) in seen:
-                return
-            seen.add(id(node))
+        stack = list(roots.values())
+        while stack:
+            node = stack.pop()
             out.extend(by_node.get(id(node), []))
             children = [c for c in getattr(node, "children", {}).values() if weight.get(id(c))]
-            for child in sorted(children, key=lambda c: -weight[id(c)]):
-                visit(child)
-
-        for root in roots:
-            visit(root)
+            # Pushed lightest first so the heaviest is visited next.
+            stack.extend(sorted(children, key=lambda c: weight[id(c)]))
         return out

@@ -373,7 +373,7 @@ class Scheduler:
             if req.return_logprob:
                 req.output_token_logprobs.append((lps[i], tok))
                 if req.top_logprobs_num:
-                    req.output_top_logprobs.append(out.top_logprobs[i])
+                    req.output_top_logprobs.append([(lp, t) for t, lp in out.top_logprobs[i]])
             self._check_finish(req, tok)
 
     def _check_finish(self, req: Req, tok: int) -> None:

@@ -80,7 +80,8 @@ class ModelRunner:
         self.kv_bytes = total * per_tok
         self.allocator = KVAllocator(total, a.page_size, self.device)
         self.req_to_token_pool = ReqToTokenPool(a.max_running_requests + 8, self.context_len + 8)
-        self.kv_pool = TokenToKVPool(total, c.num_layers, c.num_kv_heads, c.head_dim, self.dtype, self.device)
+        self.kv_pool = TokenToKVPool(total, c.num_layers, c.num_kv_heads, c.head_dim, self.dtype, self.device,
+                                     a.page_size)
 
     def forward(self, fb: ForwardBatch) -> torch.Tensor:
         return self.model.forward(fb, self.kv_pool)

@@ -84,15 +84,18 @@ class KVAllocator:
             if slots.numel() == 0:
                 return
             pages = torch.unique(slots // self.page_size) if self.page_size > 1 else slots
-            pages_l = pages.tolist()
+            pages = pages.to("cpu", torch.int64)
         else:
             if not slots:
                 return
             pages_l = sorted({s // self.page_size for s in slots}) if self.page_size > 1 else list(slots)
+            pages = torch.tensor(pages_l, dtype=torch.int64)
+        pages_l = pages.tolist()
         if __debug__:
-            if self._is_free[pages_l].any() or 0 in pages_l or len(set(pages_l)) != len(pages_l):
+            # A page twice in one call (ps == 1), an already free page, or the padding page.
+            if self._is_free[pages].any() or 0 in pages_l or len(set(pages_l)) != len(pages_l):
                 raise RuntimeError("double free of KV slots")
-        self._is_free[pages_l] = True
+        self._is_free[pages] = True
         self._free_pages.extend(pages_l)
 
 

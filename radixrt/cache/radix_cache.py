@@ -168,8 +168,8 @@ class RadixCache(BasePrefixCache):
     def inc_lock_ref(self, node: TreeNode | None) -> None:
         while node is not None and node is not self.root:
             if node.lock_ref == 0:
-                self._evictable -= len(node.value)
-                self._protected += len(node.value)
+                self._evictable -= len(node.key)
+                self._protected += len(node.key)
             node.lock_ref += 1
             node = node.parent
 
@@ -178,8 +178,8 @@ class RadixCache(BasePrefixCache):
             if node.lock_ref <= 0:
                 raise RuntimeError(f"dec_lock_ref on an unlocked node {node}")
             if node.lock_ref == 1:
-                self._protected -= len(node.value)
-                self._evictable += len(node.value)
+                self._protected -= len(node.key)
+                self._evictable += len(node.key)
             node.lock_ref -= 1
             node = node.parent
 
@@ -201,8 +201,8 @@ class RadixCache(BasePrefixCache):
             parent = leaf.parent
             del parent.children[self._child_key(leaf.key, 0)]
             self._leaves.discard(leaf)
-            self._evictable -= len(leaf.value)
-            freed += len(leaf.value)
+            self._evictable -= len(leaf.key)
+            freed += len(leaf.key)
             released.append(leaf.value)
             if parent is not self.root and not parent.children:
                 self._leaves.add(parent)

@@ -61,8 +61,8 @@ rows (one ``B x V`` copy), only when some row of the batch uses penalties.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -142,6 +142,12 @@ class RequestPenalty:
         return self.prompt_mask | (self.counts > 0)
 
 
+def _fit(t: torch.Tensor, V: int) -> torch.Tensor:
+    """``t`` [n] cut or zero-padded to length V (logits padded past the vocabulary)."""
+    n = t.shape[0]
+    return t[:V] if n >= V else torch.cat([t, t.new_zeros(V - n)])
+
+
 def apply_penalties(logits: torch.Tensor, info: SamplingBatchInfo,
                     penalties: Sequence[RequestPenalty | None] | None) -> torch.Tensor:
     """Apply repetition/frequency/presence penalties IN PLACE to float32 ``logits`` [B, V].
@@ -155,8 +161,8 @@ def apply_penalties(logits: torch.Tensor, info: SamplingBatchInfo,
         return logits
     dev = logits.device
     V = logits.shape[-1]
-    counts = torch.stack([penalties[i].counts[:V] for i in rows]).to(dev, non_blocking=True)
-    prompt = torch.stack([penalties[i].prompt_mask[:V] for i in rows]).to(dev, non_blocking=True)
+    counts = torch.stack([_fit(penalties[i].counts, V) for i in rows]).to(dev, non_blocking=True)
+    prompt = torch.stack([_fit(penalties[i].prompt_mask, V) for i in rows]).to(dev, non_blocking=True)
     idx = torch.tensor(rows, dtype=torch.long, device=dev)
     sub = logits.index_select(0, idx)
     rep = info.repetition_penalties.to(dev).index_select(0, idx).unsqueeze(1)
@@ -414,7 +420,6 @@ class Sampler:
         if logits.dim() != 2 or logits.shape[0] != info.batch_size:
             raise ValueError(f"logits {tuple(logits.shape)} do not match a batch of {info.batch_size}")
         raw = logits.float()
-        dev = raw.device
         B, V = raw.shape
 
         x = raw
@@ -443,7 +448,7 @@ class Sampler:
                 ids = ids.tolist()
                 for i, n in enumerate(top_logprobs_nums):
                     n = min(n, kmax)
-                    top[i] = list(zip(ids[i][:n], vals[i][:n]))
+                    top[i] = list(zip(ids[i][:n], vals[i][:n], strict=True))
         return SampleOutput(next_token_ids=next_ids.to(torch.int64), logprobs=logprobs, top_logprobs=top)
 
     @staticmethod

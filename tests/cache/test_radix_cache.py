@@ -241,30 +241,44 @@ def test_pretty_print(capsys):
 
 
 def test_long_match_is_fast():
+    """Matching compares runs with list slices, far faster than a per-token Python loop
+    (timed against one here, so the check holds on a loaded machine too)."""
     n = 200_000
     alloc, cache = make(n + 64)
     seq = list(range(n))
     kv = alloc.alloc(n)
     cache.insert(seq, kv)
     probe = seq[: n - 5] + [-1] * 10
-    t = time.perf_counter()
-    for _ in range(20):
+    assert len(cache.match_prefix(probe).indices) == n - 5  # splits once
+
+    def naive():
+        i = 0
+        while i < n and seq[i] == probe[i]:
+            i += 1
+        return i
+
+    t0 = time.perf_counter()
+    for _ in range(5):
         m = cache.match_prefix(probe)
         cache.insert(seq, kv)
-    elapsed = time.perf_counter() - t
+    t1 = time.perf_counter()
+    assert naive() == n - 5
+    t2 = time.perf_counter()
     assert len(m.indices) == n - 5
-    assert elapsed < 2.0, elapsed
+    assert (t1 - t0) / 5 < (t2 - t1) / 2, (t1 - t0, t2 - t1)
 
 
 def test_evict_many_leaves_is_not_quadratic():
-    alloc, cache = make(12_000)
-    for i in range(4000):
-        put(cache, [i, 7, 7])
-    assert alloc.available_size() == 0
+    n = 10_000
+    alloc, cache = make(2 * n)
+    kv = alloc.alloc(2 * n)
+    for i in range(n):  # n leaves of 2 tokens, all under the root
+        cache.insert([i, 7], kv[2 * i:2 * i + 2])
     t = time.perf_counter()
-    assert cache.evict(11_000) == 11_001  # whole leaves: 3667 of them
-    assert time.perf_counter() - t < 1.0
-    assert cache.num_nodes() == 333 and alloc.available_size() == 11_001
+    assert cache.evict(2 * n - 100) == 2 * n - 100
+    # A scan of the tree per evicted leaf would take ~n^2 = 1e8 steps.
+    assert time.perf_counter() - t < 10.0
+    assert cache.num_nodes() == 50 and alloc.available_size() == 2 * n - 100
 
 
 # ---------------------------------------------------------------------------- stateful test
@@ -536,7 +550,7 @@ class RadixMachinePaged(RadixMachine):
     MAX_LEN = 22
 
 
-_settings = settings(max_examples=120, stateful_step_count=40, deadline=None,
+_settings = settings(max_examples=100, stateful_step_count=40, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow])
 TestRadixStateful = _settings(RadixMachine).TestCase
 TestRadixStatefulPaged = RadixMachinePaged.TestCase  # inherits the settings

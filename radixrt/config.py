@@ -48,6 +48,12 @@ class ServerArgs:
         "max_position_embeddings.",
         default=None,
     )
+    attention_backend: str = _flag(
+        "Attention kernels: auto (native C++ kernels on CPU when they build, else torch), "
+        "native, torch.",
+        default="auto",
+        choices=["auto", "native", "torch"],
+    )
     seed: int = _flag("Global random seed for unseeded sampling.", default=0)
     num_threads: int | None = _flag(
         "torch CPU threads for the model worker (default: torch's choice).", default=None

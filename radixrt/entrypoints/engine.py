@@ -70,6 +70,8 @@ class Engine:
                     raise item
                 if item.finished is not None:
                     break
+            if req.error:
+                raise ValueError(req.error)
             results.append(build_result(req, self.tokenizer, return_text_in_logprobs))
         if not is_batch and len(results) == 1:
             return results[0]
@@ -84,6 +86,8 @@ class Engine:
             if isinstance(item, BaseException):
                 raise item
             done = item.finished is not None
+            if req.error:
+                raise ValueError(req.error)
             text = output_text(req, self.tokenizer) if done else self._safe_text(req)
             delta = text[len(sent_text):] if text.startswith(sent_text) else ""
             if delta or done:

@@ -50,6 +50,8 @@ def meta_info(req: Req, tokenizer, return_text_in_logprobs: bool = False,
         "cached_tokens": req.cached_tokens,
         "finish_reason": req.finished.to_dict() if req.finished else None,
     }
+    if req.first_token_time is not None:
+        m["ttft"] = req.first_token_time - req.created
     if req.finished is not None:
         m["e2e_latency"] = time.perf_counter() - req.created
     if req.return_logprob:

@@ -40,7 +40,11 @@ class Req:
     generator: torch.Generator | None = None
     penalty: Any = None  # sampler-side penalty state, when penalties are used
     stop_detok: Any = None  # IncrementalDetokenizer when stop strings must be checked
-    grammar: Any = None  # compiled constraint matcher (radixrt.fsm), when constrained
+    grammar: Any = None  # GrammarMatcher (radixrt.fsm), when constrained
+    grammar_future: Any = None  # compile in flight
+    grammar_kind: str | None = None
+    fresh_tokens: int = 0  # output tokens sampled in the current step (not yet sent out)
+    error: str | None = None  # the request failed (bad constraint...): the client gets a 400
     # --- KV state ---
     row: int | None = None  # row in ReqToTokenPool while it holds KV
     kv_len: int = 0  # tokens whose KV is computed and in the row

@@ -23,6 +23,7 @@ import torch
 from radixrt.cache.base import BasePrefixCache
 from radixrt.cache.no_cache import NoPrefixCache
 from radixrt.config import ServerArgs
+from radixrt.managers.constrained import GrammarManager, grammar_spec
 from radixrt.managers.detok_utils import IncrementalDetokenizer, find_stop
 from radixrt.managers.prefill import PrefillAdder
 from radixrt.managers.req import FinishReason, Req
@@ -89,6 +90,9 @@ class Scheduler:
         self.stats = SchedulerStats()
         self._default_gen = torch.Generator().manual_seed(args.seed)
         self._aborted: list[Req] = []  # finished outside a forward (e.g. out of memory)
+        self.grammars = GrammarManager(tokenizer, self.vocab_size, self.eos_ids,
+                                       args.constrained_json_whitespace_pattern,
+                                       jump_forward=not args.disable_jump_forward)
 
     # ------------------------------------------------------------------ intake
     def add_request(self, req: Req) -> None:
@@ -111,10 +115,20 @@ class Scheduler:
             req.penalty = RequestPenalty(req.prompt_ids, self.vocab_size)
         if p.stop:
             req.stop_detok = IncrementalDetokenizer(self.tokenizer, p.skip_special_tokens)
+        spec = grammar_spec(req)
+        if spec is not None:
+            try:
+                self.grammars.submit(req, *spec)
+            except ValueError as e:
+                raise RequestError(str(e)) from None
+        else:
+            self.waiting.append(req)
         self.stats.num_prompt_tokens += n
-        self.waiting.append(req)
 
     def abort_request(self, rid: str) -> Req | None:
+        req = self.grammars.abort(rid)
+        if req is not None:
+            return req
         for req in list(self.waiting):
             if req.rid == rid:
                 self.waiting.remove(req)
@@ -139,7 +153,7 @@ class Scheduler:
         return True
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.chunked)
+        return bool(self.waiting or self.running or self.chunked or self.grammars.pending)
 
     # ------------------------------------------------------------------ memory
     def alloc_slots(self, n: int, last_slot: int | None = None) -> torch.Tensor | None:
@@ -193,6 +207,11 @@ class Scheduler:
     # ------------------------------------------------------------------ step
     def step(self) -> list[Req]:
         """Run one forward. Returns the requests that got new output or finished."""
+        if self.grammars.pending:
+            idle = not (self.waiting or self.running or self.chunked)
+            ready, failed = self.grammars.poll(block=idle)
+            self.waiting.extend(ready)
+            self._aborted.extend(failed)
         adder = PrefillAdder(self)
         batch = adder.build()
         if batch:
@@ -280,26 +299,30 @@ class Scheduler:
                 req.input_token_logprobs_done = True
 
     def _run_decode(self) -> list[Req]:
+        """One forward for every running request: usually one new token each, several after a
+        jump-forward appended forced tokens."""
         self._ensure_decode_memory()
         if not self.running:
             return []
         batch = self.running
+        table = self.req_pool.req_to_token
+        ext = [r.seq_len - r.kv_len for r in batch]
         out_loc = []
-        for req in batch:
-            last = int(self.req_pool.req_to_token[req.row, req.kv_len - 1])
-            slot = self.allocator.alloc(1, last)
-            if slot is None:  # _ensure_decode_memory made room; this cannot happen
+        input_ids: list[int] = []
+        for req, n in zip(batch, ext):
+            last = int(table[req.row, req.kv_len - 1])
+            slots = self.allocator.alloc(n, last)
+            if slots is None:  # _ensure_decode_memory made room; this cannot happen
                 raise RuntimeError("KV allocation failed after reserving decode memory")
-            self.req_pool.req_to_token[req.row, req.kv_len] = slot[0]
-            out_loc.append(slot)
-        input_ids = [r.fill_ids[r.kv_len] for r in batch]
-        seq_lens = [r.kv_len + 1 for r in batch]
-        fb = ForwardBatch.build(input_ids, seq_lens, [1] * len(batch), torch.cat(out_loc),
-                                self.req_pool.req_to_token, [r.row for r in batch])
+            table[req.row, req.kv_len:req.kv_len + n] = slots
+            out_loc.append(slots)
+            input_ids.extend(req.fill_ids[req.kv_len:])
+        fb = ForwardBatch.build(input_ids, [r.seq_len for r in batch], ext, torch.cat(out_loc),
+                                table, [r.row for r in batch])
         logits = self.runner.forward(fb)
         self.stats.num_forward_steps += 1
-        for req in batch:
-            req.kv_len += 1
+        for req, n in zip(batch, ext):
+            req.kv_len += n
         self._sample_and_advance(batch, logits, torch.arange(len(batch)), batch)
         self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
         done = [r for r in batch if r.finished is not None]
@@ -313,9 +336,12 @@ class Scheduler:
     def _ensure_decode_memory(self) -> None:
         """Make room for one more token per running request: evict, then retract."""
         def needed() -> int:
-            if self.page_size == 1:
-                return len(self.running)
-            return sum(self.page_size for r in self.running if r.kv_len % self.page_size == 0)
+            ps = self.page_size
+            total = 0
+            for r in self.running:
+                n = r.seq_len - r.kv_len - (-r.kv_len) % ps  # beyond the last page's free tail
+                total += -(-max(n, 0) // ps) * ps
+            return total
 
         if self.allocator.available_size() >= needed():
             return
@@ -356,6 +382,7 @@ class Scheduler:
                 suppress.append(ids + list(r.params.stop_token_ids))
             else:
                 suppress.append([])
+        self.grammars.apply_masks(reqs, lg)
         gens = [r.generator for r in reqs]
         info = SamplingBatchInfo.build([r.params for r in reqs], self.vocab_size, gens,
                                        suppress if any(suppress) else None, default_generator=self._default_gen)
@@ -365,6 +392,7 @@ class Scheduler:
         lps = out.logprobs.tolist()
         for i, (req, tok) in enumerate(zip(reqs, ids)):
             req.output_ids.append(tok)
+            req.fresh_tokens = 1
             self.stats.num_generated_tokens += 1
             if req.first_token_time is None:
                 req.first_token_time = time.perf_counter()
@@ -374,7 +402,13 @@ class Scheduler:
                 req.output_token_logprobs.append((lps[i], tok))
                 if req.top_logprobs_num:
                     req.output_top_logprobs.append([(lp, t) for t, lp in out.top_logprobs[i]])
-            self._check_finish(req, tok)
+            if req.grammar is not None:
+                self.grammars.accept(req, tok)
+            if req.finished is None:
+                self._check_finish(req, tok)
+            if req.grammar is not None and req.finished is None:
+                self.grammars.jump_forward(req)
+            req.fresh_tokens = 0
 
     def _check_finish(self, req: Req, tok: int) -> None:
         p = req.params

@@ -93,7 +93,7 @@ class LlamaModel:
             k_buf, v_buf = kv_pool.k_buffers[i], kv_pool.v_buffers[i]
             k_buf[loc] = k
             v_buf[loc] = v
-            o = self.attn.forward(q, k, v, k_buf, v_buf, fb)
+            o = self.attn.forward(q, k_buf, v_buf, fb)
             h = h + L.o(o.reshape(T, self.q_size))
             x = F.rms_norm(h, hidden, L.post_norm, eps)
             gate, up = L.gate_up(x).chunk(2, dim=-1)

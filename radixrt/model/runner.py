@@ -54,7 +54,8 @@ class ModelRunner:
         c = self.config
         self.context_len = args.context_length or c.max_position_embeddings
         state = load_state_dict(self.model_dir, self.dtype)
-        self.attn_backend = make_attention_backend(self._attention_backend_name(), c.head_dim ** -0.5)
+        self.attn_backend = make_attention_backend(args.attention_backend, c.head_dim ** -0.5,
+                                                   self.device, self.dtype)
         self.model = LlamaModel(c, state, self.dtype, self.device, self.context_len, self.attn_backend)
         del state
         self._init_pools()
@@ -64,9 +65,6 @@ class ModelRunner:
             self.model_dir, c.num_layers, c.hidden_size, str(self.dtype).replace("torch.", ""),
             self.device, time.perf_counter() - t0, self.max_total_tokens, args.page_size,
             self.kv_bytes / 2**20, self.attn_backend.name)
-
-    def _attention_backend_name(self) -> str:
-        return "torch"
 
     def _init_pools(self) -> None:
         a, c = self.args, self.config

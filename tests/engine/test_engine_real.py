@@ -52,7 +52,7 @@ def tokenizer(default_model_dir):
     return load_tokenizer(default_model_dir)
 
 
-@pytest.mark.parametrize("attention", ["torch"])
+@pytest.mark.parametrize("attention", ["torch", "native"])
 def test_logits_match_transformers(default_model_dir, hf_model, tokenizer, attention):
     cfg = ModelConfig.from_dir(default_model_dir)
     backend = make_attention_backend(attention, cfg.head_dim ** -0.5)

@@ -111,9 +111,7 @@ class GrammarManager:
         bitmask = allocate_token_bitmask(len(rows), logits.shape[-1])
         for j, i in enumerate(rows):
             reqs[i].grammar.fill_bitmask(bitmask, j)
-        sub = logits[rows]
-        apply_token_bitmask_(sub, bitmask)
-        logits[rows] = sub
+        apply_token_bitmask_(logits, bitmask, indices=rows)
 
     def accept(self, req: Req, tok: int) -> None:
         """Advance the request's grammar by its sampled token; finish it when the grammar is

@@ -1,0 +1,36 @@
+"""Structured generation: regex / JSON schema / choices → byte DFA → per-token masks.
+
+Map (one line per module):
+- ``vocabulary``: the exact bytes of every token id (byte-level BPE, SentencePiece, specials).
+- ``regex_parser`` → ``regex_ast`` → ``automaton`` (+ ``dfa``): regex text → tree → minimal
+  byte DFA (``dfa``: the DFA type, pruning, minimization, products).
+- ``json_schema`` (+ ``schema_dicts``, ``json_values``, ``json_strings``, ``numeric``,
+  ``formats``): schema → tree.
+- ``token_index``: vocabulary byte trie; which tokens a DFA state allows.
+- ``grammar``: a DFA bound to a vocabulary, with lazily cached packed masks.
+- ``matcher``: per-request state (accept, rollback, fill mask rows, jump-forward).
+- ``jump_forward``: forced text → tokens consistent with canonical tokenization.
+- ``bitmask``: allocate / apply packed bitmasks to logits.
+- ``compiler``: GrammarCompiler with cache and async compile.
+- ``dtypes``: regex constants for the frontend DSL.
+"""
+
+from __future__ import annotations
+
+from radixrt.fsm.bitmask import allocate_token_bitmask, apply_token_bitmask_, unpack_bitmask
+from radixrt.fsm.compiler import GrammarCompiler
+from radixrt.fsm.errors import GrammarError
+from radixrt.fsm.grammar import CompiledGrammar
+from radixrt.fsm.jump_forward import JumpForward
+from radixrt.fsm.matcher import GrammarMatcher
+
+__all__ = [
+    "CompiledGrammar",
+    "GrammarCompiler",
+    "GrammarError",
+    "GrammarMatcher",
+    "JumpForward",
+    "allocate_token_bitmask",
+    "apply_token_bitmask_",
+    "unpack_bitmask",
+]

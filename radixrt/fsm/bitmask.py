@@ -1,0 +1,78 @@
+"""Packed token bitmasks and applying them to logits.
+
+Layout (the same as xgrammar's): ``bitmask[row, i // 32]`` bit ``i % 32`` is 1 when token ``i`` is
+allowed. A row of all ones (-1) allows everything, for requests without a grammar. Token ids
+beyond the mask (a model vocabulary larger than ``32 * num_words``) are disallowed.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+
+def bitmask_words(vocab_size: int) -> int:
+    return (vocab_size + 31) // 32
+
+
+def allocate_token_bitmask(batch_size: int, vocab_size: int,
+                           device: torch.device | str = "cpu") -> torch.Tensor:
+    """An int32 [batch_size, ceil(vocab_size / 32)] bitmask that allows every token."""
+    return torch.full((batch_size, bitmask_words(vocab_size)), -1, dtype=torch.int32,
+                      device=device)
+
+
+_BIT_TABLES: dict[tuple[torch.device, bool], torch.Tensor] = {}
+
+
+def _bit_table(device: torch.device, allowed: bool) -> torch.Tensor:
+    """[256, 8] bool: bit j of byte value v (or its negation)."""
+    key = (device, allowed)
+    table = _BIT_TABLES.get(key)
+    if table is None:
+        v = torch.arange(256, dtype=torch.int32).unsqueeze(1)
+        bits = ((v >> torch.arange(8, dtype=torch.int32)) & 1).bool()
+        table = _BIT_TABLES[key] = (bits if allowed else ~bits).to(device)
+    return table
+
+
+def _expand(bitmask: torch.Tensor, vocab_size: int, allowed: bool) -> torch.Tensor:
+    """[B, W] int32 → [B, vocab_size] bool via a byte lookup table (one gather); ids past the
+    mask are "not allowed"."""
+    if sys.byteorder != "little":
+        raise RuntimeError("token bitmasks assume a little-endian machine")
+    rows = bitmask.shape[0]
+    as_bytes = bitmask.contiguous().view(torch.uint8).reshape(-1).long()
+    bits = _bit_table(bitmask.device, allowed).index_select(0, as_bytes).reshape(rows, -1)
+    if bits.shape[1] >= vocab_size:
+        return bits[:, :vocab_size]
+    pad = torch.full((rows, vocab_size - bits.shape[1]), not allowed, dtype=torch.bool,
+                     device=bits.device)
+    return torch.cat([bits, pad], dim=1)
+
+
+def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[B, W] int32 → [B, vocab_size] bool (True = allowed)."""
+    return _expand(bitmask, vocab_size, allowed=True)
+
+
+def apply_token_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor,
+                         indices: list[int] | torch.Tensor | None = None) -> None:
+    """Set disallowed logits to -inf in place.
+
+    ``logits`` [B, V]; ``bitmask`` [B, W] (or [len(indices), W] rows for ``indices``, the rows
+    of ``logits`` to mask). Both on the same device.
+    """
+    if logits.dim() != 2 or bitmask.dim() != 2:
+        raise ValueError("apply_token_bitmask_ expects logits [B, V] and bitmask [B, W]")
+    vocab_size = logits.shape[1]
+    if indices is None:
+        if bitmask.shape[0] != logits.shape[0]:
+            raise ValueError(f"bitmask has {bitmask.shape[0]} rows, logits {logits.shape[0]}")
+        logits.masked_fill_(_expand(bitmask, vocab_size, allowed=False), float("-inf"))
+        return
+    idx = torch.as_tensor(indices, dtype=torch.long, device=logits.device)
+    rows = logits.index_select(0, idx)
+    rows.masked_fill_(_expand(bitmask, vocab_size, allowed=False), float("-inf"))
+    logits.index_copy_(0, idx, rows)

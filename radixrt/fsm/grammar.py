@@ -1,0 +1,139 @@
+"""A compiled grammar: its byte DFA bound to a vocabulary, with lazily cached token masks.
+
+Masks are computed on the first visit of a DFA state (``TokenTrie.allowed_tokens``) and cached
+as packed int32 rows; later visits are a dict lookup and a copy into the batch bitmask. EOS ids
+are allowed exactly in accepting states. All matchers of one grammar share the cache.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from radixrt.fsm.bitmask import bitmask_words
+from radixrt.fsm.dfa import ByteDFA
+from radixrt.fsm.token_index import TokenTrie, pack_token_ids
+from radixrt.fsm.vocabulary import Vocabulary
+
+
+class CompiledGrammar:
+    def __init__(self, kind: str, spec: str, dfa: ByteDFA, vocab: Vocabulary, vocab_size: int,
+                 eos_token_ids: tuple[int, ...], encode: Callable[[str], list[int]] | None = None):
+        self.kind = kind
+        self.spec = spec
+        self.dfa = dfa
+        self.vocab = vocab
+        self.trie = TokenTrie.of(vocab)
+        self.vocab_size = vocab_size
+        self.num_words = bitmask_words(vocab_size)
+        self.eos_token_ids = tuple(e for e in eos_token_ids if 0 <= e < vocab_size)
+        self.encode = encode
+        self._table_flat = dfa.table.reshape(-1).astype(np.int64)
+        self._token_bytes = vocab.token_bytes
+        live = dfa.table != 0
+        num_live = live.sum(axis=1)
+        self._accepting = dfa.accepting.tolist()
+        self._final = (dfa.accepting & (num_live == 0)).tolist()
+        forced = np.where((num_live == 1) & ~dfa.accepting, live.argmax(axis=1), -1)
+        forced[0] = -1
+        self._forced = forced.tolist()
+        self._masks: dict[int, np.ndarray] = {}
+        self._mask_tensors: dict[int, torch.Tensor] = {}  # same memory, as torch tensors
+        self._lock = threading.Lock()
+
+    @property
+    def start_state(self) -> int:
+        return self.dfa.start
+
+    def matcher(self):
+        from radixrt.fsm.matcher import GrammarMatcher
+
+        return GrammarMatcher(self)
+
+    # ------------------------------------------------------------ stepping
+    def next_state(self, state: int, token_id: int) -> int:
+        """The state after ``token_id`` (0 = rejected). EOS and special tokens are not bytes:
+        they return 0 here (the matcher handles EOS)."""
+        data = self._token_bytes[token_id] if 0 <= token_id < len(self._token_bytes) else b""
+        if not data:
+            return 0
+        return self.walk(state, data)
+
+    def walk(self, state: int, data: bytes) -> int:
+        t = self._table_flat
+        for b in data:
+            state = int(t[state * 256 + b])
+            if state == 0:
+                return 0
+        return state
+
+    def is_accepting(self, state: int) -> bool:
+        return self._accepting[state]
+
+    def is_final(self, state: int) -> bool:
+        """Accepting with no way to continue: only EOS can follow."""
+        return self._final[state]
+
+    def forced_bytes(self, state: int, limit: int = 4096) -> bytes:
+        """The bytes the grammar forces from ``state``: follow states that are not accepting
+        and have exactly one live outgoing byte."""
+        out = bytearray()
+        forced = self._forced
+        t = self._table_flat
+        while len(out) < limit:
+            b = forced[state]
+            if b < 0:
+                break
+            out.append(b)
+            state = int(t[state * 256 + b])
+        return bytes(out)
+
+    def live_bytes(self, state: int) -> list[int]:
+        return np.flatnonzero(self.dfa.table[state]).tolist()
+
+    # ------------------------------------------------------------ masks
+    def mask(self, state: int) -> np.ndarray:
+        """Packed int32 [num_words] mask of the tokens allowed in ``state``."""
+        m = self._masks.get(state)
+        if m is None:
+            m = self._compute_mask(state)
+            with self._lock:
+                self._masks[state] = m
+        return m
+
+    def has_mask(self, state: int) -> bool:
+        return state in self._masks
+
+    def mask_tensor(self, state: int) -> torch.Tensor:
+        """``mask(state)`` as an int32 CPU tensor (shares memory; do not modify). ``state`` -1
+        is the mask after EOS (only EOS)."""
+        t = self._mask_tensors.get(state)
+        if t is None:
+            t = torch.from_numpy(self.eos_only_mask() if state == -1 else self.mask(state))
+            self._mask_tensors[state] = t
+        return t
+
+    def eos_only_mask(self) -> np.ndarray:
+        """The mask after EOS was accepted: only EOS again."""
+        m = self._masks.get(-1)
+        if m is None:
+            m = self._masks[-1] = pack_token_ids(np.asarray(self.eos_token_ids, np.int64),
+                                                 self.num_words)
+        return m
+
+    def allowed_token_ids(self, state: int) -> np.ndarray:
+        ids = self.trie.allowed_tokens(self._table_flat, state) if state else np.zeros(0, np.int64)
+        ids = ids[ids < self.vocab_size]
+        if state and self._accepting[state] and self.eos_token_ids:
+            ids = np.union1d(ids, np.asarray(self.eos_token_ids, np.int64))
+        return ids
+
+    def _compute_mask(self, state: int) -> np.ndarray:
+        return pack_token_ids(self.allowed_token_ids(state), self.num_words)
+
+    @property
+    def num_cached_masks(self) -> int:
+        return sum(1 for s in self._masks if s >= 0)

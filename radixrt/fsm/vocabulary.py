@@ -1,0 +1,140 @@
+"""The exact bytes each token id emits — everything in structured generation works in bytes.
+
+- byte-level BPE (GPT-2, SmolLM2, Llama 3, Qwen): vocabulary pieces are written in the GPT-2
+  byte-to-unicode alphabet (``Ġ`` = space, ``Ċ`` = newline); each character maps back to one byte,
+  so a token may be a partial UTF-8 sequence.
+- SentencePiece-style (Metaspace / ``Replace("▁", " ")`` decoders, optional byte fallback):
+  ``▁`` is a space and ``<0xNN>`` is the single byte NN. The decoder's "strip the leading space of
+  the whole text" step is deliberately not modelled: mid-generation a ``▁x`` token emits `` x``.
+- Special/control tokens (``all_special_ids`` and added tokens marked special) emit no bytes; a
+  grammar never allows them, except EOS, which the matcher allows in accepting states.
+
+Vocabularies are cached per tokenizer under ``name_or_path:size:hash-of-pieces``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from radixrt.fsm.errors import GrammarError
+
+
+def gpt2_bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte → printable character table."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(
+        range(0xAE, 0xFF + 1))
+    table = {b: chr(b) for b in keep}
+    n = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + n)
+            n += 1
+    return table
+
+
+_UNICODE_TO_BYTE = {c: b for b, c in gpt2_bytes_to_unicode().items()}
+
+
+@dataclass(eq=False)
+class Vocabulary:
+    key: str
+    token_bytes: list[bytes]  # per id; b"" for special/control tokens
+    special_ids: frozenset[int]
+    kind: str  # "byte_level" | "sentencepiece" | "plain"
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.token_bytes)
+
+
+_vocabulary_cache: OrderedDict[str, Vocabulary] = OrderedDict()
+_vocabulary_lock = threading.Lock()
+_VOCABULARY_CACHE_SIZE = 8
+
+
+def get_vocabulary(tokenizer) -> Vocabulary:
+    """The (cached) byte vocabulary of a Hugging Face tokenizer."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    digest = hashlib.sha1("\x00".join(p if p is not None else "\x01" for p in pieces)
+                          .encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    key = f"{getattr(tokenizer, 'name_or_path', '')}:{len(pieces)}:{digest}"
+    with _vocabulary_lock:
+        vocab = _vocabulary_cache.get(key)
+        if vocab is not None:
+            _vocabulary_cache.move_to_end(key)
+            return vocab
+    vocab = _build_vocabulary(tokenizer, pieces, key)
+    with _vocabulary_lock:
+        _vocabulary_cache[key] = vocab
+        while len(_vocabulary_cache) > _VOCABULARY_CACHE_SIZE:
+            _vocabulary_cache.popitem(last=False)
+    return vocab
+
+
+def _decoder_kind(tokenizer) -> tuple[str, bool]:
+    """("byte_level" | "sentencepiece" | "plain", has_byte_fallback)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return "plain", False
+    spec = json.loads(backend.to_str())
+    decoder = spec.get("decoder") or {}
+    parts = decoder.get("decoders", [decoder]) if decoder.get("type") == "Sequence" else [decoder]
+    types = {d.get("type") for d in parts}
+    byte_fallback = "ByteFallback" in types or bool((spec.get("model") or {}).get("byte_fallback"))
+    if "ByteLevel" in types:
+        return "byte_level", False
+    metaspace = "Metaspace" in types or any(
+        d.get("type") == "Replace" and (d.get("pattern") or {}).get("String") == "\u2581"
+        for d in parts)
+    if metaspace or byte_fallback:
+        return "sentencepiece", byte_fallback
+    if types - {None, "Fuse", "Strip"}:
+        raise GrammarError(f"tokenizer decoder {sorted(t for t in types if t)} is not supported "
+                           "for structured generation (need byte-level BPE or SentencePiece)")
+    return "plain", False
+
+
+def _special_ids(tokenizer) -> set[int]:
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    for i, tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+        if getattr(tok, "special", False):
+            ids.add(int(i))
+    return ids
+
+
+def _build_vocabulary(tokenizer, pieces: list[str | None], key: str) -> Vocabulary:
+    kind, _ = _decoder_kind(tokenizer)
+    special = _special_ids(tokenizer)
+    added = {int(i): str(getattr(t, "content", t))
+             for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()}
+    out: list[bytes] = []
+    for i, piece in enumerate(pieces):
+        if piece is None or i in special:
+            out.append(b"")
+        elif i in added:
+            out.append(added[i].encode("utf-8"))
+        else:
+            out.append(piece_bytes(piece, kind))
+    return Vocabulary(key=key, token_bytes=out, special_ids=frozenset(special), kind=kind)
+
+
+def piece_bytes(piece: str, kind: str) -> bytes:
+    if kind == "byte_level":
+        try:
+            return bytes(_UNICODE_TO_BYTE[c] for c in piece)
+        except KeyError:
+            return piece.encode("utf-8")
+    if kind == "sentencepiece":
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            try:
+                return bytes([int(piece[3:5], 16)])
+            except ValueError:
+                pass
+        return piece.replace("\u2581", " ").encode("utf-8")
+    return piece.encode("utf-8")

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bar_plot, markdown_table, median, print_table, save_results  # noqa: E402
 
 
-def shared_prefix_waves(rng, vocab, groups=4, per_group=8, system_len=768, question_len=16):
+def shared_prefix_waves(rng, vocab, groups=4, per_group=8, system_len=512, question_len=16):
     waves = []
     for _ in range(groups):
         system = [rng.randrange(100, vocab - 100) for _ in range(system_len)]
@@ -40,7 +40,7 @@ def shared_prefix_waves(rng, vocab, groups=4, per_group=8, system_len=768, quest
     return [sum(waves, [])], waves  # radixrt: one wave; HF: one batch per group
 
 
-def no_sharing_waves(rng, vocab, n=32, length=784):
+def no_sharing_waves(rng, vocab, n=32, length=528):
     prompts = [[rng.randrange(100, vocab - 100) for _ in range(length)] for _ in range(n)]
     return [prompts], [prompts[i:i + 8] for i in range(0, n, 8)]
 
@@ -80,8 +80,8 @@ def radixrt_wave(engine, prompts, out_len):
     return [r["output_ids"] for r in res], [r["meta_info"].get("ttft", 0.0) for r in res]
 
 
-def run_multi_turn(system, engine=None, hf=None, rng=None, vocab=49152, convs=8, turns=4,
-                   first_len=256, user_len=32, out_len=OUT_LEN):
+def run_multi_turn(system, engine=None, hf=None, vocab=49152, convs=8, turns=4,
+                   first_len=128, user_len=32, out_len=OUT_LEN):
     """Returns (elapsed, requests, ttfts)."""
     rng = random.Random(1234)
     hist = [[rng.randrange(100, vocab - 100) for _ in range(first_len)] for _ in range(convs)]

@@ -83,9 +83,9 @@ def main() -> None:
         same = True
         for _ in tqdm(range(args.repeats), desc=name, file=sys.stderr):
             engine.flush_cache()
-            dt, ours = timed(lambda: run_radixrt(engine, prompts, olen))
+            dt, ours = timed(lambda p=prompts, o=olen: run_radixrt(engine, p, o))
             times["radixrt"].append(dt)
-            dt, theirs = timed(lambda: run_hf(hf, prompts, olen))
+            dt, theirs = timed(lambda p=prompts, o=olen: run_hf(hf, p, o))
             times["hf"].append(dt)
             same &= sum(a == b for a, b in zip(ours, theirs)) >= 0.9 * len(ours)
         r_tps = tokens / median(times["radixrt"])

@@ -202,10 +202,10 @@ class Engine:
                         self._deliver(req, req)
                 except Exception as e:  # a bug: fail every waiting caller instead of hanging
                     logger.exception("scheduler step failed")
-                    for rid, q in list(self._waiters.items()):
+                    for q in list(self._waiters.values()):
                         q.put(RuntimeError(f"scheduler step failed: {e}"))
                     self._waiters.clear()
                     raise
-        for rid, q in list(self._waiters.items()):
+        for q in list(self._waiters.values()):
             q.put(RuntimeError("engine shut down"))
         self._waiters.clear()

@@ -17,6 +17,7 @@ from radixrt.managers.schedule_policy import match_len_limit
 if TYPE_CHECKING:
     from radixrt.managers.scheduler import Scheduler
 
+# A running request is assumed to need at most this many more tokens when reserving room.
 RESERVE_CLIP = 4096
 # A waiting request is deferred when it shares at least this many more tokens with a request
 # admitted in the same batch than it finds in the cache.

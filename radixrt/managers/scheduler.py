@@ -25,7 +25,7 @@ from radixrt.cache.no_cache import NoPrefixCache
 from radixrt.config import ServerArgs
 from radixrt.managers.constrained import GrammarManager, grammar_spec
 from radixrt.managers.detok_utils import IncrementalDetokenizer, find_stop
-from radixrt.managers.prefill import PrefillAdder
+from radixrt.managers.prefill import RESERVE_CLIP, PrefillAdder
 from radixrt.managers.req import FinishReason, Req
 from radixrt.managers.schedule_policy import SchedulePolicy
 from radixrt.model.forward_batch import ForwardBatch
@@ -40,7 +40,6 @@ logger = logging.getLogger("radixrt.scheduler")
 INIT_NEW_TOKEN_RATIO = 0.7
 MIN_NEW_TOKEN_RATIO = 0.1
 NEW_TOKEN_RATIO_DECAY = 0.001
-RESERVE_CLIP = 4096
 
 
 class RequestError(ValueError):

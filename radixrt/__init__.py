@@ -4,7 +4,19 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["Engine", "ServerArgs", "SamplingParams", "__version__"]
+# The frontend language, re-exported under SGLang's names so that `import radixrt as sgl`
+# runs SGLang programs. Resolved on first use: `import radixrt` stays cheap.
+_LANG_EXPORTS = frozenset({
+    "function", "gen", "gen_int", "gen_string", "select", "image", "video",
+    "system", "user", "assistant", "system_begin", "system_end", "user_begin", "user_end",
+    "assistant_begin", "assistant_end", "set_default_backend", "flush_cache", "get_server_info",
+    "Runtime", "RuntimeEndpoint", "OpenAI", "EngineBackend", "global_config",
+    "REGEX_INT", "REGEX_FLOAT", "REGEX_BOOL", "REGEX_STR",
+    "token_length_normalized", "greedy_token_selection", "unconditional_likelihood_normalized",
+    "ChoicesSamplingMethod", "SglFunction", "ProgramState",
+})
+
+__all__ = ["Engine", "ServerArgs", "SamplingParams", "__version__", "lang", *sorted(_LANG_EXPORTS)]
 
 
 def __getattr__(name: str):
@@ -21,4 +33,12 @@ def __getattr__(name: str):
         from radixrt.sampling_params import SamplingParams
 
         return SamplingParams
+    if name == "lang":
+        import radixrt.lang
+
+        return radixrt.lang
+    if name in _LANG_EXPORTS:
+        import radixrt.lang
+
+        return getattr(radixrt.lang, name)
     raise AttributeError(f"module 'radixrt' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Command line: `radixrt generate | convert`."""
+"""Command line: `radixrt serve | generate | convert`."""
 
 from __future__ import annotations
 
@@ -47,6 +47,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from radixrt.entrypoints.http_server import launch_server
+
+    launch_server(ServerArgs.from_cli_args(args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="radixrt",
@@ -68,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="Print the full result (text, ids, meta_info) as JSON.")
     ServerArgs.add_cli_args(gen)
     gen.set_defaults(func=_cmd_generate)
+
+    serve = sub.add_parser("serve", help="Run the HTTP server (native SGLang + OpenAI-compatible API).")
+    ServerArgs.add_cli_args(serve)
+    serve.set_defaults(func=_cmd_serve)
 
     conv = sub.add_parser("convert", help="Convert a .gguf (or the default model) into radixrt's "
                           "cache of safetensors + config + tokenizer and print the directory.")

@@ -1,0 +1,253 @@
+"""Serving benchmark: the HTTP server vs the offline Engine, same prompts, same machine, one run.
+
+For each concurrency C (default 1, 8, 32), C closed-loop clients each send streaming requests
+back to back until the workload's requests are done:
+  server -- `POST /generate` with "stream": true to a `radixrt serve` subprocess
+  engine -- C threads calling the in-process `Engine.generate(..., stream=True)`
+Prompts are random token ids (nothing to share in the prefix cache), greedy, ignore_eos, so
+both produce exactly the same number of tokens. Server and engine alternate for --repeats
+rounds; the table shows medians: output tokens/s, time to first token, inter-token latency
+(the gap between streamed chunks divided by the tokens they carry) and the throughput ratio
+server / engine (target >= 0.9).
+
+  python bench/serving/bench_serving.py [--concurrency 1,8,32] [--repeats 3] [--output-len 32]
+      [--prompt-len 128] [--num-threads N] [--no-write]
+
+Results go to bench/results/serving.json and replace the "## Serving" section of
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]  # this checkout's radixrt, and bench/common.py
+from common import markdown_table, median, print_table, save_results  # noqa: E402
+
+COLUMNS = ["concurrency", "requests", "system", "out_tok_s", "ttft_ms", "itl_ms", "e2e_s", "ratio"]
+SECTION = "## Serving"
+
+
+# ----------------------------------------------------------------- workload
+def make_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(100, vocab - 100) for _ in range(length)] for _ in range(n)]
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.ttft: list[float] = []
+        self.itl: list[float] = []
+        self.e2e: list[float] = []
+        self.tokens = 0
+
+    def record(self, t0: float, events: list[tuple[float, int]]) -> None:
+        """``events``: (time, cumulative output tokens) per streamed chunk."""
+        events = [e for e in events if e[1] > 0]
+        if not events:
+            return
+        self.ttft.append(events[0][0] - t0)
+        for (ta, na), (tb, nb) in zip(events, events[1:], strict=False):
+            if nb > na:
+                self.itl.extend([(tb - ta) / (nb - na)] * (nb - na))
+        self.e2e.append(events[-1][0] - t0)
+        self.tokens += events[-1][1]
+
+
+def summarize(stats: Stats, wall: float) -> dict[str, float]:
+    return {"out_tok_s": stats.tokens / wall, "ttft_ms": 1000 * median(stats.ttft),
+            "itl_ms": 1000 * median(stats.itl), "e2e_s": median(stats.e2e)}
+
+
+# ----------------------------------------------------------------- server side
+async def _server_round(url: str, prompts: list[list[int]], params: dict, concurrency: int) -> dict:
+    stats = Stats()
+    queue = list(prompts)
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while queue:
+            ids = queue.pop()
+            t0 = time.perf_counter()
+            events = []
+            async with http.stream("POST", "/generate", json={
+                    "input_ids": ids, "sampling_params": params, "stream": True}) as r:
+                r.raise_for_status()
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {"):
+                        events.append((time.perf_counter(), len(json.loads(line[6:])["output_ids"])))
+            stats.record(t0, events)
+
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return summarize(stats, wall)
+
+
+def run_server(url: str, prompts, params, concurrency: int) -> dict:
+    return asyncio.run(_server_round(url, prompts, params, concurrency))
+
+
+# ----------------------------------------------------------------- engine side
+def run_engine(engine, prompts: list[list[int]], params: dict, concurrency: int) -> dict:
+    stats = Stats()
+    queue = list(prompts)
+    lock = threading.Lock()
+
+    def client() -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                ids = queue.pop()
+            t0 = time.perf_counter()
+            events = []
+            for chunk in engine.generate(input_ids=ids, sampling_params=params, stream=True):
+                events.append((time.perf_counter(), len(chunk["output_ids"])))
+            with lock:
+                stats.record(t0, events)
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return summarize(stats, time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------- harness
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(extra: list[str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "radixrt", "serve", "--port", str(port), "--log-level", "warning", *extra]
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("server did not start")
+
+
+def write_docs(table: str, args: argparse.Namespace, ratios: dict[int, float],
+               load: tuple[float, float]) -> None:
+    path = ROOT / "docs" / "benchmarks.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    cmd = "python bench/serving/bench_serving.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in (
+            ("concurrency", args.concurrency), ("repeats", args.repeats), ("prompt_len", args.prompt_len),
+            ("output_len", args.output_len)) if v is not None)
+    if args.num_threads:
+        cmd += f" --num-threads {args.num_threads}"
+    worst = min(ratios.values())
+    section = (
+        f"{SECTION} (HTTP server vs offline Engine)\n\n"
+        f"Command: `{cmd}`\n\n"
+        f"Run of {date.today().isoformat()}: random {args.prompt_len}-token prompts, "
+        f"{args.output_len} output tokens (greedy, ignore_eos), streaming; C closed-loop clients "
+        f"(HTTP `POST /generate` to `radixrt serve`, or threads on `Engine.generate(stream=True)` "
+        f"in-process); medians of {args.repeats} alternating rounds. ITL = gap between streamed "
+        f"chunks / tokens they carry. `ratio` = server / engine output tokens/s "
+        f"(target >= 0.9; lowest here {worst:.2f}). Load average of the shared 2-core machine: "
+        f"{load[0]:.1f} at the start, {load[1]:.1f} at the end; single rounds move by tens of "
+        f"percent with it, so compare the ratios.\n\n{table}\n")
+    start = text.find(SECTION)
+    if start == -1:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        nxt = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + section + (text[nxt + 1:] if nxt != -1 else "")
+    path.write_text(text)
+    print(f"updated {path}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-path", default=None, help="model (default: the embedded SmolLM2-135M)")
+    ap.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts")
+    ap.add_argument("--requests-per-client", type=int, default=2, help="requests per client and round")
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--output-len", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3, help="alternating rounds per system (medians)")
+    ap.add_argument("--num-threads", type=int, default=None, help="torch threads for both systems")
+    ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    args = ap.parse_args()
+
+    from radixrt import Engine
+
+    extra = ["--max-running-requests", "64"]
+    if args.model_path:
+        extra += ["--model-path", args.model_path]
+    if args.num_threads:
+        extra += ["--num-threads", str(args.num_threads)]
+    load_start = os.getloadavg()[0]
+    proc, url = start_server(extra)
+    engine = None
+    try:
+        engine = Engine(model_path=args.model_path, max_running_requests=64, num_threads=args.num_threads)
+        vocab = engine.runner.config.vocab_size
+        params = {"max_new_tokens": args.output_len, "temperature": 0, "ignore_eos": True}
+        warm = make_prompts(2, 16, vocab, seed=0)
+        run_server(url, warm, {**params, "max_new_tokens": 2}, 2)
+        run_engine(engine, warm, {**params, "max_new_tokens": 2}, 2)
+        rows, ratios, raw = [], {}, {}
+        for c in [int(x) for x in args.concurrency.split(",") if x]:
+            n = c * args.requests_per_client
+            prompts = make_prompts(n, args.prompt_len, vocab, seed=c)
+            runs: dict[str, list[dict]] = {"server": [], "engine": []}
+            for r in range(args.repeats):
+                for system in (("server", "engine") if r % 2 == 0 else ("engine", "server")):
+                    httpx.post(url + "/flush_cache", timeout=60)
+                    engine.flush_cache()
+                    res = (run_server(url, prompts, params, c) if system == "server"
+                           else run_engine(engine, prompts, params, c))
+                    runs[system].append(res)
+                    print(f"C={c} round {r} {system}: {res}", flush=True)
+            med = {s: {k: statistics.median(x[k] for x in v) for k in v[0]} for s, v in runs.items()}
+            ratios[c] = med["server"]["out_tok_s"] / med["engine"]["out_tok_s"]
+            for s in ("server", "engine"):
+                rows.append({"concurrency": c, "requests": n, "system": s, **med[s],
+                             "ratio": ratios[c] if s == "server" else None})
+            raw[c] = runs
+        print_table(rows, COLUMNS)
+        save_results("serving", {"args": vars(args), "rows": rows, "runs": raw})
+        if not args.no_write:
+            write_docs(markdown_table(rows, COLUMNS), args, ratios, (load_start, os.getloadavg()[0]))
+    finally:
+        if engine is not None:
+            engine.shutdown()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+if __name__ == "__main__":
+    main()

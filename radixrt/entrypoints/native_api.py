@@ -1,0 +1,119 @@
+"""SGLang's native `/generate`: text or input_ids, single or batch, optional SSE streaming.
+
+Results are SGLang-shaped: ``{"text", "output_ids", "meta_info"}``, a list for a batch or
+n > 1 (prompt-major: all samples of prompt 0, then of prompt 1, ...). While streaming, every
+chunk carries the cumulative text, ids and meta_info so far (what SGLang sends and what its
+`RuntimeEndpoint` reads), plus ``index`` when the call has several samples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+
+from radixrt.entrypoints.protocol import GenerateRequest
+from radixrt.entrypoints.serving import SSE_DONE, sse, sse_response, start_call, stream_error
+from radixrt.managers.inputs import normalize_prompts, per_prompt_params
+from radixrt.managers.tokenizer_manager import Call, ReqState, RequestFailed, TokenizerManager
+
+
+def _per_prompt(value: Any, default: Any, name: str, n: int, is_batch: bool) -> list[Any]:
+    if value is None:
+        return [default] * n
+    if isinstance(value, list):
+        if not is_batch or len(value) != n:
+            raise RequestFailed(f"{name}: a list must have one entry per prompt of a batch "
+                                f"(got {len(value)} for {n} prompt(s))")
+        return list(value)
+    return [value] * n
+
+
+async def generate(tm: TokenizerManager, body: GenerateRequest, request: Request):
+    try:
+        prompts, is_batch = normalize_prompts(body.text, body.input_ids)
+        params = per_prompt_params(body.sampling_params, len(prompts))
+    except ValueError as e:
+        raise RequestFailed(str(e)) from None
+    n = len(prompts)
+    rids = None
+    if body.rid is not None:
+        if isinstance(body.rid, list) != is_batch or (is_batch and len(body.rid) != n):
+            raise RequestFailed("rid: give a string for a single prompt and a list with one rid "
+                                "per prompt for a batch")
+        rids = body.rid if is_batch else [body.rid]
+    prompt_ids = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            prompt_ids.append(await tm.tokenize(p, f"text[{i}]" if is_batch else "text"))
+        else:
+            tm.check_prompt(p, f"input_ids[{i}]" if is_batch else "input_ids")
+            prompt_ids.append(list(p))
+    samples = tm.make_samples(
+        prompt_ids, params, rids=rids,
+        return_logprob=_per_prompt(body.return_logprob, False, "return_logprob", n, is_batch),
+        logprob_start_len=_per_prompt(body.logprob_start_len, -1, "logprob_start_len", n, is_batch),
+        top_logprobs_num=_per_prompt(body.top_logprobs_num, 0, "top_logprobs_num", n, is_batch))
+    call = tm.submit(samples, stream=body.stream)
+    await start_call(call, request, body.stream)
+    with_text = body.return_text_in_logprobs
+    if body.stream:
+        return sse_response(_stream(tm, call, with_text, indexed=len(samples) > 1))
+    call.close()
+    results = [result(tm, st, with_text) for st in call.states]
+    return results[0] if len(results) == 1 and not is_batch else results
+
+
+async def _stream(tm: TokenizerManager, call: Call, with_text: bool, indexed: bool):
+    sent_ids = [-1] * len(call.states)  # -1: nothing sent yet (a first chunk goes out at once)
+    ended = [False] * len(call.states)
+    try:
+        while True:
+            for i, st in enumerate(call.states):
+                if ended[i]:
+                    continue
+                if st.error is not None:
+                    ended[i] = True
+                    yield stream_error(st.error)
+                    continue
+                if len(st.output_ids) == sent_ids[i] and not st.finished:
+                    continue
+                sent_ids[i] = len(st.output_ids)
+                ended[i] = st.finished
+                chunk = result(tm, st, with_text)
+                if indexed:
+                    chunk["index"] = i
+                yield sse(chunk)
+            if all(ended):
+                break
+            await call.wait_update()
+        yield SSE_DONE
+    finally:
+        call.close()
+
+
+def _triples(tm: TokenizerManager, pairs, with_text: bool) -> list[list[Any]]:
+    return [[lp, tok, tm.token_text(tok) if with_text else None] for lp, tok in pairs]
+
+
+def _top_triples(tm: TokenizerManager, tops, with_text: bool) -> list[Any]:
+    return [None if entry is None else _triples(tm, entry, with_text) for entry in tops]
+
+
+def result(tm: TokenizerManager, st: ReqState, with_text: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "id": st.rid,
+        "prompt_tokens": st.meta.get("prompt_tokens", st.prompt_tokens),
+        "completion_tokens": len(st.output_ids),
+        "cached_tokens": st.meta.get("cached_tokens", 0),
+        "finish_reason": st.meta.get("finish_reason"),
+    }
+    if st.finish_time is not None:
+        meta["e2e_latency"] = st.finish_time - st.created
+    if st.return_logprob:
+        meta["input_token_logprobs"] = _triples(tm, st.input_token_logprobs, with_text)
+        meta["output_token_logprobs"] = _triples(tm, st.output_token_logprobs, with_text)
+        if st.top_logprobs_num:
+            meta["input_top_logprobs"] = _top_triples(tm, st.input_top_logprobs, with_text)
+            meta["output_top_logprobs"] = _top_triples(tm, st.output_top_logprobs, with_text)
+    return {"text": st.text, "output_ids": list(st.output_ids), "meta_info": meta}

@@ -1,0 +1,312 @@
+"""OpenAI-compatible `/v1/models`, `/v1/completions` and `/v1/chat/completions`.
+
+Requests map onto the same samples as `/generate`: `n` becomes n samples (seed + i when
+seeded), `max_tokens` becomes max_new_tokens (completions default 16; chat defaults to the
+rest of the context), `response_format` becomes a json_schema constraint. Choices are
+indexed prompt-major; usage counts each prompt once and every choice's completion.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from fastapi import Request
+
+from radixrt.entrypoints.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    OpenAISamplingFields,
+)
+from radixrt.entrypoints.serving import SSE_DONE, sse, sse_response, start_call, stream_error
+from radixrt.managers.inputs import normalize_prompts
+from radixrt.managers.tokenizer_manager import Call, ReqState, RequestFailed, TokenizerManager
+from radixrt.sampling_params import SamplingParams
+
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+# OpenAI field -> SamplingParams field, copied when set.
+_SAMPLING_FIELDS = {
+    "temperature": "temperature", "top_p": "top_p", "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty", "seed": "seed", "top_k": "top_k", "min_p": "min_p",
+    "min_tokens": "min_new_tokens", "repetition_penalty": "repetition_penalty",
+    "stop_token_ids": "stop_token_ids", "ignore_eos": "ignore_eos",
+    "skip_special_tokens": "skip_special_tokens", "no_jump_forward": "no_jump_forward",
+    "regex": "regex", "json_schema": "json_schema", "ebnf": "ebnf",
+}
+
+
+def list_models(tm: TokenizerManager) -> dict[str, Any]:
+    return {"object": "list", "data": [{
+        "id": tm.served_model_name, "object": "model", "created": tm.started_at,
+        "owned_by": "radixrt", "root": tm.model_info["model_dir"], "max_model_len": tm.context_len,
+    }]}
+
+
+def _sampling_params(req: OpenAISamplingFields, max_new_tokens: int) -> SamplingParams:
+    if req.logit_bias:
+        raise RequestFailed("logit_bias: not supported")
+    d: dict[str, Any] = {"max_new_tokens": max_new_tokens, "n": req.n}
+    for src, dst in _SAMPLING_FIELDS.items():
+        value = getattr(req, src)
+        if value is not None:
+            d[dst] = value
+    if req.stop is not None:
+        d["stop"] = [req.stop] if isinstance(req.stop, str) else req.stop
+    rf = req.response_format
+    if rf is not None and rf.type != "text":
+        if any(d.get(k) is not None for k in ("regex", "json_schema", "ebnf")):
+            raise RequestFailed("response_format: cannot be combined with regex, json_schema or ebnf")
+        if rf.type == "json_object":
+            d["json_schema"] = json.dumps({"type": "object"})
+        else:
+            if rf.json_schema is None or rf.json_schema.schema_ is None:
+                raise RequestFailed("response_format.json_schema.schema: required for type json_schema")
+            d["json_schema"] = json.dumps(rf.json_schema.schema_)
+    try:
+        return SamplingParams.from_dict(d)
+    except ValueError as e:
+        raise RequestFailed(str(e)) from None
+
+
+def _finish(st: ReqState) -> tuple[str | None, Any]:
+    fr = st.meta.get("finish_reason") if st.finished else None
+    if fr is None:
+        return None, None
+    return fr.get("type"), fr.get("matched")
+
+
+def _usage(states: list[ReqState], n: int) -> dict[str, Any]:
+    firsts = states[::n]
+    prompt = sum(s.meta.get("prompt_tokens", s.prompt_tokens) for s in firsts)
+    completion = sum(len(s.output_ids) for s in states)
+    cached = sum(s.meta.get("cached_tokens", 0) for s in firsts)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion, "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+async def _run(tm: TokenizerManager, request: Request, prompt_ids: list[list[int]],
+               params: SamplingParams, stream: bool, rid: str | None, return_logprob: bool,
+               top: int, logprob_start_len: int = -1) -> Call:
+    k = len(prompt_ids)
+    samples = tm.make_samples(prompt_ids, [params] * k, rids=[rid] if rid and k == 1 else None,
+                              return_logprob=[return_logprob] * k,
+                              logprob_start_len=[logprob_start_len] * k, top_logprobs_num=[top] * k)
+    call = tm.submit(samples, stream=stream)
+    await start_call(call, request, stream)
+    return call
+
+
+# ----------------------------------------------------------------- /v1/completions
+def _legacy_logprobs(tm: TokenizerManager, pairs, tops, offset: int) -> dict[str, Any]:
+    tokens = [tm.token_text(t) for _, t in pairs]
+    text_offset = []
+    for t in tokens:
+        text_offset.append(offset)
+        offset += len(t)
+    out: dict[str, Any] = {"tokens": tokens, "token_logprobs": [lp for lp, _ in pairs],
+                           "text_offset": text_offset, "top_logprobs": None}
+    if tops:
+        out["top_logprobs"] = [None if e is None else {tm.token_text(t): lp for lp, t in e} for e in tops]
+    return out
+
+
+async def completions(tm: TokenizerManager, req: CompletionRequest, request: Request):
+    if req.suffix is not None:
+        raise RequestFailed("suffix: not supported")
+    if req.best_of is not None and req.best_of != req.n:
+        raise RequestFailed("best_of: only best_of == n is supported")
+    try:
+        prompts, _ = normalize_prompts(req.prompt, None)
+    except ValueError as e:
+        raise RequestFailed(f"prompt: {e}") from None
+    prompt_ids = []
+    for p in prompts:
+        if isinstance(p, str):
+            prompt_ids.append(await tm.tokenize(p, "prompt"))
+        else:
+            tm.check_prompt(p, "prompt")
+            prompt_ids.append(list(p))
+    max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
+    params = _sampling_params(req, max_tokens)
+    want_lp = req.logprobs is not None
+    call = await _run(tm, request, prompt_ids, params, req.stream, req.rid, want_lp, req.logprobs or 0,
+                      0 if (req.echo and want_lp) else -1)
+    echo_text = [p if isinstance(p, str) else tm.tokenizer.decode(p) for p in prompts] if req.echo else None
+    meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": tm.served_model_name}
+    if req.stream:
+        return sse_response(_stream_completions(tm, call, req, meta, echo_text))
+    call.close()
+    choices = []
+    for i, st in enumerate(call.states):
+        prefix = echo_text[i // req.n] if echo_text else ""
+        lp = None
+        if want_lp:
+            pairs, tops = st.output_token_logprobs, st.output_top_logprobs
+            if req.echo:
+                pairs, tops = st.input_token_logprobs + pairs, st.input_top_logprobs + tops
+            lp = _legacy_logprobs(tm, pairs, tops, 0)
+        reason, matched = _finish(st)
+        choices.append({"index": i, "text": prefix + st.text, "logprobs": lp, "finish_reason": reason,
+                        "matched_stop": matched})
+    return {**meta, "object": "text_completion", "choices": choices, "usage": _usage(call.states, req.n)}
+
+
+async def _stream_completions(tm: TokenizerManager, call: Call, req: CompletionRequest,
+                              meta: dict[str, Any], echo_text: list[str] | None):
+    k = len(call.states)
+    sent_chars, sent_lps, ended, started = [0] * k, [0] * k, [False] * k, [False] * k
+    include_usage = req.stream_options is not None and req.stream_options.include_usage
+    try:
+        while True:
+            for i, st in enumerate(call.states):
+                if ended[i]:
+                    continue
+                if st.error is not None:
+                    ended[i] = True
+                    yield stream_error(st.error)
+                    continue
+                text = st.text[sent_chars[i]:]
+                prefix = echo_text[i // req.n] if echo_text and not started[i] else ""
+                reason, matched = _finish(st)
+                if not (text or prefix or reason):
+                    continue
+                lp = None
+                if req.logprobs is not None:
+                    pairs = st.output_token_logprobs[sent_lps[i]:]
+                    tops = st.output_top_logprobs[sent_lps[i]:]
+                    if req.echo and not started[i]:
+                        pairs, tops = st.input_token_logprobs + pairs, st.input_top_logprobs + tops
+                    lp = _legacy_logprobs(tm, pairs, tops, sent_chars[i])
+                    sent_lps[i] = len(st.output_token_logprobs)
+                started[i] = True
+                sent_chars[i] = len(st.text)
+                ended[i] = reason is not None
+                yield sse({**meta, "object": "text_completion", "choices": [{
+                    "index": i, "text": prefix + text, "logprobs": lp, "finish_reason": reason,
+                    "matched_stop": matched}]})
+            if all(ended):
+                break
+            await call.wait_update()
+        if include_usage and call.error() is None:
+            yield sse({**meta, "object": "text_completion", "choices": [],
+                       "usage": _usage(call.states, req.n)})
+        yield SSE_DONE
+    finally:
+        call.close()
+
+
+# ----------------------------------------------------------------- /v1/chat/completions
+def _chat_messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
+    if req.tools:
+        raise RequestFailed("tools: tool calling is not supported")
+    if req.tool_choice not in (None, "none", "auto"):
+        raise RequestFailed("tool_choice: tool calling is not supported")
+    out = []
+    for m in req.messages:
+        content = m.content
+        if isinstance(content, list):
+            content = "\n".join(part.text for part in content)
+        msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role,
+                               "content": content or ""}
+        if m.name is not None:
+            msg["name"] = m.name
+        out.append(msg)
+    return out
+
+
+def _chat_logprobs(tm: TokenizerManager, pairs, tops) -> dict[str, Any]:
+    content = []
+    for j, (lp, tok) in enumerate(pairs):
+        text = tm.token_text(tok)
+        entry: dict[str, Any] = {"token": text, "logprob": lp, "bytes": list(text.encode()),
+                                 "top_logprobs": []}
+        if tops and j < len(tops) and tops[j] is not None:
+            entry["top_logprobs"] = [{"token": tm.token_text(t), "logprob": v,
+                                      "bytes": list(tm.token_text(t).encode())} for v, t in tops[j]]
+        content.append(entry)
+    return {"content": content}
+
+
+async def chat_completions(tm: TokenizerManager, req: ChatCompletionRequest, request: Request):
+    if req.top_logprobs and not req.logprobs:
+        raise RequestFailed("top_logprobs: requires logprobs to be true")
+    messages = _chat_messages(req)
+    kwargs = dict(req.chat_template_kwargs or {})
+    if req.continue_final_message:
+        kwargs.update(add_generation_prompt=False, continue_final_message=True)
+    else:
+        kwargs.setdefault("add_generation_prompt", True)
+    text = tm.apply_chat_template(messages, **kwargs)
+    ids = await tm.tokenize(text, "messages", add_special_tokens=False)
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    if max_tokens is None:
+        max_tokens = tm.context_len - len(ids)
+    params = _sampling_params(req, max_tokens)
+    call = await _run(tm, request, [ids], params, req.stream, req.rid, req.logprobs, req.top_logprobs or 0)
+    meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": tm.served_model_name}
+    if req.stream:
+        return sse_response(_stream_chat(tm, call, req, meta))
+    call.close()
+    choices = []
+    for i, st in enumerate(call.states):
+        reason, matched = _finish(st)
+        choices.append({
+            "index": i, "message": {"role": "assistant", "content": st.text},
+            "logprobs": _chat_logprobs(tm, st.output_token_logprobs, st.output_top_logprobs)
+            if req.logprobs else None,
+            "finish_reason": reason, "matched_stop": matched})
+    return {**meta, "object": "chat.completion", "choices": choices, "usage": _usage(call.states, req.n)}
+
+
+async def _stream_chat(tm: TokenizerManager, call: Call, req: ChatCompletionRequest, meta: dict[str, Any]):
+    k = len(call.states)
+    sent_chars, sent_lps, ended, started = [0] * k, [0] * k, [False] * k, [False] * k
+    include_usage = req.stream_options is not None and req.stream_options.include_usage
+
+    def chunk(i: int, delta: dict[str, Any], reason: str | None = None, logprobs=None, matched=None) -> str:
+        choice = {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
+        if reason is not None:
+            choice["matched_stop"] = matched
+        return sse({**meta, "object": "chat.completion.chunk", "choices": [choice]})
+
+    try:
+        while True:
+            for i, st in enumerate(call.states):
+                if ended[i]:
+                    continue
+                if st.error is not None:
+                    ended[i] = True
+                    yield stream_error(st.error)
+                    continue
+                if not started[i]:
+                    started[i] = True
+                    yield chunk(i, {"role": "assistant", "content": ""})
+                text = st.text[sent_chars[i]:]
+                if text:
+                    lp = None
+                    if req.logprobs:
+                        lp = _chat_logprobs(tm, st.output_token_logprobs[sent_lps[i]:],
+                                            st.output_top_logprobs[sent_lps[i]:])
+                        sent_lps[i] = len(st.output_token_logprobs)
+                    sent_chars[i] = len(st.text)
+                    yield chunk(i, {"content": text}, logprobs=lp)
+                reason, matched = _finish(st)
+                if reason is not None:
+                    ended[i] = True
+                    lp = None
+                    if req.logprobs and sent_lps[i] < len(st.output_token_logprobs):
+                        lp = _chat_logprobs(tm, st.output_token_logprobs[sent_lps[i]:],
+                                            st.output_top_logprobs[sent_lps[i]:])
+                    yield chunk(i, {}, reason, logprobs=lp, matched=matched)
+            if all(ended):
+                break
+            await call.wait_update()
+        if include_usage and call.error() is None:
+            yield sse({**meta, "object": "chat.completion.chunk", "choices": [],
+                       "usage": _usage(call.states, req.n)})
+        yield SSE_DONE
+    finally:
+        call.close()

@@ -1,0 +1,77 @@
+"""Prometheus metrics for the server (own registry, so several servers can share a process).
+
+Latency histograms are observed in the tokenizer manager as outputs arrive. Scheduler-side
+numbers (queue lengths, token counters, prefix-cache hits, KV usage) are read from a
+snapshot of the scheduler's server info, refreshed when /metrics is scraped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+                    1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0)
+
+
+class _SchedulerCollector:
+    def __init__(self, metrics: ServerMetrics):
+        self.metrics = metrics
+
+    def collect(self):
+        info = self.metrics.scheduler_snapshot
+        if not info:
+            return
+        mem = info.get("memory", {})
+        stats = info.get("stats", {})
+        for name, doc, value in (
+            ("radixrt_num_running_reqs", "Requests running (decoding or prefilling).",
+             info.get("num_running_reqs", 0)),
+            ("radixrt_num_waiting_reqs", "Requests waiting to be scheduled.",
+             info.get("num_waiting_reqs", 0)),
+            ("radixrt_kv_cache_usage", "Share of KV slots not free (0..1).", mem.get("kv_usage", 0.0)),
+            ("radixrt_kv_cache_total_slots", "KV pool size in token slots.", mem.get("kv_total_slots", 0)),
+            ("radixrt_cache_hit_rate", "Prompt tokens served from the prefix cache / all prompt tokens.",
+             info.get("cache_hit_rate", 0.0)),
+        ):
+            yield GaugeMetricFamily(name, doc, value=value)
+        slots = GaugeMetricFamily("radixrt_kv_cache_slots", "KV slots by owner.", labels=["state"])
+        for state in ("free", "running", "cached"):
+            slots.add_metric([state], mem.get(f"kv_{state}_slots", 0))
+        yield slots
+        for name, doc, key in (
+            ("radixrt_prompt_tokens", "Prompt tokens received.", "num_prompt_tokens"),
+            ("radixrt_generation_tokens", "Tokens generated.", "num_generated_tokens"),
+            ("radixrt_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+             "num_prompt_tokens"),
+            ("radixrt_prefix_cache_hits", "Prompt tokens found in the prefix cache.", "num_cached_tokens"),
+            ("radixrt_prefill_tokens", "Prompt tokens computed by prefill.", "num_prefill_tokens"),
+            ("radixrt_retractions", "Requests retracted for lack of KV memory.", "num_retractions"),
+        ):
+            yield CounterMetricFamily(name, doc, value=stats.get(key, 0))
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.scheduler_snapshot: dict[str, Any] = {}
+        self.ttft = Histogram("radixrt_time_to_first_token_seconds", "Time to first token.",
+                              buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.itl = Histogram("radixrt_inter_token_latency_seconds", "Time between output tokens.",
+                             buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.e2e = Histogram("radixrt_e2e_request_latency_seconds", "Request latency, arrival to finish.",
+                             buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.requests = Counter("radixrt_requests", "Finished requests by finish reason.",
+                                ["finish_reason"], registry=self.registry)
+        self.registry.register(_SchedulerCollector(self))
+
+    def on_finish(self, reason: str, latency: float) -> None:
+        self.requests.labels(reason).inc()
+        self.e2e.observe(latency)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,413 @@
+"""TokenizerManager: the HTTP process's side of the pipeline, on the asyncio (uvloop) loop.
+
+It tokenizes and validates inputs, gives every sample its own rid, sends requests to the
+scheduler, and routes the detokenizer's outputs to per-request state. One API call (a batch,
+n > 1) is a `Call`: its samples share one event, so a consumer wakes once for any update and
+reads cumulative state (a slow client simply gets coalesced updates). A watchdog notices a
+dead child process: every in-flight request fails at once and new ones get 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from radixrt.config import ServerArgs
+from radixrt.managers.inputs import expand_samples
+from radixrt.managers.ipc import pull_socket, push_socket, send
+from radixrt.managers.launcher import ChildProcesses
+from radixrt.managers.messages import (
+    AbortReq,
+    BatchStrOut,
+    FlushCacheOut,
+    FlushCacheReq,
+    GetServerInfoReq,
+    ServerInfoOut,
+    StrOut,
+    TokenizedGenerateReq,
+    decode,
+)
+from radixrt.managers.metrics import ServerMetrics
+from radixrt.sampling_params import SamplingParams
+
+logger = logging.getLogger("radixrt.tokenizer_manager")
+
+MAX_TOP_LOGPROBS = 100
+WATCHDOG_INTERVAL_S = 0.2
+CONTROL_TIMEOUT_S = 30.0
+# Prompts longer than this (characters) are tokenized off the event loop.
+OFFLOAD_TOKENIZE_CHARS = 8192
+
+
+class RequestFailed(Exception):
+    """A request the server cannot serve; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass
+class SampleInput:
+    """One sample of an API call, ready to send (n == 1)."""
+
+    rid: str
+    group: str  # the rid the client knows (shared by the n samples of a prompt)
+    input_ids: list[int]
+    params: SamplingParams
+    return_logprob: bool = False
+    logprob_start_len: int = -1
+    top_logprobs_num: int = 0
+
+
+@dataclass
+class ReqState:
+    """Everything received about one sample so far (cumulative)."""
+
+    rid: str
+    group: str
+    event: asyncio.Event
+    prompt_tokens: int
+    stream: bool
+    return_logprob: bool = False
+    top_logprobs_num: int = 0
+    text: str = ""
+    output_ids: list[int] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    input_token_logprobs: list = field(default_factory=list)
+    input_top_logprobs: list = field(default_factory=list)
+    output_token_logprobs: list = field(default_factory=list)
+    output_top_logprobs: list = field(default_factory=list)
+    finished: bool = False
+    error: RequestFailed | None = None
+    abort_sent: bool = False
+    created: float = field(default_factory=time.perf_counter)
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+    finish_time: float | None = None
+
+
+class Call:
+    """The samples of one API call. Close it when done: unfinished samples are aborted."""
+
+    def __init__(self, tm: TokenizerManager, states: list[ReqState], event: asyncio.Event):
+        self.tm = tm
+        self.states = states
+        self.event = event
+        self._watch: asyncio.Task | None = None
+
+    @property
+    def done(self) -> bool:
+        return all(s.finished for s in self.states)
+
+    def error(self) -> RequestFailed | None:
+        return next((s.error for s in self.states if s.error is not None), None)
+
+    async def wait_update(self) -> None:
+        await self.event.wait()
+        self.event.clear()
+
+    async def wait_done(self) -> None:
+        while not self.done:
+            await self.wait_update()
+
+    async def updates(self) -> AsyncIterator[None]:
+        """Yields after every wake-up until all samples are finished (inclusive)."""
+        while True:
+            await self.wait_update()
+            yield
+            if self.done:
+                return
+
+    def watch_disconnect(self, receive) -> None:
+        """Abort the call's samples when the client disconnects. ``receive`` is the ASGI
+        receive callable, after the body has been read (it then waits for the disconnect)."""
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    break
+            if not self.done:
+                logger.info("client disconnected; aborting %s", [s.rid for s in self.states])
+                self.abort()
+
+        self._watch = asyncio.ensure_future(watch())
+
+    def abort(self) -> None:
+        for s in self.states:
+            self.tm.abort_state(s)
+
+    def close(self) -> None:
+        """Idempotent. A finished sample has already left the manager's table; an unfinished
+        one leaves it when the scheduler confirms the abort."""
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        self.abort()
+
+
+class TokenizerManager:
+    def __init__(self, args: ServerArgs):
+        self.args = args
+        self.children = ChildProcesses(args)
+        self.metrics = ServerMetrics()
+        self.model_info: dict[str, Any] = {}
+        self.tokenizer = None
+        self.states: dict[str, ReqState] = {}
+        self.dead: str | None = None
+        self._calls: dict[int, asyncio.Future] = {}
+        self._call_ids = itertools.count()
+        self._tasks: list[asyncio.Task] = []
+        self._token_text: dict[int, str] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Start the child processes and load the tokenizer (blocking; before the loop runs)."""
+        from radixrt.model.loader import prepare_model_dir
+        from radixrt.tokenizer import load_tokenizer
+
+        # Converting a GGUF (first run) happens here, once, before the children look it up.
+        tokenizer_path = str(self.args.tokenizer_path or prepare_model_dir(self.args.model_path))
+        self.children.spawn(tokenizer_path)
+        self.tokenizer = load_tokenizer(tokenizer_path)
+        self.model_info = self.children.wait_ready()
+        self.context_len: int = self.model_info["context_len"]
+        self.vocab_size: int = self.model_info["vocab_size"]
+        self.served_model_name = self.args.served_model_name or _model_name(
+            self.args.model_path, self.model_info["model_dir"])
+        self.started_at = int(time.time())
+
+    async def start_loops(self) -> None:
+        """Open the sockets and start the receive loop and the watchdog (on the running loop)."""
+        self._actx = zmq.asyncio.Context()
+        self._recv_sock = pull_socket(self._actx, self.children.ipc.tokenizer_in)
+        self._sctx = zmq.Context()
+        self._send_sock = push_socket(self._sctx, self.children.ipc.scheduler_in)
+        self._tasks = [asyncio.ensure_future(self._recv_loop()),
+                       asyncio.ensure_future(self._watchdog())]
+
+    async def shutdown(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        self._fail_all("the server is shutting down", mark_dead=False)
+        self.children.shutdown()
+        for sock in (getattr(self, "_recv_sock", None), getattr(self, "_send_sock", None)):
+            if sock is not None:
+                sock.close(linger=0)
+
+    def check_alive(self) -> None:
+        if self.dead is not None:
+            raise RequestFailed(f"the server is not healthy: {self.dead}", 503)
+
+    # ------------------------------------------------------------------ inputs
+    async def tokenize(self, text: str, field: str, add_special_tokens: bool = True) -> list[int]:
+        def enc() -> list[int]:
+            return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+        if len(text) > OFFLOAD_TOKENIZE_CHARS:
+            ids = await asyncio.get_running_loop().run_in_executor(None, enc)
+        else:
+            ids = enc()
+        self.check_prompt(ids, field)
+        return ids
+
+    def check_prompt(self, ids: list[int], field: str) -> None:
+        if not ids:
+            raise RequestFailed(f"{field}: the prompt is empty")
+        bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise RequestFailed(f"{field}: token id {bad} is outside the vocabulary [0, {self.vocab_size})")
+        if len(ids) >= self.context_len:
+            raise RequestFailed(f"{field}: the prompt has {len(ids)} tokens; it must be shorter than the "
+                                f"model's context length ({self.context_len})")
+        if len(ids) + 1 > self.model_info["max_total_tokens"]:
+            raise RequestFailed(f"{field}: the prompt has {len(ids)} tokens but the KV cache holds only "
+                                f"{self.model_info['max_total_tokens']}")
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], **kwargs: Any) -> str:
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise RequestFailed("messages: the model's tokenizer has no chat template")
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+        except Exception as e:  # jinja errors from the template (e.g. roles must alternate)
+            raise RequestFailed(f"messages: the chat template rejected them: {e}") from None
+
+    def make_samples(self, prompt_ids: list[list[int]], params: list[SamplingParams], *,
+                     rids: list[str] | None = None, return_logprob: list[bool] | None = None,
+                     logprob_start_len: list[int] | None = None,
+                     top_logprobs_num: list[int] | None = None) -> list[SampleInput]:
+        """Expand prompts x n into samples, validating the logprob arguments."""
+        out: list[SampleInput] = []
+        for i, (ids, p) in enumerate(zip(prompt_ids, params, strict=True)):
+            start = logprob_start_len[i] if logprob_start_len else -1
+            top = top_logprobs_num[i] if top_logprobs_num else 0
+            if start < -1:
+                raise RequestFailed(f"logprob_start_len: must be >= -1 (got {start})")
+            if not 0 <= top <= MAX_TOP_LOGPROBS:
+                raise RequestFailed(f"top_logprobs_num: must be in [0, {MAX_TOP_LOGPROBS}] (got {top})")
+            if p.json_schema is not None:
+                try:
+                    json.loads(p.json_schema)
+                except ValueError as e:
+                    raise RequestFailed(f"json_schema: not valid JSON ({e})") from None
+            group = rids[i] if rids else uuid.uuid4().hex
+            for j, sp in enumerate(expand_samples(p)):
+                out.append(SampleInput(
+                    rid=group if p.n == 1 else f"{group}-{j}", group=group, input_ids=ids, params=sp,
+                    return_logprob=bool(return_logprob[i]) if return_logprob else False,
+                    logprob_start_len=start, top_logprobs_num=top))
+        return out
+
+    # ------------------------------------------------------------------ requests
+    def submit(self, samples: list[SampleInput], stream: bool = False) -> Call:
+        self.check_alive()
+        seen: set[str] = set()
+        for s in samples:
+            if s.rid in self.states or s.rid in seen:
+                raise RequestFailed(f"rid: {s.rid!r} is already in use")
+            seen.add(s.rid)
+        event = asyncio.Event()
+        states = []
+        for s in samples:
+            st = ReqState(rid=s.rid, group=s.group, event=event, prompt_tokens=len(s.input_ids),
+                          stream=stream, return_logprob=s.return_logprob,
+                          top_logprobs_num=s.top_logprobs_num if s.return_logprob else 0)
+            self.states[s.rid] = st
+            states.append(st)
+            send(self._send_sock, TokenizedGenerateReq(
+                rid=s.rid, input_ids=s.input_ids, sampling_params=s.params.to_dict(),
+                return_logprob=s.return_logprob, logprob_start_len=s.logprob_start_len,
+                top_logprobs_num=s.top_logprobs_num, stream=stream))
+        return Call(self, states, event)
+
+    def abort_state(self, st: ReqState) -> None:
+        if not st.finished and not st.abort_sent and self.dead is None:
+            st.abort_sent = True
+            send(self._send_sock, AbortReq(rid=st.rid))
+
+    def abort_request(self, rid: str | None, abort_all: bool = False) -> int:
+        """Abort by rid (a sample's rid, or the client rid shared by its n samples)."""
+        hits = [s for s in self.states.values() if abort_all or rid in (s.rid, s.group)]
+        for s in hits:
+            self.abort_state(s)
+        return len(hits)
+
+    # ------------------------------------------------------------------ control
+    async def _control(self, make, timeout: float = CONTROL_TIMEOUT_S):
+        self.check_alive()
+        call_id = next(self._call_ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = fut
+        send(self._send_sock, make(call_id))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise RequestFailed(f"the scheduler did not answer within {timeout:g}s", 503) from None
+        finally:
+            self._calls.pop(call_id, None)
+
+    async def flush_cache(self) -> FlushCacheOut:
+        return await self._control(lambda i: FlushCacheReq(call_id=i))
+
+    async def server_info(self, timeout: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
+        out: ServerInfoOut = await self._control(lambda i: GetServerInfoReq(call_id=i), timeout)
+        self.metrics.scheduler_snapshot = out.info
+        return out.info
+
+    # ------------------------------------------------------------------ output routing
+    async def _recv_loop(self) -> None:
+        while True:
+            data = await self._recv_sock.recv()
+            try:
+                msg = decode(data)
+                if isinstance(msg, BatchStrOut):
+                    now = time.perf_counter()
+                    for o in msg.outputs:
+                        self._on_output(o, now)
+                elif isinstance(msg, FlushCacheOut | ServerInfoOut):
+                    fut = self._calls.get(msg.call_id)
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg)
+                else:
+                    logger.warning("ignoring unexpected message %s", type(msg).__name__)
+            except Exception:
+                logger.exception("could not handle a message from the detokenizer")
+
+    def _on_output(self, o: StrOut, now: float) -> None:
+        st = self.states.get(o.rid)
+        if st is None:  # closed by its consumer (e.g. the client went away)
+            return
+        if o.error is not None:
+            st.error = RequestFailed(o.error, o.error_code or 500)
+        st.text += o.text
+        if o.new_ids:
+            if st.first_token_time is None:
+                st.first_token_time = now
+                self.metrics.ttft.observe(now - st.created)
+            elif st.last_token_time is not None:
+                gap = (now - st.last_token_time) / len(o.new_ids)
+                for _ in o.new_ids:
+                    self.metrics.itl.observe(gap)
+            st.last_token_time = now
+            st.output_ids.extend(o.new_ids)
+        st.meta = o.meta
+        st.input_token_logprobs.extend(o.input_token_logprobs)
+        st.input_top_logprobs.extend(o.input_top_logprobs)
+        st.output_token_logprobs.extend(o.output_token_logprobs)
+        st.output_top_logprobs.extend(o.output_top_logprobs)
+        if o.finished:
+            st.finished, st.finish_time = True, now
+            del self.states[o.rid]
+            reason = (o.meta.get("finish_reason") or {}).get("type", "error")
+            self.metrics.on_finish("error" if o.error else reason, now - st.created)
+        st.event.set()
+
+    async def _watchdog(self) -> None:
+        while self.dead is None:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            reason = self.children.dead_child()
+            if reason is not None:
+                logger.error("%s; failing all requests, /health now answers 503", reason)
+                self._fail_all(reason)
+
+    def _fail_all(self, reason: str, mark_dead: bool = True) -> None:
+        if mark_dead:
+            self.dead = reason
+        err = RequestFailed(reason, 503)
+        for st in self.states.values():
+            st.error, st.finished = err, True
+            st.event.set()
+        self.states.clear()
+        for fut in self._calls.values():
+            if not fut.done():
+                fut.set_exception(err)
+
+    # ------------------------------------------------------------------ helpers
+    def token_text(self, token_id: int) -> str:
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self.tokenizer.decode([token_id])
+            self._token_text[token_id] = text
+        return text
+
+
+def _model_name(model_path: str | None, model_dir: str) -> str:
+    """The model's name for /v1/models: the path's name, without .gguf or a cache-key suffix."""
+    if model_path:
+        p = Path(model_path)
+        return p.stem if p.suffix == ".gguf" else p.name
+    return re.sub(r"-[0-9a-f]{12}$", "", Path(model_dir).name)

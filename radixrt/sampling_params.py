@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,9 @@ class SamplingParams:
     presence_penalty: float = 0.0
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
+    # Regular expressions searched in the output text; generation stops at the first match and
+    # the matched text (and what follows) is cut off, like a stop string.
+    stop_regex: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
@@ -42,10 +46,13 @@ class SamplingParams:
         unknown = sorted(set(d) - names)
         if unknown:
             raise SamplingParamsError(f"sampling_params: unknown field(s) {unknown}")
-        if isinstance(d.get("stop"), str):
-            d["stop"] = [d["stop"]]
-        if d.get("stop") is None:
-            d.pop("stop", None)
+        for name in ("stop", "stop_regex"):
+            if isinstance(d.get(name), str):
+                d[name] = [d[name]]
+            elif isinstance(d.get(name), tuple):
+                d[name] = list(d[name])
+            if d.get(name) is None:
+                d.pop(name, None)
         if d.get("stop_token_ids") is None:
             d.pop("stop_token_ids", None)
         p = cls(**d)
@@ -96,6 +103,13 @@ class SamplingParams:
             raise bad("seed", "must be an integer")
         if not isinstance(self.stop, list) or not all(isinstance(s, str) and s for s in self.stop):
             raise bad("stop", "must be a non-empty string or a list of non-empty strings")
+        if not isinstance(self.stop_regex, list) or not all(isinstance(s, str) and s for s in self.stop_regex):
+            raise bad("stop_regex", "must be a non-empty string or a list of non-empty strings")
+        for pattern in self.stop_regex:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise bad("stop_regex", f"invalid regular expression {pattern!r}: {e}") from None
         if not isinstance(self.stop_token_ids, list) or not all(
             isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids
         ):

@@ -7,6 +7,7 @@ concurrent callers are batched together continuously.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import queue
@@ -119,12 +120,7 @@ class Engine:
         s = self.scheduler.stats
         return {
             "cache_hit_rate": s.cache_hit_rate,
-            "num_prompt_tokens": s.num_prompt_tokens,
-            "num_cached_tokens": s.num_cached_tokens,
-            "num_prefill_tokens": s.num_prefill_tokens,
-            "num_generated_tokens": s.num_generated_tokens,
-            "num_retractions": s.num_retractions,
-            "num_forward_steps": s.num_forward_steps,
+            **dataclasses.asdict(s),
             "kv": self.kv_accounting(),
         }
 

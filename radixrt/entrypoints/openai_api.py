@@ -32,7 +32,7 @@ _SAMPLING_FIELDS = {
     "temperature": "temperature", "top_p": "top_p", "frequency_penalty": "frequency_penalty",
     "presence_penalty": "presence_penalty", "seed": "seed", "top_k": "top_k", "min_p": "min_p",
     "min_tokens": "min_new_tokens", "repetition_penalty": "repetition_penalty",
-    "stop_token_ids": "stop_token_ids", "ignore_eos": "ignore_eos",
+    "stop_token_ids": "stop_token_ids", "stop_regex": "stop_regex", "ignore_eos": "ignore_eos",
     "skip_special_tokens": "skip_special_tokens", "no_jump_forward": "no_jump_forward",
     "regex": "regex", "json_schema": "json_schema", "ebnf": "ebnf",
 }

@@ -85,6 +85,7 @@ class OpenAISamplingFields(StrictModel):
     min_tokens: int | None = Field(default=None, ge=0)
     repetition_penalty: float | None = None
     stop_token_ids: list[int] | None = None
+    stop_regex: str | list[str] | None = None
     ignore_eos: bool | None = None
     skip_special_tokens: bool | None = None
     no_jump_forward: bool | None = None

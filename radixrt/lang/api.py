@@ -92,8 +92,11 @@ def gen(name: str | None = None, max_tokens: int | None = None, min_tokens: int 
     """Generate text into variable ``name``. Unset arguments take run()'s defaults. With
     ``choices``, this is `select`. ``dtype`` (int, float, bool, str) and ``regex`` /
     ``json_schema`` constrain the output."""
-    if stop_regex is not None:
-        raise ValueError("gen: stop_regex is not supported by radixrt; use stop strings")
+    for pattern in [stop_regex] if isinstance(stop_regex, str) else (stop_regex or ()):
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"gen: invalid stop_regex {pattern!r}: {e}") from None
     if choices:
         return Select(name, choices, 0.0 if temperature is None else temperature,
                       get_choices_method(choices_method))
@@ -108,7 +111,7 @@ def gen(name: str | None = None, max_tokens: int | None = None, min_tokens: int 
         json_schema = json.dumps(json_schema)
     return Gen(name, SamplingParams(
         max_new_tokens=max_tokens, min_new_tokens=min_tokens, n=n, stop=stop,
-        stop_token_ids=stop_token_ids, temperature=temperature, top_p=top_p, top_k=top_k,
+        stop_token_ids=stop_token_ids, stop_regex=stop_regex, temperature=temperature, top_p=top_p, top_k=top_k,
         min_p=min_p, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
         ignore_eos=ignore_eos, return_logprob=return_logprob, logprob_start_len=logprob_start_len,
         top_logprobs_num=top_logprobs_num, return_text_in_logprobs=return_text_in_logprobs,

@@ -31,6 +31,7 @@ class SamplingParams:
     n: int | None = None
     stop: str | list[str] | tuple[str, ...] | None = None
     stop_token_ids: list[int] | tuple[int, ...] | None = None
+    stop_regex: str | list[str] | tuple[str, ...] | None = None
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
@@ -59,6 +60,11 @@ class SamplingParams:
         if not self.stop:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def stop_regex_list(self) -> list[str]:
+        if not self.stop_regex:
+            return []
+        return [self.stop_regex] if isinstance(self.stop_regex, str) else list(self.stop_regex)
 
     def resolve_dtype(self) -> None:
         """Turn ``dtype`` into a regex (SGLang semantics: dtype wins over regex)."""
@@ -91,6 +97,8 @@ class SamplingParams:
             out["stop"] = stop
         if self.stop_token_ids:
             out["stop_token_ids"] = list(self.stop_token_ids)
+        if self.stop_regex:
+            out["stop_regex"] = self.stop_regex_list()
         return out
 
     def logprob_args(self) -> dict[str, Any]:

@@ -5,10 +5,16 @@ A request with ``regex`` / ``json_schema`` waits here (not in the scheduler's qu
 grammar compiles in the compiler's thread pool; other requests keep running. A compile error
 finishes that request alone with a 400-class error.
 
-Jump-forward happens right after a sampled token is accepted, in the same step, so the only
-token it may roll back is the one just sampled (never one already sent to a client). The
-forced tokens are appended to the output and computed in the next forward as one extend of
-several tokens (their KV is cached like any other).
+Jump-forward is verified, never imposed. After a sampled token is accepted, the text the
+grammar forces next is tokenized into a draft (``propose_draft``). The next decode step feeds
+the last token and the whole draft as one extend and returns logits at every position; the
+scheduler then samples position by position exactly as plain decoding would (same mask, same
+penalties, same per-request generator) and keeps draft tokens only while the sample equals
+them. The first disagreement is kept instead and the rest of the draft (and its KV) is dropped.
+So outputs are exactly those of decoding without jump-forward (token for token under greedy
+or a seed), while every draft token the model agrees with saves a forward pass. Forced text
+tokenized on its own can therefore never push the model onto a token split it would not have
+chosen: that split is simply not accepted.
 """
 
 from __future__ import annotations
@@ -22,8 +28,14 @@ from radixrt.managers.req import FinishReason, Req
 
 logger = logging.getLogger("radixrt.constrained")
 
-MAX_JUMP_ROLLBACK = 1
 
+def _learned(grammar) -> dict[int, list[int]]:
+    """Per compiled grammar (shared by all requests with the same constraint): DFA state ->
+    the tokens the model produced for the text forced there."""
+    d = getattr(grammar, "learned_drafts", None)
+    if d is None:
+        d = grammar.learned_drafts = {}
+    return d
 
 def grammar_spec(req: Req) -> tuple[str, str] | None:
     p = req.params
@@ -46,8 +58,6 @@ class GrammarManager:
         self.jump_forward_enabled = jump_forward
         self._compiler = None
         self.pending: list[Req] = []
-        self.num_forced_tokens = 0
-        self.num_jumps = 0
 
     @property
     def compiler(self):
@@ -122,49 +132,43 @@ class GrammarManager:
         elif g.is_terminated() and tok not in self.eos_ids:  # EOS: the usual stop check
             req.finished = FinishReason("stop")
 
-    def jump_forward(self, req: Req) -> int:
-        """Append the text the grammar forces; returns the number of tokens appended."""
+    def propose_draft(self, req: Req) -> int:
+        """Set ``req.draft_ids`` to the tokens of the text the grammar forces next (empty when
+        nothing is forced or jump-forward is off); returns how many.
+
+        The draft is how this model split the same forced text the last time a request of the
+        same grammar stood in this state (learned in `learn`), else the tokenizer's own split
+        of the forced text (holding back a last token that a longer one could extend)."""
+        req.draft_ids = []
         if not self.jump_forward_enabled or req.params.no_jump_forward or req.finished is not None:
             return 0
         g = req.grammar
-        jf = g.jump_forward(max_rollback_tokens=min(MAX_JUMP_ROLLBACK, req.fresh_tokens))
-        if not jf:
-            return 0
-        budget = req.params.max_new_tokens - (len(req.output_ids) - jf.rollback)
-        tokens = jf.token_ids[:budget]
-        if len(tokens) <= jf.rollback:
-            return 0
-        g.rollback(jf.rollback)
-        if not g.accept_tokens(tokens):
-            raise RuntimeError("jump-forward tokens were rejected by the grammar")
-        for _ in range(jf.rollback):
-            tok = req.output_ids.pop()
-            if req.penalty is not None:
-                req.penalty.rollback(tok)
-            if req.return_logprob:
-                req.output_token_logprobs.pop()
-                if req.top_logprobs_num:
-                    req.output_top_logprobs.pop()
-        req.output_ids.extend(tokens)
-        if req.penalty is not None:
-            req.penalty.update(tokens)
-        if req.return_logprob:
-            # Forced tokens have probability 1 under the constrained distribution.
-            req.output_token_logprobs.extend((0.0, t) for t in tokens)
-            if req.top_logprobs_num:
-                req.output_top_logprobs.extend([(0.0, t)] for t in tokens)
-        if req.stop_detok is not None:
-            from radixrt.managers.detok_utils import IncrementalDetokenizer
+        state = g.state
+        learned = _learned(g.grammar).get(state)
+        if learned is not None:
+            draft = learned
+        else:
+            jf = g.jump_forward(max_rollback_tokens=0)
+            draft = jf.token_ids if jf else []
+        req.draft_ids = draft[:req.remaining_new_tokens()]
+        req.draft_state = state
+        return len(req.draft_ids)
 
-            req.stop_detok = IncrementalDetokenizer(self.tokenizer, req.params.skip_special_tokens)
-            req.stop_detok.add(list(req.output_ids))
-        self.num_jumps += 1
-        self.num_forced_tokens += len(tokens)
-        if g.is_terminated():
-            req.finished = FinishReason("stop")
-        elif len(req.output_ids) >= req.params.max_new_tokens:
-            req.finished = FinishReason("length")
-        return len(tokens)
+    def learn(self, req: Req, state: int, committed: list[int]) -> None:
+        """Remember how the model split the forced text at ``state``: the leading tokens of
+        ``committed`` (what it produced from there) that stay inside that text. An empty
+        entry means the model's first token ran past it: no draft is worth proposing there."""
+        g = req.grammar.grammar
+        forced = g.forced_bytes(state)
+        tb = g.vocab.token_bytes
+        seq, text = [], b""
+        for t in committed:
+            b = tb[t] if 0 <= t < len(tb) else b""
+            if not b or not forced.startswith(text + b):
+                break
+            seq.append(t)
+            text += b
+        _learned(g)[state] = seq
 
     def close(self) -> None:
         if self._compiler is not None:

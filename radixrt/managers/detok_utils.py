@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class IncrementalDetokenizer:
     """Turns a growing list of token ids into text pieces.
@@ -58,6 +60,19 @@ def find_stop(text: str, stops: list[str], start: int) -> int:
         if i != -1 and (best == -1 or i < best):
             best = i
     return best
+
+
+def find_stop_regex(text: str, patterns: list[str], start: int) -> str | None:
+    """The earliest non-empty match of any pattern in ``text`` that ends after ``start`` (so it
+    was not complete before the newest piece arrived), or None."""
+    best: re.Match | None = None
+    for pattern in patterns:
+        for m in re.finditer(pattern, text):
+            if m.end() > start and m.end() > m.start():
+                if best is None or m.start() < best.start():
+                    best = m
+                break
+    return None if best is None else best.group(0)
 
 
 def stop_holdback(text: str, stops: list[str]) -> int:

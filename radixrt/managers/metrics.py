@@ -51,6 +51,10 @@ class _SchedulerCollector:
             ("radixrt_prefix_cache_hits", "Prompt tokens found in the prefix cache.", "num_cached_tokens"),
             ("radixrt_prefill_tokens", "Prompt tokens computed by prefill.", "num_prefill_tokens"),
             ("radixrt_retractions", "Requests retracted for lack of KV memory.", "num_retractions"),
+            ("radixrt_jump_forward_draft_tokens", "Tokens of grammar-forced text proposed by "
+             "jump-forward.", "num_draft_tokens"),
+            ("radixrt_jump_forward_accepted_tokens", "Jump-forward tokens kept (the model agreed): "
+             "forward passes saved.", "num_accepted_draft_tokens"),
         ):
             yield CounterMetricFamily(name, doc, value=stats.get(key, 0))
 

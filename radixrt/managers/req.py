@@ -43,7 +43,10 @@ class Req:
     grammar: Any = None  # GrammarMatcher (radixrt.fsm), when constrained
     grammar_future: Any = None  # compile in flight
     grammar_kind: str | None = None
-    fresh_tokens: int = 0  # output tokens sampled in the current step (not yet sent out)
+    # Jump-forward draft: tokens the grammar forces next, fed to the next decode step and kept
+    # only as far as the model's own samples agree with them (not part of output_ids).
+    draft_ids: list[int] = field(default_factory=list)
+    draft_state: int = 0  # grammar state the draft starts from
     error: str | None = None  # the request failed (bad constraint...): the client gets a 400
     # --- KV state ---
     row: int | None = None  # row in ReqToTokenPool while it holds KV

@@ -24,7 +24,7 @@ from radixrt.cache.base import BasePrefixCache
 from radixrt.cache.no_cache import NoPrefixCache
 from radixrt.config import ServerArgs
 from radixrt.managers.constrained import GrammarManager, grammar_spec
-from radixrt.managers.detok_utils import IncrementalDetokenizer, find_stop
+from radixrt.managers.detok_utils import IncrementalDetokenizer, find_stop, find_stop_regex
 from radixrt.managers.prefill import RESERVE_CLIP, PrefillAdder
 from radixrt.managers.req import FinishReason, Req
 from radixrt.managers.schedule_policy import SchedulePolicy
@@ -55,6 +55,8 @@ class SchedulerStats:
     num_forward_steps: int = 0
     num_retractions: int = 0
     num_finished: int = 0
+    num_draft_tokens: int = 0  # jump-forward tokens proposed by grammars
+    num_accepted_draft_tokens: int = 0  # ... and kept (each one a forward pass saved)
 
     @property
     def cache_hit_rate(self) -> float:
@@ -112,7 +114,7 @@ class Scheduler:
             req.generator = torch.Generator().manual_seed(p.seed)
         if p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
             req.penalty = RequestPenalty(req.prompt_ids, self.vocab_size)
-        if p.stop:
+        if p.stop or p.stop_regex:
             req.stop_detok = IncrementalDetokenizer(self.tokenizer, p.skip_special_tokens)
         spec = grammar_spec(req)
         if spec is not None:
@@ -192,6 +194,7 @@ class Scheduler:
         self.cache.cache_finished_req(req.fill_ids[:req.kv_len], slots, req.prefix_len, req.last_node)
         self.req_pool.free(req.row)
         req.row, req.kv_len, req.prefix_len, req.last_node = None, 0, 0, None
+        req.draft_ids = []
 
     def _share_progress(self, req: Req) -> None:
         """Insert a running request's computed tokens into the cache so others can share them."""
@@ -305,24 +308,42 @@ class Scheduler:
             return []
         batch = self.running
         table = self.req_pool.req_to_token
-        ext = [r.seq_len - r.kv_len for r in batch]
+        fresh = [r.seq_len - r.kv_len for r in batch]  # usually 1: the last sampled token
+        ext = [n + len(r.draft_ids) for r, n in zip(batch, fresh)]
         out_loc = []
         input_ids: list[int] = []
-        for req, n in zip(batch, ext):
+        logits_rows: list[int] = []
+        first_row: list[int] = []
+        off = 0
+        for req, n, e in zip(batch, fresh, ext):
             last = int(table[req.row, req.kv_len - 1])
-            slots = self.allocator.alloc(n, last)
+            slots = self.allocator.alloc(e, last)
             if slots is None:  # _ensure_decode_memory made room; this cannot happen
                 raise RuntimeError("KV allocation failed after reserving decode memory")
-            table[req.row, req.kv_len:req.kv_len + n] = slots
+            table[req.row, req.kv_len:req.kv_len + e] = slots
             out_loc.append(slots)
             input_ids.extend(req.fill_ids[req.kv_len:])
-        fb = ForwardBatch.build(input_ids, [r.seq_len for r in batch], ext, torch.cat(out_loc),
-                                table, [r.row for r in batch])
+            input_ids.extend(req.draft_ids)
+            # Logits after the last committed token, then after each draft token.
+            first_row.append(len(logits_rows))
+            logits_rows.extend(range(off + n - 1, off + e))
+            off += e
+        fb = ForwardBatch.build(input_ids, [r.kv_len + e for r, e in zip(batch, ext)], ext,
+                                torch.cat(out_loc), table, [r.row for r in batch], logits_rows)
         logits = self.runner.forward(fb)
         self.stats.num_forward_steps += 1
-        for req, n in zip(batch, ext):
+        for req, n in zip(batch, fresh):
             req.kv_len += n
-        self._sample_and_advance(batch, logits, torch.arange(len(batch)), batch)
+        drafted = [i for i, e in enumerate(ext) if e > fresh[i]]
+        if not drafted:
+            self._sample_and_advance(batch, logits, torch.arange(len(batch)), batch)
+        else:
+            plain = [i for i, e in enumerate(ext) if e == fresh[i]]
+            if plain:  # sampled first: this proposes their next drafts
+                reqs = [batch[i] for i in plain]
+                self._sample_and_advance(reqs, logits, torch.tensor([first_row[i] for i in plain]), reqs)
+            for i in drafted:
+                self._verify_draft(batch[i], logits, first_row[i])
         self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
         done = [r for r in batch if r.finished is not None]
         for req in done:
@@ -338,10 +359,14 @@ class Scheduler:
             ps = self.page_size
             total = 0
             for r in self.running:
-                n = r.seq_len - r.kv_len - (-r.kv_len) % ps  # beyond the last page's free tail
+                n = r.seq_len - r.kv_len + len(r.draft_ids) - (-r.kv_len) % ps  # beyond the last page's free tail
                 total += -(-max(n, 0) // ps) * ps
             return total
 
+        if self.allocator.available_size() >= needed():
+            return
+        for r in self.running:  # drafts are optional: drop them before evicting anything
+            r.draft_ids = []
         if self.allocator.available_size() >= needed():
             return
         self.cache.evict(needed() - self.allocator.available_size())
@@ -368,7 +393,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ sampling
     def _sample_and_advance(self, reqs: list[Req], logits: torch.Tensor, rows: torch.Tensor,
-                            all_reqs: list[Req]) -> None:
+                            all_reqs: list[Req], propose: bool = True) -> None:
         if not reqs:
             return
         index = {id(r): i for i, r in enumerate(all_reqs)}
@@ -391,7 +416,6 @@ class Scheduler:
         lps = out.logprobs.tolist()
         for i, (req, tok) in enumerate(zip(reqs, ids)):
             req.output_ids.append(tok)
-            req.fresh_tokens = 1
             self.stats.num_generated_tokens += 1
             if req.first_token_time is None:
                 req.first_token_time = time.perf_counter()
@@ -405,9 +429,39 @@ class Scheduler:
                 self.grammars.accept(req, tok)
             if req.finished is None:
                 self._check_finish(req, tok)
-            if req.grammar is not None and req.finished is None:
-                self.grammars.jump_forward(req)
-            req.fresh_tokens = 0
+            if propose and req.grammar is not None and req.finished is None:
+                self.stats.num_draft_tokens += self.grammars.propose_draft(req)
+
+    def _verify_draft(self, req: Req, logits: torch.Tensor, row0: int) -> None:
+        """Sample position by position over a jump-forward draft (rows ``row0`` .. ``row0 + k``
+        of ``logits``), exactly as plain decoding would, keeping draft tokens while the samples
+        equal them; free the KV of the draft tokens that were not kept."""
+        draft, req.draft_ids = req.draft_ids, []
+        k = len(draft)
+        n0 = len(req.output_ids)
+        for i in range(k + 1):
+            self._sample_and_advance([req], logits, torch.tensor([row0 + i]), [req], propose=False)
+            if req.finished is not None or i == k or req.output_ids[-1] != draft[i]:
+                break
+        new = req.output_ids[n0:]
+        kept = 0
+        while kept < min(k, len(new)) and new[kept] == draft[kept]:
+            kept += 1
+        self.stats.num_accepted_draft_tokens += kept
+        if kept < k or len(new) == k:  # the model ended or left the draft: learn its split
+            self.grammars.learn(req, req.draft_state, new)
+        # KV was written for all k draft tokens; the first `kept` are committed now.
+        table = self.req_pool.req_to_token
+        base = req.kv_len
+        req.kv_len = base + kept
+        dropped = table[req.row, base + kept:base + k].clone()
+        if dropped.numel():
+            if self.page_size > 1:  # the page holding the last kept slot stays with the request
+                keep_page = int(table[req.row, req.kv_len - 1]) // self.page_size
+                dropped = dropped[dropped // self.page_size != keep_page]
+            self.allocator.free(dropped)
+        if req.finished is None and req.grammar is not None:
+            self.stats.num_draft_tokens += self.grammars.propose_draft(req)
 
     def _check_finish(self, req: Req, tok: int) -> None:
         p = req.params
@@ -423,9 +477,14 @@ class Scheduler:
             piece = req.stop_detok.add([tok])
             if piece and n_out >= p.min_new_tokens:
                 text = req.stop_detok.text
-                i = find_stop(text, p.stop, len(text) - len(piece))
+                new_from = len(text) - len(piece)
+                i = find_stop(text, p.stop, new_from)
                 if i != -1:
                     matched = next(s for s in p.stop if text.startswith(s, i))
+                    req.finished = FinishReason("stop", matched=matched)
+                    return
+                matched = find_stop_regex(text, p.stop_regex, new_from)
+                if matched is not None:
                     req.finished = FinishReason("stop", matched=matched)
                     return
         if n_out >= p.max_new_tokens or req.seq_len >= self.context_len:

@@ -34,8 +34,20 @@ class TorchAttentionBackend:
                 fb: ForwardBatch) -> torch.Tensor:
         if fb.is_decode:
             return self.decode_fn(q, k_buf, v_buf, fb.kv_indices, fb.seq_lens, self.scale)
-        return self.extend_fn(q, k_buf, v_buf, fb.kv_indices, fb.seq_lens, fb.extend_lens,
-                              fb.q_starts, self.scale)
+        split = fb.decode_split()
+        if split is None:
+            return self.extend_fn(q, k_buf, v_buf, fb.kv_indices, fb.seq_lens, fb.extend_lens,
+                                  fb.q_starts, self.scale)
+        # Mixed batch (e.g. decode steps next to jump-forward drafts): one-token requests go
+        # through the batched decode kernel, the others through the extend path.
+        dec_b, dec_q, ext_b = split
+        out = self.extend_fn(q, k_buf, v_buf, fb.kv_indices.index_select(0, ext_b),
+                             fb.seq_lens.index_select(0, ext_b), fb.extend_lens.index_select(0, ext_b),
+                             fb.q_starts.index_select(0, ext_b), self.scale)
+        out[dec_q] = self.decode_fn(q.index_select(0, dec_q).contiguous(), k_buf, v_buf,
+                                    fb.kv_indices.index_select(0, dec_b).contiguous(),
+                                    fb.seq_lens.index_select(0, dec_b), self.scale)
+        return out
 
 
 class NativeAttentionBackend(TorchAttentionBackend):

@@ -21,6 +21,23 @@ class ForwardBatch:
     is_decode: bool  # every request has exactly one new token
     seq_lens_list: list[int]
     extend_lens_list: list[int]
+    _split: tuple | None = None
+
+    def decode_split(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """For a mixed batch with several one-token requests: (their request indices, their
+        token rows, the other requests' indices), so attention can run the one-token requests
+        through the batched decode kernel. None when that does not apply."""
+        if self._split is None:
+            one = [b for b, e in enumerate(self.extend_lens_list) if e == 1]
+            if self.is_decode or len(one) < 2:
+                self._split = ()
+            else:
+                many = [b for b, e in enumerate(self.extend_lens_list) if e != 1]
+                dev = self.seq_lens.device
+                dec_b = torch.tensor(one, dtype=torch.int64, device=dev)
+                self._split = (dec_b, self.q_starts.index_select(0, dec_b),
+                               torch.tensor(many, dtype=torch.int64, device=dev))
+        return self._split or None
 
     @property
     def batch_size(self) -> int:

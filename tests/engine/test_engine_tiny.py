@@ -5,6 +5,7 @@ test_engine_real.py."""
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -116,6 +117,26 @@ def test_stop_strings_not_emitted(engine):
     assert stop not in r["text"]
     assert text.startswith(r["text"])
     assert r["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}
+    assert_no_leak(engine)
+
+
+def test_stop_regex_cuts_at_first_match(engine):
+    base = engine.generate(input_ids=[11, 22, 33], sampling_params=GREEDY)
+    text = base["text"]
+    piece = text[len(text) // 2:len(text) // 2 + 2]
+    if not piece.strip():
+        pytest.skip("generated text has no usable stop piece")
+    pattern = "(?:" + re.escape(piece) + ")+"
+    r = engine.generate(input_ids=[11, 22, 33], sampling_params={**GREEDY, "stop_regex": pattern})
+    want = text[:re.search(pattern, text).start()]
+    assert r["text"] == want
+    assert r["meta_info"]["finish_reason"]["type"] == "stop"
+    assert re.fullmatch(pattern, r["meta_info"]["finish_reason"]["matched"])
+    # SGLang's frontend always sends the field, empty when unused.
+    r = engine.generate(input_ids=[11, 22, 33], sampling_params={**GREEDY, "stop_regex": []})
+    assert r["text"] == text
+    with pytest.raises(ValueError, match="stop_regex"):
+        engine.generate(input_ids=[11, 22, 33], sampling_params={**GREEDY, "stop_regex": "("})
     assert_no_leak(engine)
 
 

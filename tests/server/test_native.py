@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -157,6 +158,27 @@ def test_stop_string_is_never_emitted(client):
     assert chunks[-1]["text"] == want
 
 
+def test_sglang_frontend_payload_with_stop_regex(client):
+    # The sampling_params object SGLang's frontend (RuntimeEndpoint) sends for every gen.
+    sp = {"max_new_tokens": 16, "min_new_tokens": 0, "n": 1, "stop": [], "stop_token_ids": [],
+          "stop_regex": [], "temperature": 0, "top_p": 1.0, "top_k": -1, "min_p": 0.0,
+          "frequency_penalty": 0.0, "presence_penalty": 0.0, "ignore_eos": True, "regex": None,
+          "json_schema": None}
+    body = {"text": "Count: 1, 2, 3, 4,", "sampling_params": sp}
+    res = client.post("/generate", json=body)
+    assert res.status_code == 200, res.text
+    base = res.json()["text"]
+    m = re.search(r"\d+,", base)
+    assert m is not None, base
+    sp["stop_regex"] = [r"\d+,"]
+    res = client.post("/generate", json=body).json()
+    assert res["text"] == base[:m.start()]
+    assert res["meta_info"]["finish_reason"] == {"type": "stop", "matched": m.group(0)}
+    sp["stop_regex"] = "(unclosed"
+    res = client.post("/generate", json=body)
+    assert res.status_code == 400 and "stop_regex" in res.json()["error"]["message"]
+
+
 def test_regex_constraint(client):
     out = client.post("/generate", json={"text": "My area code is ", "sampling_params": {
         "regex": "[0-9]{3}", "max_new_tokens": 8, "temperature": 0}}).json()
@@ -185,7 +207,7 @@ def test_duplicate_rid_rejected(client, server):
             "sampling_params": {"max_new_tokens": 300, "ignore_eos": True}}
     with client.stream("POST", "/generate", json=body) as r:
         next(line for line in r.iter_lines() if line.startswith("data:"))
-        second = httpx.post(server.url + "/generate", json={**body, "stream": False})
+        second = httpx.post(server.url + "/generate", json={**body, "stream": False}, timeout=60)
         assert second.status_code == 400 and "dup-rid" in second.json()["error"]["message"]
         httpx.post(server.url + "/abort_request", json={"rid": "dup-rid"})
     assert_no_kv_leak(server)

@@ -68,7 +68,8 @@ class OpenAI(BaseBackend):
         if p.stop_list():
             body["stop"] = p.stop_list()
         extras = {"top_k": (p.top_k, -1), "min_p": (p.min_p, 0.0), "min_tokens": (p.min_new_tokens, 0),
-                  "ignore_eos": (p.ignore_eos, False), "stop_token_ids": (list(p.stop_token_ids or []), [])}
+                  "ignore_eos": (p.ignore_eos, False), "stop_token_ids": (list(p.stop_token_ids or []), []),
+                  "stop_regex": (p.stop_regex_list(), [])}
         for name, (value, default) in extras.items():
             if value is None or value == default:
                 continue

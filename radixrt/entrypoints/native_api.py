@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import Request
 
 from radixrt.entrypoints.protocol import GenerateRequest
-from radixrt.entrypoints.serving import SSE_DONE, sse, sse_response, start_call, stream_error
+from radixrt.entrypoints.serving import SSE_DONE, sse, sse_response, start_call, stream_samples
 from radixrt.managers.inputs import normalize_prompts, per_prompt_params
 from radixrt.managers.tokenizer_manager import Call, ReqState, RequestFailed, TokenizerManager
 
@@ -66,27 +66,19 @@ async def generate(tm: TokenizerManager, body: GenerateRequest, request: Request
 
 async def _stream(tm: TokenizerManager, call: Call, with_text: bool, indexed: bool):
     sent_ids = [-1] * len(call.states)  # -1: nothing sent yet (a first chunk goes out at once)
-    ended = [False] * len(call.states)
+
+    def emit(i: int, st: ReqState) -> list[str]:
+        if len(st.output_ids) == sent_ids[i] and not st.finished:
+            return []
+        sent_ids[i] = len(st.output_ids)
+        chunk = result(tm, st, with_text)
+        if indexed:
+            chunk["index"] = i
+        return [sse(chunk)]
+
     try:
-        while True:
-            for i, st in enumerate(call.states):
-                if ended[i]:
-                    continue
-                if st.error is not None:
-                    ended[i] = True
-                    yield stream_error(st.error)
-                    continue
-                if len(st.output_ids) == sent_ids[i] and not st.finished:
-                    continue
-                sent_ids[i] = len(st.output_ids)
-                ended[i] = st.finished
-                chunk = result(tm, st, with_text)
-                if indexed:
-                    chunk["index"] = i
-                yield sse(chunk)
-            if all(ended):
-                break
-            await call.wait_update()
+        async for event in stream_samples(call, emit):
+            yield event
         yield SSE_DONE
     finally:
         call.close()

@@ -20,7 +20,7 @@ from radixrt.entrypoints.protocol import (
     CompletionRequest,
     OpenAISamplingFields,
 )
-from radixrt.entrypoints.serving import SSE_DONE, sse, sse_response, start_call, stream_error
+from radixrt.entrypoints.serving import SSE_DONE, sse, sse_response, start_call, stream_samples
 from radixrt.managers.inputs import normalize_prompts
 from radixrt.managers.tokenizer_manager import Call, ReqState, RequestFailed, TokenizerManager
 from radixrt.sampling_params import SamplingParams
@@ -157,39 +157,32 @@ async def completions(tm: TokenizerManager, req: CompletionRequest, request: Req
 async def _stream_completions(tm: TokenizerManager, call: Call, req: CompletionRequest,
                               meta: dict[str, Any], echo_text: list[str] | None):
     k = len(call.states)
-    sent_chars, sent_lps, ended, started = [0] * k, [0] * k, [False] * k, [False] * k
+    sent_chars, sent_lps, started = [0] * k, [0] * k, [False] * k
     include_usage = req.stream_options is not None and req.stream_options.include_usage
+
+    def emit(i: int, st: ReqState) -> list[str]:
+        text = st.text[sent_chars[i]:]
+        prefix = echo_text[i // req.n] if echo_text and not started[i] else ""
+        reason, matched = _finish(st)
+        if not (text or prefix or reason):
+            return []
+        lp = None
+        if req.logprobs is not None:
+            pairs = st.output_token_logprobs[sent_lps[i]:]
+            tops = st.output_top_logprobs[sent_lps[i]:]
+            if req.echo and not started[i]:
+                pairs, tops = st.input_token_logprobs + pairs, st.input_top_logprobs + tops
+            lp = _legacy_logprobs(tm, pairs, tops, sent_chars[i])
+            sent_lps[i] = len(st.output_token_logprobs)
+        started[i] = True
+        sent_chars[i] = len(st.text)
+        return [sse({**meta, "object": "text_completion", "choices": [{
+            "index": i, "text": prefix + text, "logprobs": lp, "finish_reason": reason,
+            "matched_stop": matched}]})]
+
     try:
-        while True:
-            for i, st in enumerate(call.states):
-                if ended[i]:
-                    continue
-                if st.error is not None:
-                    ended[i] = True
-                    yield stream_error(st.error)
-                    continue
-                text = st.text[sent_chars[i]:]
-                prefix = echo_text[i // req.n] if echo_text and not started[i] else ""
-                reason, matched = _finish(st)
-                if not (text or prefix or reason):
-                    continue
-                lp = None
-                if req.logprobs is not None:
-                    pairs = st.output_token_logprobs[sent_lps[i]:]
-                    tops = st.output_top_logprobs[sent_lps[i]:]
-                    if req.echo and not started[i]:
-                        pairs, tops = st.input_token_logprobs + pairs, st.input_top_logprobs + tops
-                    lp = _legacy_logprobs(tm, pairs, tops, sent_chars[i])
-                    sent_lps[i] = len(st.output_token_logprobs)
-                started[i] = True
-                sent_chars[i] = len(st.text)
-                ended[i] = reason is not None
-                yield sse({**meta, "object": "text_completion", "choices": [{
-                    "index": i, "text": prefix + text, "logprobs": lp, "finish_reason": reason,
-                    "matched_stop": matched}]})
-            if all(ended):
-                break
-            await call.wait_update()
+        async for event in stream_samples(call, emit):
+            yield event
         if include_usage and call.error() is None:
             yield sse({**meta, "object": "text_completion", "choices": [],
                        "usage": _usage(call.states, req.n)})
@@ -263,7 +256,7 @@ async def chat_completions(tm: TokenizerManager, req: ChatCompletionRequest, req
 
 async def _stream_chat(tm: TokenizerManager, call: Call, req: ChatCompletionRequest, meta: dict[str, Any]):
     k = len(call.states)
-    sent_chars, sent_lps, ended, started = [0] * k, [0] * k, [False] * k, [False] * k
+    sent_chars, sent_lps, started = [0] * k, [0] * k, [False] * k
     include_usage = req.stream_options is not None and req.stream_options.include_usage
 
     def chunk(i: int, delta: dict[str, Any], reason: str | None = None, logprobs=None, matched=None) -> str:
@@ -272,38 +265,32 @@ async def _stream_chat(tm: TokenizerManager, call: Call, req: ChatCompletionRequ
             choice["matched_stop"] = matched
         return sse({**meta, "object": "chat.completion.chunk", "choices": [choice]})
 
+    def emit(i: int, st: ReqState) -> list[str]:
+        events = []
+        if not started[i]:
+            started[i] = True
+            events.append(chunk(i, {"role": "assistant", "content": ""}))
+        text = st.text[sent_chars[i]:]
+        if text:
+            lp = None
+            if req.logprobs:
+                lp = _chat_logprobs(tm, st.output_token_logprobs[sent_lps[i]:],
+                                    st.output_top_logprobs[sent_lps[i]:])
+                sent_lps[i] = len(st.output_token_logprobs)
+            sent_chars[i] = len(st.text)
+            events.append(chunk(i, {"content": text}, logprobs=lp))
+        reason, matched = _finish(st)
+        if reason is not None:
+            lp = None
+            if req.logprobs and sent_lps[i] < len(st.output_token_logprobs):
+                lp = _chat_logprobs(tm, st.output_token_logprobs[sent_lps[i]:],
+                                    st.output_top_logprobs[sent_lps[i]:])
+            events.append(chunk(i, {}, reason, logprobs=lp, matched=matched))
+        return events
+
     try:
-        while True:
-            for i, st in enumerate(call.states):
-                if ended[i]:
-                    continue
-                if st.error is not None:
-                    ended[i] = True
-                    yield stream_error(st.error)
-                    continue
-                if not started[i]:
-                    started[i] = True
-                    yield chunk(i, {"role": "assistant", "content": ""})
-                text = st.text[sent_chars[i]:]
-                if text:
-                    lp = None
-                    if req.logprobs:
-                        lp = _chat_logprobs(tm, st.output_token_logprobs[sent_lps[i]:],
-                                            st.output_top_logprobs[sent_lps[i]:])
-                        sent_lps[i] = len(st.output_token_logprobs)
-                    sent_chars[i] = len(st.text)
-                    yield chunk(i, {"content": text}, logprobs=lp)
-                reason, matched = _finish(st)
-                if reason is not None:
-                    ended[i] = True
-                    lp = None
-                    if req.logprobs and sent_lps[i] < len(st.output_token_logprobs):
-                        lp = _chat_logprobs(tm, st.output_token_logprobs[sent_lps[i]:],
-                                            st.output_top_logprobs[sent_lps[i]:])
-                    yield chunk(i, {}, reason, logprobs=lp, matched=matched)
-            if all(ended):
-                break
-            await call.wait_update()
+        async for event in stream_samples(call, emit):
+            yield event
         if include_usage and call.error() is None:
             yield sse({**meta, "object": "chat.completion.chunk", "choices": [],
                        "usage": _usage(call.states, req.n)})

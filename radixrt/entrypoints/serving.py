@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from radixrt.managers.tokenizer_manager import Call, RequestFailed
+from radixrt.managers.tokenizer_manager import Call, ReqState, RequestFailed
 
 SSE_DONE = "data: [DONE]\n\n"
 
@@ -57,3 +57,25 @@ async def start_call(call: Call, request: Request, stream: bool) -> None:
 
 def stream_error(err: RequestFailed) -> str:
     return sse(error_body(err.status, err.message))
+
+
+async def stream_samples(call: Call, emit: Callable[[int, ReqState], list[str]]) -> AsyncIterator[str]:
+    """The SSE events of a streaming call, until every sample has ended. After each wake-up,
+    ``emit(i, state)`` turns what sample i has new into events (possibly none); a sample ends
+    after the pass that sees it finished, or with one error event if it failed. The caller
+    adds its trailer (usage, ``[DONE]``) and closes the call."""
+    ended = [False] * len(call.states)
+    while True:
+        for i, st in enumerate(call.states):
+            if ended[i]:
+                continue
+            ended[i] = True
+            if st.error is not None:
+                yield stream_error(st.error)
+                continue
+            ended[i] = st.finished  # read with the output: both are final from here on
+            for event in emit(i, st):
+                yield event
+        if all(ended):
+            return
+        await call.wait_update()

@@ -21,21 +21,14 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import FIRST_COMPLETED, wait
+from typing import Any
+from weakref import WeakKeyDictionary
 
 import torch
 
 from radixrt.managers.req import FinishReason, Req
 
 logger = logging.getLogger("radixrt.constrained")
-
-
-def _learned(grammar) -> dict[int, list[int]]:
-    """Per compiled grammar (shared by all requests with the same constraint): DFA state ->
-    the tokens the model produced for the text forced there."""
-    d = getattr(grammar, "learned_drafts", None)
-    if d is None:
-        d = grammar.learned_drafts = {}
-    return d
 
 def grammar_spec(req: Req) -> tuple[str, str] | None:
     p = req.params
@@ -58,6 +51,9 @@ class GrammarManager:
         self.jump_forward_enabled = jump_forward
         self._compiler = None
         self.pending: list[Req] = []
+        # Per compiled grammar (shared by every request with the same constraint, dropped with
+        # it): DFA state -> the tokens the model produced for the text forced there.
+        self._learned: WeakKeyDictionary[Any, dict[int, list[int]]] = WeakKeyDictionary()
 
     @property
     def compiler(self):
@@ -144,7 +140,7 @@ class GrammarManager:
             return 0
         g = req.grammar
         state = g.state
-        learned = _learned(g.grammar).get(state)
+        learned = self._learned.get(g.grammar, {}).get(state)
         if learned is not None:
             draft = learned
         else:
@@ -168,7 +164,7 @@ class GrammarManager:
                 break
             seq.append(t)
             text += b
-        _learned(g)[state] = seq
+        self._learned.setdefault(g, {})[state] = seq
 
     def close(self) -> None:
         if self._compiler is not None:

@@ -334,15 +334,14 @@ class Scheduler:
         self.stats.num_forward_steps += 1
         for req, n in zip(batch, fresh):
             req.kv_len += n
-        drafted = [i for i, e in enumerate(ext) if e > fresh[i]]
-        if not drafted:
-            self._sample_and_advance(batch, logits, torch.arange(len(batch)), batch)
-        else:
-            plain = [i for i, e in enumerate(ext) if e == fresh[i]]
-            if plain:  # sampled first: this proposes their next drafts
-                reqs = [batch[i] for i in plain]
-                self._sample_and_advance(reqs, logits, torch.tensor([first_row[i] for i in plain]), reqs)
-            for i in drafted:
+        # Requests without a draft are sampled together first (which proposes their next
+        # drafts); the others are verified one by one.
+        plain = [i for i, (e, n) in enumerate(zip(ext, fresh)) if e == n]
+        if plain:
+            reqs = [batch[i] for i in plain]
+            self._sample_and_advance(reqs, logits, torch.tensor([first_row[i] for i in plain]), reqs)
+        for i, (e, n) in enumerate(zip(ext, fresh)):
+            if e > n:
                 self._verify_draft(batch[i], logits, first_row[i])
         self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
         done = [r for r in batch if r.finished is not None]
@@ -439,17 +438,17 @@ class Scheduler:
         draft, req.draft_ids = req.draft_ids, []
         k = len(draft)
         n0 = len(req.output_ids)
+        kept = 0
         for i in range(k + 1):
             self._sample_and_advance([req], logits, torch.tensor([row0 + i]), [req], propose=False)
-            if req.finished is not None or i == k or req.output_ids[-1] != draft[i]:
+            if i == k or req.output_ids[-1] != draft[i]:
                 break
-        new = req.output_ids[n0:]
-        kept = 0
-        while kept < min(k, len(new)) and new[kept] == draft[kept]:
             kept += 1
+            if req.finished is not None:
+                break
         self.stats.num_accepted_draft_tokens += kept
-        if kept < k or len(new) == k:  # the model ended or left the draft: learn its split
-            self.grammars.learn(req, req.draft_state, new)
+        if kept < k:  # the model left the draft: learn how it split that text
+            self.grammars.learn(req, req.draft_state, req.output_ids[n0:])
         # KV was written for all k draft tokens; the first `kept` are committed now.
         table = self.req_pool.req_to_token
         base = req.kv_len

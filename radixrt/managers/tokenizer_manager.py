@@ -16,7 +16,6 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,14 +122,6 @@ class Call:
     async def wait_done(self) -> None:
         while not self.done:
             await self.wait_update()
-
-    async def updates(self) -> AsyncIterator[None]:
-        """Yields after every wake-up until all samples are finished (inclusive)."""
-        while True:
-            await self.wait_update()
-            yield
-            if self.done:
-                return
 
     def watch_disconnect(self, receive) -> None:
         """Abort the call's samples when the client disconnects. ``receive`` is the ASGI

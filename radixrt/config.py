@@ -113,6 +113,10 @@ class ServerArgs:
     disable_jump_forward: bool = _flag(
         "Never jump forward over text forced by a constraint.", default=False
     )
+    disable_canonical_tokens: bool = _flag(
+        "Let constrained decoding spell forced text (JSON keys, punctuation) with any tokens, "
+        "not only the ones the tokenizer itself would choose there.", default=False
+    )
     constrained_json_whitespace_pattern: str | None = _flag(
         "Regex for whitespace allowed between JSON tokens (default: none/compact).",
         default=None,

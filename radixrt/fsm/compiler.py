@@ -32,7 +32,8 @@ class GrammarCompiler:
                  eos_token_ids: list[int] | tuple[int, ...] | None = None,
                  whitespace_pattern: str | None = None, max_workers: int = 2,
                  cache_size: int = 256, max_recursion_depth: int = 3,
-                 any_value_depth: int = 2, strict_objects: bool = False):
+                 any_value_depth: int = 2, strict_objects: bool = False,
+                 canonical_tokens: bool = True):
         self.tokenizer = tokenizer
         self.vocab = get_vocabulary(tokenizer)
         TokenTrie.of(self.vocab)  # build once, up front
@@ -45,6 +46,9 @@ class GrammarCompiler:
                                          max_recursion_depth=max_recursion_depth,
                                          any_value_depth=any_value_depth,
                                          strict_objects=strict_objects)
+        # Only tokens the tokenizer itself would choose in front of forced text (see
+        # radixrt.fsm.grammar); off: every token that spells allowed text.
+        self.canonical_tokens = canonical_tokens
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple, CompiledGrammar] = OrderedDict()
         self._inflight: dict[tuple, Future] = {}
@@ -123,7 +127,8 @@ class GrammarCompiler:
         if dfa.is_empty():
             raise GrammarError(f"{kind} grammar matches no text")
         grammar = CompiledGrammar(kind, text, dfa, self.vocab, self.vocab_size,
-                                  self.eos_token_ids, encode=self._encode)
+                                  self.eos_token_ids, encode=self._encode,
+                                  encode_batch=self._encode_batch, canonical=self.canonical_tokens)
         grammar.mask(grammar.start_state)  # the first mask is part of compiling
         return grammar
 
@@ -145,3 +150,9 @@ class GrammarCompiler:
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _encode_batch(self, texts: list[str]) -> list[list[int]]:
+        fast = getattr(self.tokenizer, "_tokenizer", None)  # a transformers fast tokenizer's core
+        if fast is not None and hasattr(fast, "encode_batch"):
+            return [list(e.ids) for e in fast.encode_batch(texts, add_special_tokens=False)]
+        return [self._encode(t) for t in texts]

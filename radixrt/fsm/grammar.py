@@ -3,6 +3,15 @@
 Masks are computed on the first visit of a DFA state (``TokenTrie.allowed_tokens``) and cached
 as packed int32 rows; later visits are a dict lookup and a copy into the batch bitmask. EOS ids
 are allowed exactly in accepting states. All matchers of one grammar share the cache.
+
+Canonical tokens (``canonical=True``, the default when an ``encode_batch`` is given): where a
+token would end right before text the grammar forces (a JSON key, ``":"``, a closing ``"}``),
+it is allowed only if the tokenizer itself would start ``token + forced text`` with that
+token. Masked decoding otherwise lets a model spell forced text in pieces no tokenizer
+produces (``{`` then ``"`` where ``{"`` is one token), which pushes it off the distribution it
+was trained on and makes its output token ids differ from ``encode(output_text)``. The filter
+never empties a mask (the tokenizer's own first token is always among the survivors), so it
+only chooses between spellings of the same text and never changes what text is possible.
 """
 
 from __future__ import annotations
@@ -16,12 +25,20 @@ import torch
 from radixrt.fsm.bitmask import bitmask_words
 from radixrt.fsm.dfa import ByteDFA
 from radixrt.fsm.token_index import TokenTrie, pack_token_ids
+from radixrt.fsm.utf8 import whole_chars_prefix
 from radixrt.fsm.vocabulary import Vocabulary
+
+# Bytes of forced text considered after a token by the canonical check: enough for the
+# tokenizer's first token to be final (longer tokens and pre-tokenizer chunks are shorter).
+CANONICAL_LOOKAHEAD_BYTES = 48
+_FIRST_TOKEN_CACHE_LIMIT = 1 << 18
 
 
 class CompiledGrammar:
     def __init__(self, kind: str, spec: str, dfa: ByteDFA, vocab: Vocabulary, vocab_size: int,
-                 eos_token_ids: tuple[int, ...], encode: Callable[[str], list[int]] | None = None):
+                 eos_token_ids: tuple[int, ...], encode: Callable[[str], list[int]] | None = None,
+                 encode_batch: Callable[[list[str]], list[list[int]]] | None = None,
+                 canonical: bool = True):
         self.kind = kind
         self.spec = spec
         self.dfa = dfa
@@ -31,6 +48,8 @@ class CompiledGrammar:
         self.num_words = bitmask_words(vocab_size)
         self.eos_token_ids = tuple(e for e in eos_token_ids if 0 <= e < vocab_size)
         self.encode = encode
+        self.encode_batch = encode_batch
+        self.canonical = canonical and encode_batch is not None
         self._table_flat = dfa.table.reshape(-1).astype(np.int64)
         self._token_bytes = vocab.token_bytes
         live = dfa.table != 0
@@ -39,6 +58,7 @@ class CompiledGrammar:
         self._final = (dfa.accepting & (num_live == 0)).tolist()
         forced = np.where((num_live == 1) & ~dfa.accepting, live.argmax(axis=1), -1)
         forced[0] = -1
+        self._forced_np = forced
         self._forced = forced.tolist()
         self._masks: dict[int, np.ndarray] = {}
         self._mask_tensors: dict[int, torch.Tensor] = {}  # same memory, as torch tensors
@@ -125,11 +145,57 @@ class CompiledGrammar:
         return m
 
     def allowed_token_ids(self, state: int) -> np.ndarray:
-        ids = self.trie.allowed_tokens(self._table_flat, state) if state else np.zeros(0, np.int64)
-        ids = ids[ids < self.vocab_size]
+        if not state:
+            ids = np.zeros(0, np.int64)
+        elif self.canonical:
+            ids, ends = self.trie.allowed_tokens(self._table_flat, state, with_states=True)
+            in_vocab = ids < self.vocab_size
+            ids = self._canonical_only(ids[in_vocab], ends[in_vocab])
+        else:
+            ids = self.trie.allowed_tokens(self._table_flat, state)
+            ids = ids[ids < self.vocab_size]
         if state and self._accepting[state] and self.eos_token_ids:
             ids = np.union1d(ids, np.asarray(self.eos_token_ids, np.int64))
         return ids
+
+    def _canonical_only(self, ids: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Drop the tokens that end right before forced text which the tokenizer would not
+        start with them (see the module docstring); never all of them."""
+        check = np.flatnonzero(self._forced_np[ends] >= 0)
+        if not check.size:
+            return ids
+        tb = self._token_bytes
+        cache: dict[str, int] = self.vocab._cache.setdefault("first_token", {})
+        texts: list[tuple[int, str]] = []
+        for j in check.tolist():
+            tok = tb[int(ids[j])]
+            data = tok + self.forced_bytes(int(ends[j]), CANONICAL_LOOKAHEAD_BYTES)
+            cut = whole_chars_prefix(data)
+            if cut > len(tok):  # something forced after the token, in whole characters
+                texts.append((j, data[:cut].decode("utf-8")))
+        # The cache is shared by every grammar of this vocabulary (and their threads): read it
+        # once per text, never rely on an entry staying there.
+        first: dict[str, int] = {}
+        for _, text in texts:
+            hit = cache.get(text)
+            if hit is not None:
+                first[text] = hit
+        missing = list({text for _, text in texts if text not in first})
+        if missing:
+            for text, enc in zip(missing, self.encode_batch(missing), strict=True):
+                # -1: the tokenizer does not reproduce the text byte for byte (a SentencePiece
+                # dummy prefix, say): no opinion, keep every token.
+                same = b"".join(tb[i] if 0 <= i < len(tb) else b"\x00" for i in enc) == text.encode()
+                first[text] = int(enc[0]) if enc and same else -1
+            if len(cache) > _FIRST_TOKEN_CACHE_LIMIT:
+                cache.clear()
+            cache.update((text, first[text]) for text in missing)
+        drop = [j for j, text in texts if first[text] not in (-1, int(ids[j]))]
+        if not drop or len(drop) == len(ids):
+            return ids
+        keep = np.ones(len(ids), np.bool_)
+        keep[drop] = False
+        return ids[keep]
 
     def _compute_mask(self, state: int) -> np.ndarray:
         return pack_token_ids(self.allowed_token_ids(state), self.num_words)
@@ -137,3 +203,4 @@ class CompiledGrammar:
     @property
     def num_cached_masks(self) -> int:
         return sum(1 for s in self._masks if s >= 0)
+

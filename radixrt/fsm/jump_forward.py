@@ -30,6 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from radixrt.fsm.utf8 import whole_chars_prefix
+
 if TYPE_CHECKING:
     from radixrt.fsm.grammar import CompiledGrammar
 
@@ -42,18 +44,6 @@ class JumpForward:
 
     def __bool__(self) -> bool:
         return bool(self.token_ids)
-
-
-def _char_boundary_prefix(data: bytes) -> int:
-    """Length of the longest prefix of ``data`` that is whole UTF-8 characters."""
-    n = len(data)
-    for cut in range(n, max(n - 4, 0) - 1, -1):
-        try:
-            data[:cut].decode("utf-8")
-            return cut
-        except UnicodeDecodeError:
-            continue
-    return 0
 
 
 def plan_jump_forward(grammar: CompiledGrammar, tail_ids: list[int],
@@ -81,7 +71,7 @@ def _plan(grammar: CompiledGrammar, tail_ids: list[int], tail_start_state: int,
     tb = grammar.vocab.token_bytes
     tail = b"".join(tb[i] for i in tail_ids)
     text = tail + forced
-    cut = _char_boundary_prefix(text)
+    cut = whole_chars_prefix(text)
     if cut <= len(tail):
         return JumpForward(0, [], forced)
     text = text[:cut]

@@ -65,14 +65,17 @@ class TokenTrie:
             trie = vocab._cache["trie"] = cls(vocab)
         return trie
 
-    def allowed_tokens(self, table_flat: np.ndarray, state: int) -> np.ndarray:
-        """Token ids (sorted) whose bytes keep the DFA alive from ``state``.
+    def allowed_tokens(self, table_flat: np.ndarray, state: int,
+                       with_states: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Token ids (sorted) whose bytes keep the DFA alive from ``state``; with
+        ``with_states``, also the DFA state after each of them.
 
         ``table_flat`` is the DFA table flattened to [num_states * 256] (int64). Each trie level
         is stepped densely (all its nodes, dead parents stay dead) while many nodes are alive,
         and sparsely (only children of live nodes) once few are.
         """
         live_nodes = np.zeros(self.num_nodes, np.bool_)
+        node_state = np.zeros(self.num_nodes, np.int64) if with_states else None
         ls = self.level_start
         dense: np.ndarray | None = np.full(1, state, np.int64)  # states of the whole level
         frontier = frontier_state = None  # sparse form: live node ids and their states
@@ -85,6 +88,8 @@ class TokenTrie:
                 if num_live == 0:
                     break
                 live_nodes[a:b] = live
+                if node_state is not None:
+                    node_state[a:b] = cur
                 if num_live * 8 < b - a:
                     frontier = a + np.flatnonzero(live)
                     frontier_state = cur[live]
@@ -107,7 +112,12 @@ class TokenTrie:
                     break
                 frontier_state = st[live]
                 live_nodes[frontier] = True
-        return self.token_ids[live_nodes[self.token_node]]
+                if node_state is not None:
+                    node_state[frontier] = frontier_state
+        keep = live_nodes[self.token_node]
+        if node_state is None:
+            return self.token_ids[keep]
+        return self.token_ids[keep], node_state[self.token_node[keep]]
 
     def has_longer_token(self, prefix: bytes, next_bytes: list[int] | None = None) -> bool:
         """Is there a token that starts with ``prefix`` and is longer, optionally whose next

@@ -54,3 +54,15 @@ def _split(lo: int, hi: int, out: list[list[ByteRange]]) -> None:
                 return
     a, b = chr(lo).encode(), chr(hi).encode()
     out.append([(a[i], b[i]) for i in range(n)])
+
+
+def whole_chars_prefix(data: bytes) -> int:
+    """Length of the longest prefix of ``data`` made of whole UTF-8 characters (a byte string
+    may end inside a character: tokens and forced runs often do)."""
+    for cut in range(len(data), max(len(data) - 4, 0) - 1, -1):
+        try:
+            data[:cut].decode("utf-8")
+            return cut
+        except UnicodeDecodeError:
+            continue
+    return 0

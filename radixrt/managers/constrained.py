@@ -43,12 +43,14 @@ def grammar_spec(req: Req) -> tuple[str, str] | None:
 
 class GrammarManager:
     def __init__(self, tokenizer, vocab_size: int, eos_ids: set[int],
-                 whitespace_pattern: str | None = None, jump_forward: bool = True):
+                 whitespace_pattern: str | None = None, jump_forward: bool = True,
+                 canonical_tokens: bool = True):
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.eos_ids = set(eos_ids)
         self.whitespace_pattern = whitespace_pattern
         self.jump_forward_enabled = jump_forward
+        self.canonical_tokens = canonical_tokens
         self._compiler = None
         self.pending: list[Req] = []
         # Per compiled grammar (shared by every request with the same constraint, dropped with
@@ -62,7 +64,8 @@ class GrammarManager:
 
             self._compiler = GrammarCompiler(self.tokenizer, vocab_size=self.vocab_size,
                                              eos_token_ids=sorted(self.eos_ids),
-                                             whitespace_pattern=self.whitespace_pattern)
+                                             whitespace_pattern=self.whitespace_pattern,
+                                             canonical_tokens=self.canonical_tokens)
         return self._compiler
 
     def submit(self, req: Req, kind: str, spec: str) -> None:

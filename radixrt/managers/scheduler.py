@@ -93,7 +93,8 @@ class Scheduler:
         self._aborted: list[Req] = []  # finished outside a forward (e.g. out of memory)
         self.grammars = GrammarManager(tokenizer, self.vocab_size, self.eos_ids,
                                        args.constrained_json_whitespace_pattern,
-                                       jump_forward=not args.disable_jump_forward)
+                                       jump_forward=not args.disable_jump_forward,
+                                       canonical_tokens=not args.disable_canonical_tokens)
 
     # ------------------------------------------------------------------ intake
     def add_request(self, req: Req) -> None:
@@ -240,6 +241,12 @@ class Scheduler:
             input_ids.extend(req.fill_ids[start:end])
             seq_lens.append(end)
             if req.wants_prompt_logprobs and not req.input_token_logprobs_done:
+                if start == 0 and req.logprob_start_len == 0 and not req.input_token_logprobs:
+                    # The first prompt token has no logprob (SGLang reports None), even when
+                    # it is the whole prompt and no logits row is needed.
+                    req.input_token_logprobs.append((None, req.prompt_ids[0]))
+                    if req.top_logprobs_num:
+                        req.input_top_logprobs.append(None)
                 # Logits at position p predict token p + 1.
                 lo = max(start, req.logprob_start_len - 1, 0)
                 hi = min(end, len(req.prompt_ids) - 1)
@@ -259,8 +266,7 @@ class Scheduler:
         self.stats.num_prefill_tokens += len(input_ids)
         for req, e in zip(batch, extend_lens):
             req.kv_len += e
-        if prompt_lp_rows:
-            self._record_prompt_logprobs(logits, prompt_lp_rows, batch)
+        self._record_prompt_logprobs(logits, prompt_lp_rows, batch)
         touched: list[Req] = []
         samplers = [r for r, _ in sample_rows]
         if samplers:
@@ -283,12 +289,8 @@ class Scheduler:
         return touched
 
     def _record_prompt_logprobs(self, logits, prompt_lp_rows, batch) -> None:
-        logp = torch.log_softmax(logits, dim=-1)
+        logp = torch.log_softmax(logits, dim=-1) if prompt_lp_rows else None
         for req, row0, tok0, count in prompt_lp_rows:
-            if not req.input_token_logprobs and req.logprob_start_len == 0:
-                req.input_token_logprobs.append((None, req.prompt_ids[0]))
-                if req.top_logprobs_num:
-                    req.input_top_logprobs.append(None)
             toks = req.prompt_ids[tok0:tok0 + count]
             rows = logp[row0:row0 + count]
             vals = rows.gather(1, torch.tensor(toks).unsqueeze(1)).squeeze(1).tolist()

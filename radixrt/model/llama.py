@@ -4,6 +4,10 @@ Weights are plain tensors (no nn.Module per layer: fewer Python calls per token)
 and gate/up fused into single matmuls (`radixrt.model.linear.Linear` picks the fastest
 layout for the device). RMSNorm, rotate-half RoPE (with rope scaling), GQA,
 SwiGLU, tied embeddings, optional QKV bias (Qwen2).
+
+On CPU in float32 with the native kernels built, the element-wise work of a layer runs as four
+fused ops (``radixrt/csrc/fused_ops.cpp``: residual add + RMSNorm, RoPE + KV-slot store,
+SiLU-and-multiply) instead of ~25 small torch ops; otherwise the torch expressions below.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch.nn.functional as F
 from radixrt.cache.memory_pool import TokenToKVPool
 from radixrt.model.config import ModelConfig
 from radixrt.model.forward_batch import ForwardBatch
+from radixrt.model import native
 from radixrt.model.linear import Linear
 from radixrt.model.rope import RotaryEmbedding
 
@@ -72,10 +77,14 @@ class LlamaModel:
             self.lm_head = lin("lm_head.weight")
         self.rope = RotaryEmbedding(c.head_dim, c.rope_theta, c.rope_scaling, max_positions, dtype, device)
         self.attn = attn_backend
+        use_fused = torch.device(device).type == "cpu" and dtype == torch.float32
+        self.fused = native.fused_ops() if use_fused else None
 
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch, kv_pool: TokenToKVPool) -> torch.Tensor:
         """Returns logits [len(fb.logits_indices), vocab] in float32."""
+        if self.fused is not None:
+            return self._forward_fused(fb, kv_pool)
         c = self.config
         T = fb.input_ids.shape[0]
         eps = c.rms_norm_eps
@@ -101,3 +110,22 @@ class LlamaModel:
         h = h.index_select(0, fb.logits_indices)
         h = F.rms_norm(h, hidden, self.norm, eps)
         return self.lm_head(h).float()
+
+    def _forward_fused(self, fb: ForwardBatch, kv_pool: TokenToKVPool) -> torch.Tensor:
+        """``forward`` with the native fused ops (same arithmetic)."""
+        c, ops = self.config, self.fused
+        T = fb.input_ids.shape[0]
+        eps = c.rms_norm_eps
+        h = self.embed.index_select(0, fb.input_ids)  # the residual stream, updated in place
+        loc, positions = fb.out_cache_loc, fb.positions
+        x = ops.rms_norm(h, self.layers[0].input_norm if self.layers else self.norm, eps)
+        for i, L in enumerate(self.layers):
+            k_buf, v_buf = kv_pool.k_buffers[i], kv_pool.v_buffers[i]
+            q = ops.rope_store(L.qkv(x), positions, self.rope.cos, self.rope.sin, k_buf, v_buf, loc,
+                               c.num_heads, c.num_kv_heads)
+            o = self.attn.forward(q, k_buf, v_buf, fb)
+            x = ops.add_rms_norm_(h, L.o(o.reshape(T, self.q_size)), L.post_norm, eps)
+            down = L.down(ops.silu_mul(L.gate_up(x)))
+            nxt = self.layers[i + 1].input_norm if i + 1 < len(self.layers) else self.norm
+            x = ops.add_rms_norm_(h, down, nxt, eps)
+        return self.lm_head(x.index_select(0, fb.logits_indices)).float()

@@ -1,4 +1,5 @@
-"""Optional native CPU kernels for paged attention, with a pure-torch fallback.
+"""Optional native CPU kernels (paged attention, fused per-layer element-wise ops), with a
+pure-torch fallback.
 
 The kernels (``radixrt/csrc/paged_attention.cpp``) read K/V rows in place from the slot pool
 ``[num_slots, kv_heads, head_dim]`` instead of gathering ``[B, L, KV, D]`` copies, and keep GQA
@@ -15,6 +16,8 @@ int64 indices and no autograd; anything else silently takes the torch path):
 - ``paged_extend_attention(q [T,H,D], k_buf, v_buf, kv_indices [B,Lmax], seq_lens [B],
   extend_lens [B], q_starts [B], scale)``
 - ``native_available() -> bool``; ``load_native()`` returns the op namespace or ``None``.
+- ``fused_ops()``: ``torch.ops.radixrt_ops`` (``radixrt/csrc/fused_ops.cpp``: ``rms_norm``,
+  ``add_rms_norm_``, ``silu_mul``, ``rope_store``; built into the same library) or ``None``.
 - ``torch_paged_decode_attention`` / ``torch_paged_extend_attention``: the fallback, callable
   directly (tests and benchmarks compare the two).
 """
@@ -37,6 +40,7 @@ logger = logging.getLogger("radixrt.native")
 
 _EXT_NAME = "radixrt_paged_attn"
 _SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "paged_attention.cpp"
+_FUSED_SOURCE = _SOURCE.with_name("fused_ops.cpp")
 _CFLAGS = ["-O3", "-fopenmp"]
 _LDFLAGS = ["-fopenmp"]
 _STALE_LOCK_S = 600.0  # a build lock older than this is left over from a killed build
@@ -78,18 +82,19 @@ def _clear_stale_lock(build_dir: Path) -> None:
 def _build():
     if sys.platform == "win32":
         raise RuntimeError("native kernels are only built on Linux/macOS")
-    if not _SOURCE.is_file():
-        raise RuntimeError(f"kernel source {_SOURCE} not found")
+    for src in (_SOURCE, _FUSED_SOURCE):
+        if not src.is_file():
+            raise RuntimeError(f"kernel source {src} not found")
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:
         raise RuntimeError(f"C++ compiler {cxx!r} not found")
     from torch.utils import cpp_extension
 
-    build_dir = _build_dir(_SOURCE.read_bytes())
+    build_dir = _build_dir(_SOURCE.read_bytes() + b"\0" + _FUSED_SOURCE.read_bytes())
     build_dir.mkdir(parents=True, exist_ok=True)
     _clear_stale_lock(build_dir)
     t0 = time.perf_counter()
-    cpp_extension.load(name=_EXT_NAME, sources=[str(_SOURCE)], extra_cflags=list(_CFLAGS),
+    cpp_extension.load(name=_EXT_NAME, sources=[str(_SOURCE), str(_FUSED_SOURCE)], extra_cflags=list(_CFLAGS),
                        extra_ldflags=list(_LDFLAGS), build_directory=str(build_dir),
                        is_python_module=False, verbose=False)
     ops = torch.ops.radixrt_pa
@@ -121,6 +126,11 @@ def load_native():
                                _state["reason"])
             _state["tried"] = True
     return _state["ops"]
+
+
+def fused_ops():
+    """The ``torch.ops.radixrt_ops`` namespace (fused element-wise ops), or ``None``."""
+    return None if load_native() is None else torch.ops.radixrt_ops
 
 
 def native_available() -> bool:
@@ -215,6 +225,7 @@ def paged_extend_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Te
 
 
 __all__ = [
+    "fused_ops",
     "load_native",
     "native_available",
     "native_unavailable_reason",

@@ -52,11 +52,15 @@ def tokenizer(default_model_dir):
     return load_tokenizer(default_model_dir)
 
 
-@pytest.mark.parametrize("attention", ["torch", "native"])
-def test_logits_match_transformers(default_model_dir, hf_model, tokenizer, attention):
+@pytest.mark.parametrize("attention,fused", [("torch", False), ("native", True)])
+def test_logits_match_transformers(default_model_dir, hf_model, tokenizer, attention, fused):
     cfg = ModelConfig.from_dir(default_model_dir)
     backend = make_attention_backend(attention, cfg.head_dim ** -0.5)
     model = LlamaModel(cfg, load_state_dict(default_model_dir), torch.float32, "cpu", 2048, backend)
+    if fused:
+        assert model.fused is not None, "native fused ops did not build"
+    else:
+        model.fused = None  # the torch expressions
     pool = TokenToKVPool(512, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, torch.float32)
     alloc = KVAllocator(512)
     table = ReqToTokenPool(4, 2048)

@@ -156,6 +156,12 @@ def test_logprobs(engine):
     a = [x[0] for x in m["input_token_logprobs"][1:]]
     b = [x[0] for x in again["meta_info"]["input_token_logprobs"][1:]]
     assert a == pytest.approx(b, abs=1e-4)
+    # A one-token prompt still reports its token (with no logprob).
+    one = engine.generate(input_ids=[9], sampling_params={**GREEDY, "max_new_tokens": 1},
+                          return_logprob=True, logprob_start_len=0, top_logprobs_num=2)
+    assert [x[:2] for x in one["meta_info"]["input_token_logprobs"]] == [[None, 9]] or \
+        [tuple(x[:2]) for x in one["meta_info"]["input_token_logprobs"]] == [(None, 9)]
+    assert one["meta_info"]["input_top_logprobs"] == [None]
     assert_no_leak(engine)
 
 

@@ -1,0 +1,117 @@
+"""Canonical tokens: in front of forced text a mask keeps only the tokenizer's own choice."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from radixrt.fsm import GrammarCompiler
+from radixrt.fsm.automaton import compile_regex_ast
+from radixrt.fsm.grammar import CANONICAL_LOOKAHEAD_BYTES, CompiledGrammar
+from radixrt.fsm.regex_parser import parse_regex
+from radixrt.fsm.utf8 import whole_chars_prefix
+from radixrt.fsm.vocabulary import Vocabulary
+
+SCHEMA = json.dumps({
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"},
+                   "tags": {"type": "array", "items": {"enum": ["red", "green"]}, "maxItems": 3}},
+    "required": ["name", "age", "tags"], "additionalProperties": False})
+
+
+def _ids(tok, text: str) -> list[int]:
+    return tok.encode(text, add_special_tokens=False)
+
+
+def _single(tok, text: str) -> int:
+    ids = _ids(tok, text)
+    assert len(ids) == 1, (text, ids)
+    return ids[0]
+
+
+@pytest.fixture(scope="module")
+def loose_compiler(smol_tokenizer):
+    gc = GrammarCompiler(smol_tokenizer, canonical_tokens=False)
+    yield gc
+    gc.close()
+
+
+def test_forced_start_is_spelled_like_the_tokenizer(compiler, loose_compiler, smol_tokenizer):
+    tok = smol_tokenizer
+    assert _ids(tok, '{"name":"')[0] == _single(tok, '{"')
+    strict = compiler.compile("json_schema", SCHEMA)
+    loose = loose_compiler.compile("json_schema", SCHEMA)
+    assert strict.allowed_token_ids(strict.start_state).tolist() == [_single(tok, '{"')]
+    assert {_single(tok, "{"), _single(tok, '{"')} <= set(loose.allowed_token_ids(loose.start_state).tolist())
+
+
+def test_closing_quote_merges_with_the_forced_separator(compiler, loose_compiler, smol_tokenizer):
+    tok = smol_tokenizer
+    prefix = [_single(tok, p) for p in ('{"', "name", '":"', "Bob")]
+    for gc, quote_alone_allowed in ((compiler, False), (loose_compiler, True)):
+        m = gc.compile("json_schema", SCHEMA).matcher()
+        assert m.accept_tokens(prefix)
+        allowed = set(m.allowed_token_ids())
+        assert (_single(tok, '"') in allowed) == quote_alone_allowed
+        assert _single(tok, '","') in allowed
+        assert _single(tok, "B") in allowed  # free text inside the string is untouched
+
+
+def test_filter_only_chooses_between_spellings(compiler, loose_compiler, smol_tokenizer):
+    """Every token the filter drops spells text whose own tokenization starts with a token the
+    filter keeps, in every state a random walk visits; free states are never filtered."""
+    strict = compiler.compile("json_schema", SCHEMA)
+    loose = loose_compiler.compile("json_schema", SCHEMA)
+    tb = strict.vocab.token_bytes
+    rng = random.Random(0)
+    checked = 0
+    for walk in range(6):
+        m = strict.matcher()
+        for _ in range(60):
+            if m.is_terminated():
+                break
+            state = m.state
+            kept = set(strict.allowed_token_ids(state).tolist())
+            every = set(loose.allowed_token_ids(state).tolist())
+            assert kept and kept <= every
+            for t in every - kept:
+                end = strict.next_state(state, t)
+                forced = strict.forced_bytes(end, CANONICAL_LOOKAHEAD_BYTES)
+                assert forced, "a token without forced text after it was filtered"
+                data = tb[t] + forced
+                first = _ids(smol_tokenizer, data[:whole_chars_prefix(data)].decode())[0]
+                assert first != t and first in kept
+                checked += 1
+            m.accept_token(rng.choice(sorted(kept)))
+    assert checked > 0
+
+
+def _fake_grammar(token_bytes: list[bytes], vocab_size: int, regex: str, encode_batch) -> CompiledGrammar:
+    vocab = Vocabulary(key=f"fake-{id(token_bytes)}", token_bytes=token_bytes,
+                       special_ids=frozenset(), kind="plain")
+    dfa = compile_regex_ast(parse_regex(regex))
+    return CompiledGrammar("regex", regex, dfa, vocab, vocab_size, (), encode_batch=encode_batch)
+
+
+def test_never_empties_a_mask():
+    # Two tokens spell "a"; the "tokenizer" answers with a third one outside the model's
+    # vocabulary, so both would be dropped: the mask keeps them instead.
+    g = _fake_grammar([b"a", b"a", b"b", b"a"], 3, "ab", lambda texts: [[3, 2] for _ in texts])
+    assert g.allowed_token_ids(g.start_state).tolist() == [0, 1]
+
+
+def test_tokenizer_that_does_not_round_trip_is_ignored():
+    # A SentencePiece-style dummy prefix: the ids do not spell the text, so no opinion.
+    g = _fake_grammar([b"a", b"b", b" a"], 3, "ab", lambda texts: [[2, 1] for _ in texts])
+    assert g.allowed_token_ids(g.start_state).tolist() == [0]
+    g = _fake_grammar([b"a", b"b", b"ab"], 3, "abb", lambda texts: [[2, 1] if t == "abb" else [1]
+                                                                    for t in texts])
+    assert g.allowed_token_ids(g.start_state).tolist() == [2]
+
+
+def test_off_without_a_batch_encoder():
+    g = _fake_grammar([b"a", b"b", b"ab"], 3, "abb", None)
+    assert not g.canonical
+    assert g.allowed_token_ids(g.start_state).tolist() == [0, 2]

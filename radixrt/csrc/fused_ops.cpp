@@ -103,33 +103,9 @@ at::Tensor add_rms_norm_(at::Tensor& h, const at::Tensor& delta_in, const at::Te
   return out;
 }
 
-// exp(x) in a form gcc vectorizes (libm's expf is a scalar call): x = n ln2 + r, degree-6
-// polynomial for exp(r), 2^n through the exponent bits; ~2 ulp. Below -87.3 it is 0 (so the
-// sigmoid of a very negative input is exactly 0), above 88.3 it saturates; NaN stays NaN.
-static inline float fast_exp(float x) {
-  const float lo = -87.3f, hi = 88.3f;
-  float xc = x < lo ? lo : x;
-  xc = xc > hi ? hi : xc;
-  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float t = xc * 1.44269504088896341f + shifter;
-  const float n = t - shifter;
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  uint32_t ti;
-  std::memcpy(&ti, &t, sizeof(ti));
-  const uint32_t bits = (ti - 0x4B400000u + 127u) << 23;
-  float pow2n;
-  std::memcpy(&pow2n, &bits, sizeof(pow2n));
-  const float y = p * pow2n;
-  return x < lo ? 0.0f : y;
-}
+// exp_approx: ~2 ulp, vectorizable; 0 below -87.3 (so the sigmoid of a very negative input
+// is exactly 0), saturating above 88.3.
+#include "fast_exp.h"
 
 at::Tensor silu_mul(const at::Tensor& gu_in) {
   check_f32(gu_in, "gate_up", 2);
@@ -146,7 +122,7 @@ at::Tensor silu_mul(const at::Tensor& gu_in) {
     const float* g = gp + t * I2;
     const float* u = g + I;
     float* o = op + t * I;
-    for (int64_t j = 0; j < I; ++j) o[j] = g[j] / (1.0f + fast_exp(-g[j])) * u[j];
+    for (int64_t j = 0; j < I; ++j) o[j] = g[j] / (1.0f + exp_approx(-g[j])) * u[j];
   }
   return out;
 }

@@ -119,14 +119,31 @@ class GrammarManager:
 
         bitmask = allocate_token_bitmask(len(rows), logits.shape[-1])
         for j, i in enumerate(rows):
-            reqs[i].grammar.fill_bitmask(bitmask, j)
+            try:
+                reqs[i].grammar.fill_bitmask(bitmask, j)
+            except Exception as e:  # a bug: fail this request alone, keep serving the others
+                self._fail(reqs[i], "computing its token mask", e)
+                bitmask[j] = -1  # its sample is discarded with it
         apply_token_bitmask_(logits, bitmask, indices=rows)
+
+    def _fail(self, req: Req, doing: str, err: Exception) -> None:
+        logger.exception("constraint of request %s failed while %s", req.rid, doing)
+        req.error = f"internal error in the {req.grammar_kind} constraint: {type(err).__name__}: {err}"
+        req.error_code = 500
+        req.finished = FinishReason("abort", message=req.error)
+        req.grammar = None
+        req.draft_ids = []
 
     def accept(self, req: Req, tok: int) -> None:
         """Advance the request's grammar by its sampled token; finish it when the grammar is
         complete (or, defensively, violated)."""
         g = req.grammar
-        if not g.accept_token(tok):
+        try:
+            ok = g.accept_token(tok)
+        except Exception as e:
+            self._fail(req, "accepting a token", e)
+            return
+        if not ok:
             req.finished = FinishReason("abort", message=f"token {tok} violates the {req.grammar_kind} constraint")
         elif g.is_terminated() and tok not in self.eos_ids:  # EOS: the usual stop check
             req.finished = FinishReason("stop")
@@ -147,7 +164,11 @@ class GrammarManager:
         if learned is not None:
             draft = learned
         else:
-            jf = g.jump_forward(max_rollback_tokens=0)
+            try:
+                jf = g.jump_forward(max_rollback_tokens=0)
+            except Exception:  # drafts are optional: decode normally
+                logger.exception("jump-forward planning failed for request %s", req.rid)
+                return 0
             draft = jf.token_ids if jf else []
         req.draft_ids = draft[:req.remaining_new_tokens()]
         req.draft_state = state

@@ -47,7 +47,8 @@ class Req:
     # only as far as the model's own samples agree with them (not part of output_ids).
     draft_ids: list[int] = field(default_factory=list)
     draft_state: int = 0  # grammar state the draft starts from
-    error: str | None = None  # the request failed (bad constraint...): the client gets a 400
+    error: str | None = None  # the request failed (bad constraint...): the client gets an error
+    error_code: int = 400  # 500 when the failure is radixrt's, not the request's
     # --- KV state ---
     row: int | None = None  # row in ReqToTokenPool while it holds KV
     kv_len: int = 0  # tokens whose KV is computed and in the row

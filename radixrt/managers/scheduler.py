@@ -449,7 +449,7 @@ class Scheduler:
             if req.finished is not None:
                 break
         self.stats.num_accepted_draft_tokens += kept
-        if kept < k:  # the model left the draft: learn how it split that text
+        if kept < k and req.grammar is not None:  # the model left the draft: learn its split
             self.grammars.learn(req, req.draft_state, req.output_ids[n0:])
         # KV was written for all k draft tokens; the first `kept` are committed now.
         table = self.req_pool.req_to_token

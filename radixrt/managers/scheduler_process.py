@@ -181,7 +181,7 @@ class SchedulerLoop:
             return None
         if req.error:  # e.g. its constraint failed to compile: the client gets a 400
             del self.progress[req.rid]
-            return self._error_out(req.rid, req.error, 400)
+            return self._error_out(req.rid, req.error, req.error_code)
         done = req.finished is not None
         if not done and not (prog.stream or (prog.ids == 0 and req.output_ids)):
             return None
@@ -198,7 +198,7 @@ class SchedulerLoop:
         )
         prog.ids = len(req.output_ids)
         if done and getattr(req, "error", None):  # e.g. a constraint that failed to compile
-            out.error, out.error_code = req.error, 400
+            out.error, out.error_code = req.error, req.error_code
         if req.return_logprob:
             out.input_token_logprobs = req.input_token_logprobs[prog.input_lps:]
             out.output_token_logprobs = req.output_token_logprobs[prog.output_lps:]

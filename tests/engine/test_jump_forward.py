@@ -76,3 +76,28 @@ def test_drafts_under_memory_pressure(tiny_model_dir):
         assert stats["num_retractions"] > 0 and stats["num_accepted_draft_tokens"] > 0
         assert_no_leak(small)
     assert got == expected
+
+
+def test_constraint_failure_fails_only_its_request(tiny_model_dir, monkeypatch):
+    """A bug while computing one request's mask fails that request (a 500-class error), not
+    the scheduler: the other requests of the batch finish and nothing leaks."""
+    from radixrt.fsm.grammar import CompiledGrammar
+
+    real = CompiledGrammar.mask_tensor
+
+    def broken(self, state):
+        if "broken" in self.spec:
+            raise RuntimeError("mask exploded")
+        return real(self, state)
+
+    monkeypatch.setattr(CompiledGrammar, "mask_tensor", broken)
+    with Engine(model_path=str(tiny_model_dir), max_total_tokens=4096) as eng:
+        params = [{"max_new_tokens": 8, "temperature": 0, "regex": "[a-z]{4}"},
+                  {"max_new_tokens": 8, "temperature": 0, "ignore_eos": True},
+                  {"max_new_tokens": 8, "temperature": 0, "regex": "(broken|fine)[a-z]{3}"}]
+        # The broken request is awaited last, so the batch's others have finished when it raises.
+        with pytest.raises(ValueError, match="internal error in the regex constraint.*mask exploded"):
+            eng.generate([[5, 6], [7, 8], [9, 10]], params)
+        ok = eng.generate([[5, 6], [7, 8]], params[:2])
+        assert re.fullmatch("[a-z]{4}", ok[0]["text"]) and len(ok[1]["output_ids"]) == 8
+        assert_no_leak(eng)

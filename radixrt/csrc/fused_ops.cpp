@@ -31,21 +31,14 @@
 #include <omp.h>
 #endif
 
+#include "team_size.h"
+
 namespace radixrt_ops {
 
 // Below this many elements a call stays on the calling thread.
 static constexpr int64_t kSerialElems = int64_t{1} << 16;
 
-static int threads_for(int64_t rows, int64_t elems) {
-  if (elems < kSerialElems || rows < 2) return 1;
-  int nt = at::get_num_threads();
-#ifdef _OPENMP
-  if (omp_in_parallel()) nt = 1;
-#else
-  nt = 1;
-#endif
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, rows)));
-}
+static int threads_for(int64_t rows, int64_t elems) { return team_size(rows, elems < kSerialElems); }
 
 static void check_f32(const at::Tensor& t, const char* name, int64_t dim) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, "radixrt_ops: ", name,

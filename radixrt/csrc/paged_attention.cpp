@@ -47,6 +47,8 @@
 #include <omp.h>
 #endif
 
+#include "team_size.h"
+
 #define RADIXRT_PA_BODY 1
 
 // The body's vector-extension helpers are static inline; their by-value vf8 signatures would
@@ -107,14 +109,7 @@ static const Kernels& kernels() {
 static constexpr int64_t kSerialWork = int64_t{1} << 17;
 
 static int num_threads_for(int64_t units, int64_t work = std::numeric_limits<int64_t>::max()) {
-  if (work < kSerialWork) return 1;
-  int nt = at::get_num_threads();
-#ifdef _OPENMP
-  if (omp_in_parallel()) nt = 1;
-#else
-  nt = 1;
-#endif
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, units)));
+  return team_size(units, work < kSerialWork);
 }
 
 static void check_kv(const at::Tensor& q, const at::Tensor& k_buf, const at::Tensor& v_buf,

@@ -185,8 +185,7 @@ class CompiledGrammar:
             for text, enc in zip(missing, self.encode_batch(missing), strict=True):
                 # -1: the tokenizer does not reproduce the text byte for byte (a SentencePiece
                 # dummy prefix, say): no opinion, keep every token.
-                same = b"".join(tb[i] if 0 <= i < len(tb) else b"\x00" for i in enc) == text.encode()
-                first[text] = int(enc[0]) if enc and same else -1
+                first[text] = int(enc[0]) if enc and self.vocab.spells(enc, text.encode()) else -1
             if len(cache) > _FIRST_TOKEN_CACHE_LIMIT:
                 cache.clear()
             cache.update((text, first[text]) for text in missing)

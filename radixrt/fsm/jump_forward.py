@@ -76,7 +76,7 @@ def _plan(grammar: CompiledGrammar, tail_ids: list[int], tail_start_state: int,
         return JumpForward(0, [], forced)
     text = text[:cut]
     ids = grammar.encode(text.decode("utf-8"))
-    if b"".join(tb[i] if 0 <= i < len(tb) else b"\x00" for i in ids) != text:
+    if not grammar.vocab.spells(ids, text):
         return JumpForward(0, [], forced)
     p = 0
     while p < min(len(ids), len(tail_ids)) and ids[p] == tail_ids[p]:

@@ -52,6 +52,12 @@ class Vocabulary:
     def size(self) -> int:
         return len(self.token_bytes)
 
+    def spells(self, ids: list[int], data: bytes) -> bool:
+        """Do the bytes of ``ids`` make exactly ``data``? (False for an id outside the
+        vocabulary: a tokenizer whose output does not round-trip gets no say.)"""
+        tb = self.token_bytes
+        return all(0 <= i < len(tb) for i in ids) and b"".join(tb[i] for i in ids) == data
+
 
 _vocabulary_cache: OrderedDict[str, Vocabulary] = OrderedDict()
 _vocabulary_lock = threading.Lock()

@@ -41,7 +41,7 @@ logger = logging.getLogger("radixrt.native")
 _EXT_NAME = "radixrt_paged_attn"
 _SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "paged_attention.cpp"
 _FUSED_SOURCE = _SOURCE.with_name("fused_ops.cpp")
-_HEADERS = [_SOURCE.with_name("fast_exp.h")]
+_HEADERS = [_SOURCE.with_name("fast_exp.h"), _SOURCE.with_name("team_size.h")]
 _CFLAGS = ["-O3", "-fopenmp"]
 _LDFLAGS = ["-fopenmp"]
 _STALE_LOCK_S = 600.0  # a build lock older than this is left over from a killed build
@@ -83,7 +83,9 @@ def _clear_stale_lock(build_dir: Path) -> None:
 def _build():
     if sys.platform == "win32":
         raise RuntimeError("native kernels are only built on Linux/macOS")
-    for src in (_SOURCE, _FUSED_SOURCE, *_HEADERS):
+    sources = [_SOURCE, _FUSED_SOURCE]  # read at call time: tests point _SOURCE elsewhere
+    files = [*sources, *_HEADERS]
+    for src in files:
         if not src.is_file():
             raise RuntimeError(f"kernel source {src} not found")
     cxx = os.environ.get("CXX", "c++")
@@ -91,11 +93,11 @@ def _build():
         raise RuntimeError(f"C++ compiler {cxx!r} not found")
     from torch.utils import cpp_extension
 
-    build_dir = _build_dir(b"\0".join(p.read_bytes() for p in (_SOURCE, _FUSED_SOURCE, *_HEADERS)))
+    build_dir = _build_dir(b"\0".join(f.read_bytes() for f in files))
     build_dir.mkdir(parents=True, exist_ok=True)
     _clear_stale_lock(build_dir)
     t0 = time.perf_counter()
-    cpp_extension.load(name=_EXT_NAME, sources=[str(_SOURCE), str(_FUSED_SOURCE)], extra_cflags=list(_CFLAGS),
+    cpp_extension.load(name=_EXT_NAME, sources=[str(s) for s in sources], extra_cflags=list(_CFLAGS),
                        extra_ldflags=list(_LDFLAGS), build_directory=str(build_dir),
                        is_python_module=False, verbose=False)
     ops = torch.ops.radixrt_pa

@@ -114,8 +114,10 @@ class ServerArgs:
         "Never jump forward over text forced by a constraint.", default=False
     )
     disable_canonical_tokens: bool = _flag(
-        "Let constrained decoding spell forced text (JSON keys, punctuation) with any tokens, "
-        "not only the ones the tokenizer itself would choose there.", default=False
+        "Let constrained decoding spell text with any tokens: forced text (JSON keys, "
+        "punctuation) not only with the ones the tokenizer itself would choose there, and free "
+        "text without drawing again a token the tokenizer would never write after the "
+        "previous one.", default=False
     )
     constrained_json_whitespace_pattern: str | None = _flag(
         "Regex for whitespace allowed between JSON tokens (default: none/compact).",

@@ -12,6 +12,12 @@ produces (``{`` then ``"`` where ``{"`` is one token), which pushes it off the d
 was trained on and makes its output token ids differ from ``encode(output_text)``. The filter
 never empties a mask (the tokenizer's own first token is always among the survivors), so it
 only chooses between spellings of the same text and never changes what text is possible.
+
+The same masks cannot see a split the model makes inside free text (``"AD"`` then ``"DR"``
+where the tokenizer writes ``"ADDR"``): that depends on the previous token, not on the DFA
+state. ``noncanonical_after(prev, candidates)`` answers it pair by pair (the tokenizer's own
+encoding of the two tokens' text is not those two tokens), cached per vocabulary; the
+scheduler draws again without such tokens (``GrammarManager.canonical_bans``).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from radixrt.fsm.vocabulary import Vocabulary
 # tokenizer's first token to be final (longer tokens and pre-tokenizer chunks are shorter).
 CANONICAL_LOOKAHEAD_BYTES = 48
 _FIRST_TOKEN_CACHE_LIMIT = 1 << 18
+_PAIR_CACHE_LIMIT = 1 << 18
 
 
 class CompiledGrammar:
@@ -195,6 +202,42 @@ class CompiledGrammar:
         keep = np.ones(len(ids), np.bool_)
         keep[drop] = False
         return ids[keep]
+
+    def noncanonical_after(self, prev: int, candidates: list[int]) -> list[int]:
+        """The ``candidates`` that the tokenizer would not write right after ``prev``: the
+        encoding of their joined text is not ``[prev, candidate]`` (``"AD"`` + ``"DR"`` where
+        it writes ``"ADDR"``). No opinion (kept) when a token has no bytes (EOS, specials),
+        the joined bytes are not whole UTF-8 characters, or the tokenizer does not reproduce
+        them byte for byte. Empty when canonical tokens are off."""
+        if not self.canonical:
+            return []
+        tb = self._token_bytes
+        n = len(tb)
+        if not 0 <= prev < n or not tb[prev]:
+            return []
+        cache: dict[int, bool] = self.vocab._cache.setdefault("pair_ok", {})
+        verdict: dict[int, bool] = {}
+        todo: dict[str, int] = {}
+        for t in candidates:
+            if not 0 <= t < n or not tb[t]:
+                continue
+            hit = cache.get(prev * n + t)
+            if hit is not None:
+                verdict[t] = hit
+                continue
+            try:
+                todo[(tb[prev] + tb[t]).decode("utf-8")] = t
+            except UnicodeDecodeError:  # part of a character: the pair alone says nothing
+                verdict[t] = True
+        if todo:
+            texts = list(todo)
+            for text, enc in zip(texts, self.encode_batch(texts), strict=True):
+                t = todo[text]
+                verdict[t] = enc == [prev, t] or not self.vocab.spells(enc, text.encode())
+            if len(cache) > _PAIR_CACHE_LIMIT:
+                cache.clear()
+            cache.update((prev * n + todo[text], verdict[todo[text]]) for text in texts)
+        return [t for t in candidates if not verdict.get(t, True)]
 
     def _compute_mask(self, state: int) -> np.ndarray:
         return pack_token_ids(self.allowed_token_ids(state), self.num_words)

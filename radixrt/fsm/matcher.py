@@ -35,6 +35,17 @@ class GrammarMatcher:
     def accepted_token_ids(self) -> list[int]:
         return list(self._tokens)
 
+    @property
+    def last_token(self) -> int | None:
+        """The last accepted token (None before the first, and after EOS)."""
+        return None if self._eos_accepted or not self._tokens else self._tokens[-1]
+
+    def noncanonical_next(self, candidates: list[int]) -> list[int]:
+        """The ``candidates`` the tokenizer would not write after the last accepted token
+        (``CompiledGrammar.noncanonical_after``); empty at the start."""
+        prev = self.last_token
+        return [] if prev is None else self.grammar.noncanonical_after(prev, candidates)
+
     def accept_token(self, token_id: int) -> bool:
         """Advance by one token; returns False (and changes nothing) if it is not allowed."""
         if self._eos_accepted:

@@ -30,6 +30,12 @@ from radixrt.managers.req import FinishReason, Req
 
 logger = logging.getLogger("radixrt.constrained")
 
+# Canonical free text: when a sampled token is one the tokenizer would not write after the
+# previous one, the most likely CANONICAL_CANDIDATES tokens are checked against that previous
+# token and every bad one is banned before drawing again, at most MAX_CANONICAL_REDRAWS times.
+CANONICAL_CANDIDATES = 64
+MAX_CANONICAL_REDRAWS = 3
+
 def grammar_spec(req: Req) -> tuple[str, str] | None:
     p = req.params
     if p.regex is not None:
@@ -125,6 +131,37 @@ class GrammarManager:
                 self._fail(reqs[i], "computing its token mask", e)
                 bitmask[j] = -1  # its sample is discarded with it
         apply_token_bitmask_(logits, bitmask, indices=rows)
+
+    def canonical_bans(self, req: Req, tok: int, row: torch.Tensor, forbidden: list[int]) -> list[int]:
+        """Tokens to forbid before drawing ``req``'s token again because ``tok`` (just drawn
+        from the masked logits ``row``) follows the previous token in a split the tokenizer
+        never makes (``"AD"`` + ``"DR"`` for ``"ADDR"``); empty when ``tok`` stands.
+
+        Returns ``tok`` and every non-canonical token among the row's top candidates, so one
+        more draw almost always lands on a canonical token. Drawing again from the masked
+        logits without them samples the model's distribution restricted to canonical
+        continuations (greedy: the best canonical token), the same way with and without
+        jump-forward. Empty too when nothing would be left to draw (``forbidden``: tokens
+        already excluded for this draw) — the grammar's mask guarantees some token, not a
+        canonical one. Masks keep forced text canonical; this keeps the free text canonical.
+        """
+        g = req.grammar
+        if g is None or not self.canonical_tokens:
+            return []
+        try:
+            if not g.noncanonical_next([tok]):
+                return []
+            k = min(CANONICAL_CANDIDATES, row.shape[-1])
+            vals, cand = row.topk(k)
+            ok = torch.isfinite(vals)
+            cand = [c for c in cand[ok].tolist() if c != tok]
+            bad = [tok] + g.noncanonical_next(cand)
+            left = torch.isfinite(row)
+            left[torch.tensor(forbidden + bad, dtype=torch.long)] = False
+            return bad if bool(left.any()) else []
+        except Exception:  # an optional refinement: never fail the request over it
+            logger.exception("canonical check failed for request %s", req.rid)
+            return []
 
     def _fail(self, req: Req, doing: str, err: Exception) -> None:
         logger.exception("constraint of request %s failed while %s", req.rid, doing)

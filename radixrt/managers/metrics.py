@@ -55,6 +55,8 @@ class _SchedulerCollector:
              "jump-forward.", "num_draft_tokens"),
             ("radixrt_jump_forward_accepted_tokens", "Jump-forward tokens kept (the model agreed): "
              "forward passes saved.", "num_accepted_draft_tokens"),
+            ("radixrt_canonical_redraws", "Constrained tokens drawn again because the tokenizer "
+             "never splits text that way after the previous token.", "num_canonical_redraws"),
         ):
             yield CounterMetricFamily(name, doc, value=stats.get(key, 0))
 

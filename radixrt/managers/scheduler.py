@@ -23,7 +23,7 @@ import torch
 from radixrt.cache.base import BasePrefixCache
 from radixrt.cache.no_cache import NoPrefixCache
 from radixrt.config import ServerArgs
-from radixrt.managers.constrained import GrammarManager, grammar_spec
+from radixrt.managers.constrained import MAX_CANONICAL_REDRAWS, GrammarManager, grammar_spec
 from radixrt.managers.detok_utils import IncrementalDetokenizer, find_stop, find_stop_regex
 from radixrt.managers.prefill import RESERVE_CLIP, PrefillAdder
 from radixrt.managers.req import FinishReason, Req
@@ -57,6 +57,7 @@ class SchedulerStats:
     num_finished: int = 0
     num_draft_tokens: int = 0  # jump-forward tokens proposed by grammars
     num_accepted_draft_tokens: int = 0  # ... and kept (each one a forward pass saved)
+    num_canonical_redraws: int = 0  # constrained tokens drawn again for a non-canonical split
 
     @property
     def cache_hit_rate(self) -> float:
@@ -408,13 +409,10 @@ class Scheduler:
             else:
                 suppress.append([])
         self.grammars.apply_masks(reqs, lg)
-        gens = [r.generator for r in reqs]
-        info = SamplingBatchInfo.build([r.params for r in reqs], self.vocab_size, gens,
-                                       suppress if any(suppress) else None, default_generator=self._default_gen)
         tops = [r.top_logprobs_num if r.return_logprob else 0 for r in reqs]
-        out = self.sampler(lg, info, [r.penalty for r in reqs], tops if any(tops) else None)
-        ids = out.next_token_ids.tolist()
-        lps = out.logprobs.tolist()
+        ids, lps, top = self._draw(reqs, lg, suppress, tops)
+        if any(r.grammar is not None for r in reqs):
+            self._redraw_noncanonical(reqs, lg, suppress, tops, ids, lps, top)
         for i, (req, tok) in enumerate(zip(reqs, ids)):
             req.output_ids.append(tok)
             self.stats.num_generated_tokens += 1
@@ -425,13 +423,49 @@ class Scheduler:
             if req.return_logprob:
                 req.output_token_logprobs.append((lps[i], tok))
                 if req.top_logprobs_num:
-                    req.output_top_logprobs.append([(lp, t) for t, lp in out.top_logprobs[i]])
+                    req.output_top_logprobs.append([(lp, t) for t, lp in top[i]])
             if req.grammar is not None:
                 self.grammars.accept(req, tok)
             if req.finished is None:
                 self._check_finish(req, tok)
             if propose and req.grammar is not None and req.finished is None:
                 self.stats.num_draft_tokens += self.grammars.propose_draft(req)
+
+    def _draw(self, reqs: list[Req], lg: torch.Tensor, suppress: list[list[int]],
+              tops: list[int]) -> tuple[list[int], list[float], list[list[tuple[int, float]]]]:
+        """One token per row of ``lg`` (already masked): ids, logprobs, top logprobs."""
+        info = SamplingBatchInfo.build([r.params for r in reqs], self.vocab_size,
+                                       [r.generator for r in reqs],
+                                       suppress if any(suppress) else None,
+                                       default_generator=self._default_gen)
+        out = self.sampler(lg, info, [r.penalty for r in reqs], tops if any(tops) else None)
+        top = out.top_logprobs if out.top_logprobs is not None else [[] for _ in reqs]
+        return out.next_token_ids.tolist(), out.logprobs.tolist(), top
+
+    def _redraw_noncanonical(self, reqs: list[Req], lg: torch.Tensor, suppress: list[list[int]],
+                             tops: list[int], ids: list[int], lps: list[float],
+                             top: list[list[tuple[int, float]]]) -> None:
+        """Constrained rows whose token splits text where the tokenizer never would (after
+        the previous token) draw again without such tokens (``GrammarManager.canonical_bans``),
+        from their own generator as any draw; ``ids``, ``lps``, ``top`` are updated in place.
+        Logprobs stay those of the model's distribution at the token finally chosen."""
+        forbidden = [list(s) for s in suppress]
+        for _ in range(MAX_CANONICAL_REDRAWS):
+            redo = []
+            for i, r in enumerate(reqs):
+                if r.grammar is not None:
+                    bans = self.grammars.canonical_bans(r, ids[i], lg[i], forbidden[i])
+                    if bans:
+                        forbidden[i].extend(bans)
+                        redo.append(i)
+            if not redo:
+                return
+            self.stats.num_canonical_redraws += len(redo)
+            sub = [reqs[i] for i in redo]
+            r_ids, r_lps, r_top = self._draw(sub, lg.index_select(0, torch.tensor(redo)),
+                                             [forbidden[i] for i in redo], [tops[i] for i in redo])
+            for j, i in enumerate(redo):
+                ids[i], lps[i], top[i] = r_ids[j], r_lps[j], r_top[j]
 
     def _verify_draft(self, req: Req, logits: torch.Tensor, row0: int) -> None:
         """Sample position by position over a jump-forward draft (rows ``row0`` .. ``row0 + k``

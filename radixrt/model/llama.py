@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from radixrt.cache.memory_pool import TokenToKVPool
+from radixrt.model import native
 from radixrt.model.config import ModelConfig
 from radixrt.model.forward_batch import ForwardBatch
-from radixrt.model import native
 from radixrt.model.linear import Linear
 from radixrt.model.rope import RotaryEmbedding
 

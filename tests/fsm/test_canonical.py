@@ -67,7 +67,7 @@ def test_filter_only_chooses_between_spellings(compiler, loose_compiler, smol_to
     tb = strict.vocab.token_bytes
     rng = random.Random(0)
     checked = 0
-    for walk in range(6):
+    for _walk in range(6):
         m = strict.matcher()
         for _ in range(60):
             if m.is_terminated():
@@ -115,3 +115,41 @@ def test_off_without_a_batch_encoder():
     g = _fake_grammar([b"a", b"b", b"ab"], 3, "abb", None)
     assert not g.canonical
     assert g.allowed_token_ids(g.start_state).tolist() == [0, 2]
+
+
+# ---------------------------------------------------------------- free text: token pairs
+def test_pair_check_matches_the_tokenizer(compiler, smol_tokenizer):
+    tok = smol_tokenizer
+    g = compiler.compile("regex", "[A-Za-z ]{1,40}")
+    ad, dr, x = _single(tok, "AD"), _single(tok, "DR"), _single(tok, "X")
+    assert _ids(tok, "ADDR") != [ad, dr]
+    assert dr in g.noncanonical_after(ad, [dr, x]) and x not in g.noncanonical_after(ad, [dr, x])
+    # Exactly the pairs whose joined text the tokenizer writes otherwise (random pairs).
+    tb = g.vocab.token_bytes
+    rng = random.Random(1)
+    pool = [t for t in range(len(tb)) if tb[t] and tb[t].isascii()]
+    flagged = 0
+    for _ in range(300):
+        p, cands = rng.choice(pool), rng.sample(pool, 8)
+        bad = set(g.noncanonical_after(p, cands))
+        for t in cands:
+            assert (t in bad) == (_ids(tok, (tb[p] + tb[t]).decode()) != [p, t]), (p, t)
+        flagged += len(bad)
+    assert flagged > 0
+    assert g.noncanonical_after(ad, [dr]) == [dr]  # cached answer is the same
+
+
+def test_pair_check_has_no_opinion_without_text(compiler, smol_tokenizer):
+    g = compiler.compile("regex", "[A-Za-z ]{1,40}")
+    tb = g.vocab.token_bytes
+    ad = _single(smol_tokenizer, "AD")
+    eos = smol_tokenizer.eos_token_id
+    partial = next(t for t in range(len(tb)) if tb[t] and tb[t][0] >= 0xC0 and len(tb[t]) == 1)
+    assert g.noncanonical_after(ad, [eos, partial, -1, len(tb) + 5]) == []
+    assert g.noncanonical_after(eos, [ad]) == []
+
+
+def test_pair_check_off_with_canonical_tokens_off(loose_compiler, smol_tokenizer):
+    g = loose_compiler.compile("regex", "[A-Za-z ]{1,40}")
+    tok = smol_tokenizer
+    assert g.noncanonical_after(_single(tok, "AD"), [_single(tok, "DR")]) == []

@@ -301,7 +301,8 @@ def test_metrics(client):
                  "radixrt_generation_tokens_total", "radixrt_prefix_cache_queries_total",
                  "radixrt_prefix_cache_hits_total", "radixrt_kv_cache_usage",
                  "radixrt_time_to_first_token_seconds_bucket", "radixrt_inter_token_latency_seconds_bucket",
-                 "radixrt_e2e_request_latency_seconds_bucket"):
+                 "radixrt_e2e_request_latency_seconds_bucket", "radixrt_jump_forward_draft_tokens_total",
+                 "radixrt_jump_forward_accepted_tokens_total", "radixrt_canonical_redraws_total"):
         assert name in text, name
     count = next(line for line in text.splitlines() if line.startswith("radixrt_e2e_request_latency_seconds_count"))
     assert float(count.split()[-1]) >= 1

@@ -11,8 +11,10 @@ the last token and the whole draft as one extend and returns logits at every pos
 scheduler then samples position by position exactly as plain decoding would (same mask, same
 penalties, same per-request generator) and keeps draft tokens only while the sample equals
 them. The first disagreement is kept instead and the rest of the draft (and its KV) is dropped.
-So outputs are exactly those of decoding without jump-forward (token for token under greedy
-or a seed), while every draft token the model agrees with saves a forward pass. Forced text
+So outputs are those of decoding without jump-forward (token for token under greedy or a
+seed, up to float rounding: logits at a draft position come from an extend pass, not a decode
+pass, and a rare borderline draw can fall the other way), while every draft token the model
+agrees with saves a forward pass. Forced text
 tokenized on its own can therefore never push the model onto a token split it would not have
 chosen: that split is simply not accepted.
 """
@@ -156,8 +158,10 @@ class GrammarManager:
             ok = torch.isfinite(vals)
             cand = [c for c in cand[ok].tolist() if c != tok]
             bad = [tok] + g.noncanonical_next(cand)
+            width = row.shape[-1]
+            gone = [t for t in forbidden + bad if 0 <= t < width]  # stop ids may lie outside
             left = torch.isfinite(row)
-            left[torch.tensor(forbidden + bad, dtype=torch.long)] = False
+            left[torch.tensor(gone, dtype=torch.long, device=row.device)] = False
             return bad if bool(left.any()) else []
         except Exception:  # an optional refinement: never fail the request over it
             logger.exception("canonical check failed for request %s", req.rid)

@@ -57,6 +57,8 @@ class _SchedulerCollector:
              "forward passes saved.", "num_accepted_draft_tokens"),
             ("radixrt_canonical_redraws", "Constrained tokens drawn again because the tokenizer "
              "never splits text that way after the previous token.", "num_canonical_redraws"),
+            ("radixrt_noncanonical_kept", "Constrained tokens left non-canonical after the last "
+             "redraw.", "num_noncanonical_kept"),
         ):
             yield CounterMetricFamily(name, doc, value=stats.get(key, 0))
 

@@ -58,6 +58,7 @@ class SchedulerStats:
     num_draft_tokens: int = 0  # jump-forward tokens proposed by grammars
     num_accepted_draft_tokens: int = 0  # ... and kept (each one a forward pass saved)
     num_canonical_redraws: int = 0  # constrained tokens drawn again for a non-canonical split
+    num_noncanonical_kept: int = 0  # ... still non-canonical after the last redraw
 
     @property
     def cache_hit_rate(self) -> float:
@@ -400,7 +401,7 @@ class Scheduler:
             return
         index = {id(r): i for i, r in enumerate(all_reqs)}
         sel = rows[[index[id(r)] for r in reqs]]
-        lg = logits.index_select(0, sel)
+        lg = logits.index_select(0, sel.to(logits.device))
         suppress = []
         for r in reqs:
             if len(r.output_ids) < r.params.min_new_tokens:
@@ -448,24 +449,30 @@ class Scheduler:
         """Constrained rows whose token splits text where the tokenizer never would (after
         the previous token) draw again without such tokens (``GrammarManager.canonical_bans``),
         from their own generator as any draw; ``ids``, ``lps``, ``top`` are updated in place.
-        Logprobs stay those of the model's distribution at the token finally chosen."""
+        Logprobs stay those of the model's distribution at the token finally chosen. After
+        ``MAX_CANONICAL_REDRAWS`` the token stands (counted in ``num_noncanonical_kept``)."""
         forbidden = [list(s) for s in suppress]
-        for _ in range(MAX_CANONICAL_REDRAWS):
+        check = [i for i, r in enumerate(reqs) if r.grammar is not None]
+        for attempt in range(MAX_CANONICAL_REDRAWS + 1):
             redo = []
-            for i, r in enumerate(reqs):
-                if r.grammar is not None:
-                    bans = self.grammars.canonical_bans(r, ids[i], lg[i], forbidden[i])
-                    if bans:
-                        forbidden[i].extend(bans)
-                        redo.append(i)
+            for i in check:
+                bans = self.grammars.canonical_bans(reqs[i], ids[i], lg[i], forbidden[i])
+                if bans:
+                    forbidden[i].extend(bans)
+                    redo.append(i)
             if not redo:
+                return
+            if attempt == MAX_CANONICAL_REDRAWS:
+                self.stats.num_noncanonical_kept += len(redo)
                 return
             self.stats.num_canonical_redraws += len(redo)
             sub = [reqs[i] for i in redo]
-            r_ids, r_lps, r_top = self._draw(sub, lg.index_select(0, torch.tensor(redo)),
+            index = torch.tensor(redo, device=lg.device)
+            r_ids, r_lps, r_top = self._draw(sub, lg.index_select(0, index),
                                              [forbidden[i] for i in redo], [tops[i] for i in redo])
             for j, i in enumerate(redo):
                 ids[i], lps[i], top[i] = r_ids[j], r_lps[j], r_top[j]
+            check = redo  # the others' tokens stand
 
     def _verify_draft(self, req: Req, logits: torch.Tensor, row0: int) -> None:
         """Sample position by position over a jump-forward draft (rows ``row0`` .. ``row0 + k``

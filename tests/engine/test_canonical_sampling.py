@@ -95,9 +95,18 @@ def test_sampling_never_yields_a_noncanonical_pair(tok, halves):
     assert {_one(tok, "DR"), _one(tok, "D")} <= got_off
     assert not got_on & {_one(tok, "DR"), _one(tok, "D")}
     assert {_one(tok, "X"), _one(tok, "Y")} <= got_on
-    # Seeded draws are reproducible, redraws included.
-    again = [_draw(on, _req(on, [ad], temperature=1.0, seed=s), lg) for s in range(10)]
-    assert again == [_draw(on, _req(on, [ad], temperature=1.0, seed=s), lg) for s in range(10)]
+    # Redraws come from the request's own generator: a seeded request gets the same token
+    # alone and next to unseeded rows that draw (and redraw) from the shared generator.
+    for seed in range(10):
+        alone = _draw(on, _req(on, [ad], temperature=1.0, seed=seed), lg)
+        reqs = [_req(on, [ad], temperature=1.0), _req(on, [ad], temperature=1.0, seed=seed),
+                _req(on, [ad], temperature=1.0)]
+        batch = lg.repeat(3, 1)
+        on.grammars.apply_masks(reqs, batch)
+        ids, lps, top = on._draw(reqs, batch, [[], [], []], [0, 0, 0])
+        on._redraw_noncanonical(reqs, batch, [[], [], []], [0, 0, 0], ids, lps, top)
+        assert ids[1] == alone
+        assert not {ids[0], ids[2]} & {_one(tok, "DR"), _one(tok, "D")}
 
 
 def test_a_noncanonical_token_stands_when_nothing_else_is_left(tok, halves):
@@ -109,6 +118,42 @@ def test_a_noncanonical_token_stands_when_nothing_else_is_left(tok, halves):
     ids, lps, top = on._draw([req], lg, [[]], [0])
     on._redraw_noncanonical([req], lg, [[]], [0], ids, lps, top)
     assert ids == [_one(tok, "DR")]
+
+
+def test_stop_ids_outside_the_vocabulary_do_not_disable_the_check(tok, halves):
+    on, _ = halves
+    ad = _one(tok, "AD")
+    lg = _logits(tok, {"DR": 12.0, "D": 11.0, "X": 10.0})
+    req = _req(on, [ad], temperature=0, min_new_tokens=5, stop_token_ids=[10**6])
+    masked = lg.clone()
+    on.grammars.apply_masks([req], masked)
+    suppress = [[tok.eos_token_id, 10**6]]
+    ids, lps, top = on._draw([req], masked, suppress, [0])
+    on._redraw_noncanonical([req], masked, suppress, [0], ids, lps, top)
+    assert ids == [_one(tok, "X")]
+
+
+def test_token_stands_after_the_last_redraw(tok, halves):
+    """More non-canonical candidates than three redraws can ban: the fourth draw stands and
+    is counted."""
+    from radixrt.managers.constrained import CANONICAL_CANDIDATES, MAX_CANONICAL_REDRAWS
+
+    on, _ = halves
+    space = _one(tok, " ")
+    g = on.grammars.compiler.compile("regex", LETTERS)
+    tb = g.vocab.token_bytes
+    words = [t for t in range(len(tb)) if tb[t].isalpha() and tb[t].isascii()]
+    bad = g.noncanonical_after(space, words)
+    good = sorted(set(words) - set(bad))
+    n = (CANONICAL_CANDIDATES + 1) * (MAX_CANONICAL_REDRAWS + 1)
+    lg = torch.full((1, len(tok)), -5.0)
+    lg[0, bad[:n]] = torch.linspace(20.0, 10.0, n)
+    lg[0, good[0]] = 9.0
+    kept = on.stats.num_noncanonical_kept
+    token = _draw(on, _req(on, [space], temperature=0), lg)
+    assert token in bad[:n] and on.stats.num_noncanonical_kept == kept + 1
+    lg[0, good[0]] = 19.0  # among the first 64 candidates: found on the first redraw
+    assert _draw(on, _req(on, [space], temperature=0), lg) == good[0]
 
 
 def test_logprob_is_the_model_logprob_of_the_final_token(tok, halves):
@@ -147,3 +192,21 @@ def test_engine_outputs_are_canonical(tiny_model_dir):
                 assert eng.get_stats()["num_canonical_redraws"] > 0
     assert all(results[True]), results[True]
     assert not all(results[False])  # the check above can fail
+
+
+def test_redraws_are_the_same_with_and_without_jump_forward(tiny_model_dir):
+    from radixrt import Engine
+
+    regex = r'say "[A-Za-z ]{1,60}" and stop'
+    prompts = [[111 + i, 222, 333] for i in range(8)]
+    with Engine(model_path=str(tiny_model_dir), max_total_tokens=4096) as eng:
+        outs = {}
+        for jump in (False, True):
+            params = [{"max_new_tokens": 40, "regex": regex, "temperature": 3.0, "seed": 50 + i,
+                       "no_jump_forward": not jump} for i in range(len(prompts))]
+            before = eng.get_stats()
+            outs[jump] = eng.generate(input_ids=prompts, sampling_params=params)
+            after = eng.get_stats()
+            assert after["num_canonical_redraws"] > before["num_canonical_redraws"]
+        assert after["num_accepted_draft_tokens"] > 0
+        assert [o["output_ids"] for o in outs[True]] == [o["output_ids"] for o in outs[False]]

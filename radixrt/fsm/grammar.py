@@ -37,8 +37,8 @@ from radixrt.fsm.vocabulary import Vocabulary
 # Bytes of forced text considered after a token by the canonical check: enough for the
 # tokenizer's first token to be final (longer tokens and pre-tokenizer chunks are shorter).
 CANONICAL_LOOKAHEAD_BYTES = 48
-_FIRST_TOKEN_CACHE_LIMIT = 1 << 18
-_PAIR_CACHE_LIMIT = 1 << 18
+# Entries per per-vocabulary cache of tokenizer answers (first tokens, token pairs).
+_VERDICT_CACHE_LIMIT = 1 << 18
 
 
 class CompiledGrammar:
@@ -172,7 +172,6 @@ class CompiledGrammar:
         if not check.size:
             return ids
         tb = self._token_bytes
-        cache: dict[str, int] = self.vocab._cache.setdefault("first_token", {})
         texts: list[tuple[int, str]] = []
         for j in check.tolist():
             tok = tb[int(ids[j])]
@@ -180,22 +179,11 @@ class CompiledGrammar:
             cut = whole_chars_prefix(data)
             if cut > len(tok):  # something forced after the token, in whole characters
                 texts.append((j, data[:cut].decode("utf-8")))
-        # The cache is shared by every grammar of this vocabulary (and their threads): read it
-        # once per text, never rely on an entry staying there.
-        first: dict[str, int] = {}
-        for _, text in texts:
-            hit = cache.get(text)
-            if hit is not None:
-                first[text] = hit
-        missing = list({text for _, text in texts if text not in first})
-        if missing:
-            for text, enc in zip(missing, self.encode_batch(missing), strict=True):
-                # -1: the tokenizer does not reproduce the text byte for byte (a SentencePiece
-                # dummy prefix, say): no opinion, keep every token.
-                first[text] = int(enc[0]) if enc and self.vocab.spells(enc, text.encode()) else -1
-            if len(cache) > _FIRST_TOKEN_CACHE_LIMIT:
-                cache.clear()
-            cache.update((text, first[text]) for text in missing)
+        # -1: the tokenizer does not reproduce the text byte for byte (a SentencePiece dummy
+        # prefix, say): no opinion, keep every token.
+        first = self._tokenizer_verdicts(
+            "first_token", {text: text for _, text in texts},
+            lambda _, text, enc: int(enc[0]) if enc and self.vocab.spells(enc, text.encode()) else -1)
         drop = [j for j, text in texts if first[text] not in (-1, int(ids[j]))]
         if not drop or len(drop) == len(ids):
             return ids
@@ -215,29 +203,38 @@ class CompiledGrammar:
         n = len(tb)
         if not 0 <= prev < n or not tb[prev]:
             return []
-        cache: dict[int, bool] = self.vocab._cache.setdefault("pair_ok", {})
-        verdict: dict[int, bool] = {}
-        todo: dict[str, int] = {}
+        texts: dict[int, str] = {}  # key prev * n + t
         for t in candidates:
-            if not 0 <= t < n or not tb[t]:
-                continue
-            hit = cache.get(prev * n + t)
+            if 0 <= t < n and tb[t]:
+                try:
+                    texts[prev * n + t] = (tb[prev] + tb[t]).decode("utf-8")
+                except UnicodeDecodeError:  # part of a character: the pair alone says nothing
+                    pass
+        ok = self._tokenizer_verdicts(
+            "pair_ok", texts,
+            lambda key, text, enc: enc == [prev, key - prev * n] or not self.vocab.spells(enc, text.encode()))
+        return [t for t in candidates if not ok.get(prev * n + t, True)]
+
+    def _tokenizer_verdicts(self, cache_name: str, texts: dict, judge: Callable) -> dict:
+        """``judge(key, text, tokenizer's encoding of text)`` for every ``key: text``, through
+        the vocabulary's cache ``cache_name``. That cache is shared by every grammar of the
+        vocabulary and their threads: each key is read once and no entry is relied on to stay
+        there. Misses are encoded in one batch."""
+        cache: dict = self.vocab._cache.setdefault(cache_name, {})
+        out = {}
+        for key in texts:
+            hit = cache.get(key)
             if hit is not None:
-                verdict[t] = hit
-                continue
-            try:
-                todo[(tb[prev] + tb[t]).decode("utf-8")] = t
-            except UnicodeDecodeError:  # part of a character: the pair alone says nothing
-                verdict[t] = True
-        if todo:
-            texts = list(todo)
-            for text, enc in zip(texts, self.encode_batch(texts), strict=True):
-                t = todo[text]
-                verdict[t] = enc == [prev, t] or not self.vocab.spells(enc, text.encode())
-            if len(cache) > _PAIR_CACHE_LIMIT:
+                out[key] = hit
+        missing = [key for key in texts if key not in out]
+        if missing:
+            encodings = self.encode_batch([texts[key] for key in missing])
+            for key, enc in zip(missing, encodings, strict=True):
+                out[key] = judge(key, texts[key], enc)
+            if len(cache) > _VERDICT_CACHE_LIMIT:
                 cache.clear()
-            cache.update((prev * n + todo[text], verdict[todo[text]]) for text in texts)
-        return [t for t in candidates if not verdict.get(t, True)]
+            cache.update((key, out[key]) for key in missing)
+        return out
 
     def _compute_mask(self, state: int) -> np.ndarray:
         return pack_token_ids(self.allowed_token_ids(state), self.num_words)
@@ -245,4 +242,3 @@ class CompiledGrammar:
     @property
     def num_cached_masks(self) -> int:
         return sum(1 for s in self._masks if s >= 0)
-

@@ -14,9 +14,8 @@ them. The first disagreement is kept instead and the rest of the draft (and its 
 So outputs are those of decoding without jump-forward (token for token under greedy or a
 seed, up to float rounding: logits at a draft position come from an extend pass, not a decode
 pass, and a rare borderline draw can fall the other way), while every draft token the model
-agrees with saves a forward pass. Forced text
-tokenized on its own can therefore never push the model onto a token split it would not have
-chosen: that split is simply not accepted.
+agrees with saves a forward pass. Forced text tokenized on its own can therefore never push
+the model onto a token split it would not have chosen: that split is simply not accepted.
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ logger = logging.getLogger("radixrt.constrained")
 # token and every bad one is banned before drawing again, at most MAX_CANONICAL_REDRAWS times.
 CANONICAL_CANDIDATES = 64
 MAX_CANONICAL_REDRAWS = 3
+
 
 def grammar_spec(req: Req) -> tuple[str, str] | None:
     p = req.params
@@ -148,17 +148,15 @@ class GrammarManager:
         canonical one. Masks keep forced text canonical; this keeps the free text canonical.
         """
         g = req.grammar
-        if g is None or not self.canonical_tokens:
+        if g is None:  # (with canonical tokens off, its grammar never objects)
             return []
         try:
             if not g.noncanonical_next([tok]):
                 return []
-            k = min(CANONICAL_CANDIDATES, row.shape[-1])
-            vals, cand = row.topk(k)
-            ok = torch.isfinite(vals)
-            cand = [c for c in cand[ok].tolist() if c != tok]
-            bad = [tok] + g.noncanonical_next(cand)
             width = row.shape[-1]
+            vals, cand = row.topk(min(CANONICAL_CANDIDATES, width))
+            cand = [c for c in cand[torch.isfinite(vals)].tolist() if c != tok]
+            bad = [tok] + g.noncanonical_next(cand)
             gone = [t for t in forbidden + bad if 0 <= t < width]  # stop ids may lie outside
             left = torch.isfinite(row)
             left[torch.tensor(gone, dtype=torch.long, device=row.device)] = False

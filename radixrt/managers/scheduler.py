@@ -412,8 +412,7 @@ class Scheduler:
         self.grammars.apply_masks(reqs, lg)
         tops = [r.top_logprobs_num if r.return_logprob else 0 for r in reqs]
         ids, lps, top = self._draw(reqs, lg, suppress, tops)
-        if any(r.grammar is not None for r in reqs):
-            self._redraw_noncanonical(reqs, lg, suppress, tops, ids, lps, top)
+        self._redraw_noncanonical(reqs, lg, suppress, tops, ids, lps, top)
         for i, (req, tok) in enumerate(zip(reqs, ids)):
             req.output_ids.append(tok)
             self.stats.num_generated_tokens += 1
@@ -451,8 +450,10 @@ class Scheduler:
         from their own generator as any draw; ``ids``, ``lps``, ``top`` are updated in place.
         Logprobs stay those of the model's distribution at the token finally chosen. After
         ``MAX_CANONICAL_REDRAWS`` the token stands (counted in ``num_noncanonical_kept``)."""
-        forbidden = [list(s) for s in suppress]
         check = [i for i, r in enumerate(reqs) if r.grammar is not None]
+        if not check:
+            return
+        forbidden = [list(s) for s in suppress]
         for attempt in range(MAX_CANONICAL_REDRAWS + 1):
             redo = []
             for i in check:

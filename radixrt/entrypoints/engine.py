@@ -18,8 +18,8 @@ from typing import Any
 from radixrt.config import ServerArgs
 from radixrt.managers.inputs import expand_samples, normalize_prompts, per_prompt_params
 from radixrt.managers.output import build_result, meta_info, output_text
-from radixrt.managers.req import FinishReason, Req
-from radixrt.managers.scheduler import RequestError, Scheduler
+from radixrt.scheduler.req import FinishReason, Req
+from radixrt.scheduler.scheduler import RequestError, Scheduler
 
 logger = logging.getLogger("radixrt.engine")
 
@@ -103,7 +103,7 @@ class Engine:
         text = self.tokenizer.decode(req.output_ids, skip_special_tokens=req.params.skip_special_tokens)
         text = text.rstrip("\ufffd")
         if req.params.stop:
-            from radixrt.managers.detok_utils import stop_holdback
+            from radixrt.scheduler.detokenize import stop_holdback
 
             text = text[: len(text) - stop_holdback(text, req.params.stop)]
         return text

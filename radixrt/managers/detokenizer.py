@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from radixrt.managers.detok_utils import IncrementalDetokenizer, find_stop, stop_holdback
+from radixrt.scheduler.detokenize import IncrementalDetokenizer, find_stop, stop_holdback
 from radixrt.managers.ipc import (
     IDLE_POLL_MS,
     IpcPaths,

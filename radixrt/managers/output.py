@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from radixrt.managers.req import Req
+from radixrt.scheduler.req import Req
 
 
 def output_text(req: Req, tokenizer, ids: list[int] | None = None) -> str:

@@ -56,7 +56,7 @@ def run_scheduler_process(args: ServerArgs, ipc: IpcPaths, ready_conn, parent_pi
     """Entry point of the spawned scheduler process."""
     setup_child("scheduler", args.log_level)
     try:
-        from radixrt.managers.scheduler import Scheduler
+        from radixrt.scheduler.scheduler import Scheduler
         from radixrt.model.runner import ModelRunner
         from radixrt.tokenizer import load_tokenizer
 
@@ -157,7 +157,7 @@ class SchedulerLoop:
             send(self.send_sock, BatchTokenIDOut(outputs=replies))
 
     def _add(self, msg: TokenizedGenerateReq) -> TokenIDOut | None:
-        from radixrt.managers.req import Req
+        from radixrt.scheduler.req import Req
         from radixrt.sampling_params import SamplingParams
 
         try:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from radixrt.managers.constrained import GrammarManager
-from radixrt.managers.req import Req
-from radixrt.managers.scheduler import Scheduler, SchedulerStats
+from radixrt.scheduler.grammar_manager import GrammarManager
+from radixrt.scheduler.req import Req
+from radixrt.scheduler.scheduler import Scheduler, SchedulerStats
 from radixrt.model.sampler import Sampler
 from radixrt.sampling_params import SamplingParams
 
@@ -136,7 +136,7 @@ def test_stop_ids_outside_the_vocabulary_do_not_disable_the_check(tok, halves):
 def test_token_stands_after_the_last_redraw(tok, halves):
     """More non-canonical candidates than three redraws can ban: the fourth draw stands and
     is counted."""
-    from radixrt.managers.constrained import CANONICAL_CANDIDATES, MAX_CANONICAL_REDRAWS
+    from radixrt.scheduler.grammar_manager import CANONICAL_CANDIDATES, MAX_CANONICAL_REDRAWS
 
     on, _ = halves
     space = _one(tok, " ")

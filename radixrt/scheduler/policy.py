@@ -7,7 +7,7 @@ import random
 from collections import defaultdict
 
 from radixrt.cache.base import BasePrefixCache, MatchResult
-from radixrt.managers.req import Req
+from radixrt.scheduler.req import Req
 
 # Past this many waiting requests, prefix matching every one each step costs more than it
 # saves: fall back to first come first served.

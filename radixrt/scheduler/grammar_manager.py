@@ -27,7 +27,7 @@ from weakref import WeakKeyDictionary
 
 import torch
 
-from radixrt.managers.req import FinishReason, Req
+from radixrt.scheduler.req import FinishReason, Req
 
 logger = logging.getLogger("radixrt.constrained")
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from radixrt.managers.req import Req
-from radixrt.managers.schedule_policy import match_len_limit
+from radixrt.scheduler.req import Req
+from radixrt.scheduler.policy import match_len_limit
 
 if TYPE_CHECKING:
-    from radixrt.managers.scheduler import Scheduler
+    from radixrt.scheduler.scheduler import Scheduler
 
 # A running request is assumed to need at most this many more tokens when reserving room.
 RESERVE_CLIP = 4096

@@ -23,11 +23,11 @@ import torch
 from radixrt.cache.base import BasePrefixCache
 from radixrt.cache.no_cache import NoPrefixCache
 from radixrt.config import ServerArgs
-from radixrt.managers.constrained import MAX_CANONICAL_REDRAWS, GrammarManager, grammar_spec
-from radixrt.managers.detok_utils import IncrementalDetokenizer, find_stop, find_stop_regex
-from radixrt.managers.prefill import RESERVE_CLIP, PrefillAdder
-from radixrt.managers.req import FinishReason, Req
-from radixrt.managers.schedule_policy import SchedulePolicy
+from radixrt.scheduler.grammar_manager import MAX_CANONICAL_REDRAWS, GrammarManager, grammar_spec
+from radixrt.scheduler.detokenize import IncrementalDetokenizer, find_stop, find_stop_regex
+from radixrt.scheduler.prefill_adder import RESERVE_CLIP, PrefillAdder
+from radixrt.scheduler.req import FinishReason, Req
+from radixrt.scheduler.policy import SchedulePolicy
 from radixrt.model.forward_batch import ForwardBatch
 from radixrt.model.runner import ModelRunner
 from radixrt.model.sampler import RequestPenalty, Sampler, SamplingBatchInfo

@@ -159,6 +159,10 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self.chunked or self.grammars.pending)
 
+    def close(self) -> None:
+        """Stop the grammar compiler's threads (pending compiles are cancelled)."""
+        self.grammars.close()
+
     # ------------------------------------------------------------------ memory
     def alloc_slots(self, n: int, last_slot: int | None = None) -> torch.Tensor | None:
         slots = self.allocator.alloc(n, last_slot)

@@ -26,6 +26,9 @@ class MatchResult:
 
 class BasePrefixCache(ABC):
     page_size: int
+    # Bumped whenever cached slots go back to the allocator (evict, reset): a MatchResult taken
+    # under an older generation may name freed slots and must be looked up again.
+    generation: int = 0
 
     @abstractmethod
     def match_prefix(self, token_ids: Sequence[int]) -> MatchResult:

@@ -210,6 +210,7 @@ class RadixCache(BasePrefixCache):
                     heapq.heappush(heap, (parent.last_access_time, parent.id, parent))
         if released:
             self.allocator.free(torch.cat(released))
+            self.generation += 1
         return freed
 
     def reset(self) -> None:
@@ -218,6 +219,7 @@ class RadixCache(BasePrefixCache):
         values = [n.value for n in self._iter_nodes()]
         if values:
             self.allocator.free(torch.cat(values))
+        self.generation += 1
         self._init_tree()
 
     # ------------------------------------------------------------------ request hooks

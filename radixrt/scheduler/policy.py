@@ -29,12 +29,15 @@ class SchedulePolicy:
         self.name = name
         self.cache = cache
         self.rng = random.Random(seed)
+        self.match_generation = -1  # the cache's generation when `order` last matched
+
 
     def match(self, req: Req) -> MatchResult:
         return self.cache.match_prefix(req.fill_ids[: match_len_limit(req)])
 
     def order(self, waiting: list[Req]) -> list[tuple[Req, MatchResult | None]]:
-        """Waiting requests in admission order, with their prefix matches when computed."""
+        """Waiting requests in admission order, with their prefix matches when computed (valid
+        while the cache's ``generation`` equals ``match_generation``)."""
         name = self.name
         if name in ("lpm", "dfs-weight") and len(waiting) > FCFS_FALLBACK_QUEUE_LEN:
             name = "fcfs"
@@ -44,6 +47,7 @@ class SchedulePolicy:
             out = list(waiting)
             self.rng.shuffle(out)
             return [(r, None) for r in out]
+        self.match_generation = self.cache.generation
         matched = [(r, self.match(r)) for r in waiting]
         if name == "lpm":
             # Stable sort: equal matches keep arrival order.

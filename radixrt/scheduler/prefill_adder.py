@@ -1,21 +1,26 @@
 """PrefillAdder: picks the requests of the next extend batch under the KV budget.
 
 Budget: free slots + evictable cache slots - what running requests are expected to still
-need (their remaining max_new_tokens times the scheduler's new-token ratio). Long prompts are
-cut into chunks of ``--chunked-prefill-size`` tokens. When a waiting request shares a long
-prefix with one already admitted in this batch that the cache does not hold yet, it is held
-back one step so the prefix is computed once and then served from the cache.
+need (their remaining max_new_tokens times the new-token ratio). Long prompts are cut into
+chunks of ``--chunked-prefill-size`` tokens. When a waiting request shares a long prefix with
+one already admitted in this batch that the cache does not hold yet, it is held back one step
+so the prefix is computed once and then served from the cache.
+
+The adder works on the KV bookkeeping and the policy it is given, never on the scheduler: it
+returns what it admitted and the scheduler updates its queues. Each waiting request is matched
+against the prefix cache once per step: the policy's match (taken to order the queue) is
+reused unless an eviction since then may have freed its slots.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+from radixrt.cache.base import MatchResult
+from radixrt.scheduler.kv import RunningKV
+from radixrt.scheduler.policy import SchedulePolicy, match_len_limit
 from radixrt.scheduler.req import Req
-from radixrt.scheduler.policy import match_len_limit
-
-if TYPE_CHECKING:
-    from radixrt.scheduler.scheduler import Scheduler
 
 # A running request is assumed to need at most this many more tokens when reserving room.
 RESERVE_CLIP = 4096
@@ -38,118 +43,122 @@ def common_prefix_len(a: list[int], b: list[int]) -> int:
     return lo
 
 
+def future_tokens(req: Req, new_token_ratio: float) -> float:
+    """Room a running request is expected to still need for its output."""
+    return min(req.remaining_new_tokens(), RESERVE_CLIP) * new_token_ratio
+
+
+@dataclass
+class PrefillLimits:
+    """The static part of the budget (from ServerArgs)."""
+
+    max_prefill_tokens: int
+    chunked_prefill_size: int  # <= 0: no chunking
+    max_running_requests: int
+    page_size: int = 1
+
+
+@dataclass
+class PrefillBatch:
+    reqs: list[Req] = field(default_factory=list)
+    extend_lens: list[int] = field(default_factory=list)
+    admitted: list[Req] = field(default_factory=list)  # taken from the waiting queue
+    chunked: Req | None = None  # its prompt continues next step
+    cached_tokens: int = 0  # prompt tokens the admitted requests found in the cache
+
+
 class PrefillAdder:
-    def __init__(self, sched: Scheduler):
-        self.s = sched
-        args = sched.args
-        budget = args.max_prefill_tokens
-        self.chunking = args.chunked_prefill_size > 0
+    def __init__(self, kv: RunningKV, policy: SchedulePolicy, limits: PrefillLimits,
+                 running: Sequence[Req], new_token_ratio: float):
+        self.kv = kv
+        self.policy = policy
+        self.limits = limits
+        self.num_running = len(running)
+        self.ratio = new_token_ratio
+        self.chunking = limits.chunked_prefill_size > 0
+        budget = limits.max_prefill_tokens
         if self.chunking:
-            budget = min(budget, args.chunked_prefill_size)
+            budget = min(budget, limits.chunked_prefill_size)
         self.budget = budget
-        self.batch: list[Req] = []
-        self.extend_lens: list[int] = []
-        self.rejected: list[Req] = []
-        self.reserved = sched.reserved_for_running()
+        self.reserved = sum(future_tokens(r, new_token_ratio) for r in running)
+        self.out = PrefillBatch()
 
     def _room(self) -> float:
-        s = self.s
-        return s.allocator.available_size() + s.cache.evictable_size() - self.reserved
+        return self.kv.allocator.available_size() + self.kv.cache.evictable_size() - self.reserved
+
+    def _full(self) -> bool:
+        return (self.num_running + len(self.out.reqs) >= self.limits.max_running_requests
+                or self.kv.req_pool.available_size() == 0)
 
     def _chunk(self, extend: int) -> int:
         """Tokens of a prompt of ``extend`` remaining tokens to take in this batch."""
         if extend <= self.budget:
             return extend
         if not self.chunking:
-            return extend if not self.batch else 0
-        ps = self.s.page_size
+            return extend if not self.out.reqs else 0
+        ps = self.limits.page_size
         return self.budget // ps * ps
 
-    def build(self) -> list[Req]:
-        s = self.s
-        if s.chunked is not None:
-            req = s.chunked
-            s.chunked = None
-            if not self._extend(req, req.seq_len - req.kv_len):
-                s.chunked = req
-                return []
-        if not s.waiting:
-            return self.batch
-        max_running = s.args.max_running_requests
-        if len(s.running) + len(self.batch) >= max_running or s.req_pool.available_size() == 0:
-            return self.batch
-        admitted: list[Req] = []
-        for req, _ in s.policy.order(list(s.waiting)):
-            if self.budget <= 0 or s.chunked is not None:
+    def build(self, waiting: Sequence[Req], chunked: Req | None) -> PrefillBatch:
+        """The next extend batch: first the next chunk of ``chunked`` (a request whose prompt
+        is being prefilled in chunks), then waiting requests in the policy's order."""
+        out = self.out
+        if chunked is not None and not self._extend(chunked):
+            out.chunked = chunked
+            return out
+        if not waiting or self._full():
+            return out
+        for req, match in self.policy.order(list(waiting)):
+            if self.budget <= 0 or out.chunked is not None or self._full():
                 break
-            if len(s.running) + len(self.batch) >= max_running or s.req_pool.available_size() == 0:
-                break
-            ok = self._admit(req)
+            ok = self._admit(req, match)
             if ok is None:
                 continue  # deferred
             if not ok:
                 break
-            admitted.append(req)
-        for req in admitted:
-            s.waiting.remove(req)
-        return self.batch
+            out.admitted.append(req)
+        return out
 
-    def _admit(self, req: Req) -> bool | None:
-        s = self.s
-        token_ids = req.fill_ids
-        match = s.cache.match_prefix(token_ids[: match_len_limit(req)])
+    def _fresh_match(self, req: Req, match: MatchResult | None) -> MatchResult:
+        if match is not None and self.policy.match_generation == self.kv.cache.generation:
+            return match
+        return self.kv.cache.match_prefix(req.fill_ids[: match_len_limit(req)])
+
+    def _admit(self, req: Req, match: MatchResult | None) -> bool | None:
+        match = self._fresh_match(req, match)
         m = len(match.indices)
-        for other in self.batch:
-            shared = common_prefix_len(token_ids, other.fill_ids)
-            if shared >= m + IN_BATCH_SHARE_THRESHOLD:
+        for other in self.out.reqs:
+            if common_prefix_len(req.fill_ids, other.fill_ids) >= m + IN_BATCH_SHARE_THRESHOLD:
                 return None
-        extend = req.seq_len - m
-        take = self._chunk(extend)
+        take = self._chunk(req.seq_len - m)
         if take <= 0:
             return False
-        future = min(req.remaining_new_tokens(), RESERVE_CLIP) * s.new_token_ratio
-        alone = not s.running and not self.batch
-        if take + future > self._room() and not (alone and take <= self._room() + self.reserved):
+        future = future_tokens(req, self.ratio)
+        alone = self.num_running == 0 and not self.out.reqs
+        room = self._room()
+        if take + future > room and not (alone and take <= room + self.reserved):
             return False
-        row = s.req_pool.alloc()
-        if row is None:
+        if not self.kv.admit(req, match, take):
             return False
-        s.cache.inc_lock_ref(match.last_node)
-        slots = s.alloc_slots(take, int(match.indices[-1]) if m else None)
-        if slots is None:
-            s.cache.dec_lock_ref(match.last_node)
-            s.req_pool.free(row)
-            return False
-        table = s.req_pool.req_to_token
-        if m:
-            table[row, :m] = match.indices
-        table[row, m:m + take] = slots
-        req.row, req.kv_len, req.prefix_len, req.last_node = row, m, m, match.last_node
         if req.num_retractions == 0 and req.num_chunks == 0:
             req.cached_tokens = m
-            s.stats.num_cached_tokens += m
+            self.out.cached_tokens += m
         self._add(req, take, future)
         return True
 
-    def _extend(self, req: Req, remaining: int) -> bool:
+    def _extend(self, req: Req) -> bool:
         """Next chunk of a request that already holds a row."""
-        s = self.s
-        take = self._chunk(remaining)
-        if take <= 0:
+        take = self._chunk(req.seq_len - req.kv_len)
+        if take <= 0 or not self.kv.extend(req, take):
             return False
-        last = int(s.req_pool.req_to_token[req.row, req.kv_len - 1]) if req.kv_len else None
-        slots = s.alloc_slots(take, last)
-        if slots is None:
-            return False
-        s.req_pool.req_to_token[req.row, req.kv_len:req.kv_len + take] = slots
-        self._add(req, take, min(req.remaining_new_tokens(), RESERVE_CLIP) * s.new_token_ratio)
+        self._add(req, take, future_tokens(req, self.ratio))
         return True
 
     def _add(self, req: Req, take: int, future: float) -> None:
         req.num_chunks += 1
-        self.batch.append(req)
-        self.extend_lens.append(take)
+        self.out.reqs.append(req)
+        self.out.extend_lens.append(take)
         self.budget -= take
         self.reserved += future
         if req.kv_len + take < req.seq_len:
-            self.s.chunked = req  # continues next step; nothing else joins after it
+            self.out.chunked = req  # continues next step; nothing else joins after it

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from radixrt.scheduler.grammar_manager import GrammarManager
-from radixrt.scheduler.req import Req
-from radixrt.scheduler.scheduler import Scheduler, SchedulerStats
-from radixrt.model.sampler import Sampler
 from radixrt.sampling_params import SamplingParams
+from radixrt.scheduler.grammar_manager import GrammarManager
+from radixrt.scheduler.postprocess import PostProcessor
+from radixrt.scheduler.req import Req
+from radixrt.scheduler.stats import SchedulerStats
 
 LETTERS = "[A-Za-z ]{1,40}"
 
@@ -21,18 +21,14 @@ def _one(tok, text: str) -> int:
     return ids[0]
 
 
-def _sampler_half(tok, canonical: bool) -> Scheduler:
-    """A Scheduler with only the parts drawing tokens needs (no model, no processes)."""
-    s = Scheduler.__new__(Scheduler)
-    s.vocab_size = len(tok)
-    s.grammars = GrammarManager(tok, s.vocab_size, {tok.eos_token_id}, canonical_tokens=canonical)
-    s.sampler = Sampler()
-    s._default_gen = torch.Generator().manual_seed(0)
-    s.stats = SchedulerStats()
-    return s
+def _sampler_half(tok, canonical: bool) -> PostProcessor:
+    """The scheduler's post-processing (no model, no processes)."""
+    eos = {tok.eos_token_id}
+    grammars = GrammarManager(tok, len(tok), eos, canonical_tokens=canonical)
+    return PostProcessor(grammars, eos, len(tok), 2048, SchedulerStats())
 
 
-def _req(s: Scheduler, after: list[int], **params) -> Req:
+def _req(s: PostProcessor, after: list[int], **params) -> Req:
     req = Req(rid="r", prompt_ids=[1, 2, 3], params=SamplingParams(**params))
     req.grammar = s.grammars.compiler.compile("regex", LETTERS).matcher()
     req.grammar_kind = "regex"
@@ -64,7 +60,7 @@ def _logits(tok, prefs: dict[str, float]) -> torch.Tensor:
     return lg
 
 
-def _draw(s: Scheduler, req: Req, lg: torch.Tensor) -> int:
+def _draw(s: PostProcessor, req: Req, lg: torch.Tensor) -> int:
     lg = lg.clone()
     s.grammars.apply_masks([req], lg)
     ids, lps, top = s._draw([req], lg, [[]], [0])

@@ -132,6 +132,8 @@ class GrammarManager:
             except Exception as e:  # a bug: fail this request alone, keep serving the others
                 self._fail(reqs[i], "computing its token mask", e)
                 bitmask[j] = -1  # its sample is discarded with it
+        if bitmask.device != logits.device:  # filled on the CPU, applied where the logits are
+            bitmask = bitmask.to(logits.device, non_blocking=True)
         apply_token_bitmask_(logits, bitmask, indices=rows)
 
     def canonical_bans(self, req: Req, tok: int, row: torch.Tensor, forbidden: list[int]) -> list[int]:

@@ -1,10 +1,11 @@
-"""Paged attention micro-benchmark: native CPU kernel vs the torch fallback (gather + SDPA).
+"""Paged decode attention micro-benchmark: native CPU kernel vs the torch fallback (gather + SDPA).
 
 Shapes follow the default model's attention (9 query heads, 3 kv heads, head_dim 64) on one
 layer's pool. Slots are a random permutation of the pool (a realistic, non-contiguous layout).
 
   decode: B in (1, 8, 32) x L in (128, 512, 2048), and B=32 L=200; one query per request
-  extend: T=512 one request without prefix; 4 requests x 128 new tokens after a 256 prefix
+
+(Extend attention has no native kernel: both backends run it through SDPA.)
 
 Each case is run --repeats times (after a warm-up) for both implementations, interleaved;
 the table shows median milliseconds per call, the speedup torch/native (of the medians), and
@@ -94,18 +95,6 @@ def main() -> None:
         rows.append({"case": f"decode B={B} L={L}",
                      **bench_pair(partial(ops.decode, *call),
                                   partial(native.torch_paged_decode_attention, *call), args.repeats)})
-
-    for name, seq_lens, ext_lens in (("extend T=512 (1x512, no prefix)", [512], [512]),
-                                     ("extend T=512 (4x128 after 256)", [384] * 4, [128] * 4)):
-        k_buf, v_buf, perm = make_pool(sum(seq_lens), KV, D, gen)
-        idx = rows_from(perm, seq_lens)
-        seq, ext = torch.tensor(seq_lens), torch.tensor(ext_lens)
-        q_starts = torch.tensor([sum(ext_lens[:b]) for b in range(len(ext_lens))])
-        q = torch.randn(sum(ext_lens), H, D, generator=gen)
-        call = (q, k_buf, v_buf, idx, seq, ext, q_starts, scale)
-        rows.append({"case": name, **bench_pair(partial(ops.extend, *call),
-                                                 partial(native.torch_paged_extend_attention, *call),
-                                                 args.repeats)})
 
     cols = ["case", "native_ms", "torch_ms", "speedup", "native_min_ms", "torch_min_ms", "max_abs_diff"]
     print_table(rows, cols)

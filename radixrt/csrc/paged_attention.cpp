@@ -6,8 +6,6 @@
 // kv head are processed together, so each K/V row is read once per group.
 //
 //   radixrt_pa::decode(q [B,H,D], k_buf, v_buf, kv_indices [B,Lmax], seq_lens [B], scale)
-//   radixrt_pa::extend(q [T,H,D], k_buf, v_buf, kv_indices, seq_lens, extend_lens, q_starts,
-//                      scale)
 //   radixrt_pa::isa() -> str   (which instruction-set variant the dispatcher picked)
 //
 // Build: plain -O3 -fopenmp (no -march=native, no -ffast-math: the cached .so must run on any
@@ -19,10 +17,10 @@
 //
 // Parallelism: OpenMP (the process's libgomp is torch's), torch.get_num_threads() threads,
 // dynamic schedule over work units; serial when called from inside a parallel region.
-// Decode units are (request, kv head), split further into key chunks (flash-decoding, merged
-// afterwards) when there are fewer than two units per thread. Extend units are (request, kv
-// head, block of ~64/G new tokens), most expensive first.
+// Work units are (request, kv head), split further into key chunks (flash-decoding, merged
+// afterwards) when there are fewer than two units per thread.
 //
+// Decode only: extend (prefill) attention runs on SDPA (radixrt/model/attention.py).
 // Float32 only; the Python wrapper (radixrt/model/native.py) falls back to torch otherwise.
 
 #ifndef RADIXRT_PA_BODY
@@ -30,7 +28,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -75,13 +72,9 @@ namespace radixrt_pa {
 
 using DecodeUnitFn = void (*)(const float*, const float*, const float*, int64_t, const int64_t*,
                               int64_t, int, int, float, float*, float*, float*, float*);
-using ExtendUnitFn = void (*)(const float*, int64_t, int, int, int, int64_t, const float*,
-                              const float*, int64_t, const int64_t*, float, float*, int64_t,
-                              float*);
 
 struct Kernels {
   DecodeUnitFn decode_unit;
-  ExtendUnitFn extend_unit;
   const char* name;
 };
 
@@ -92,11 +85,11 @@ static Kernels pick_kernels() {
 #ifdef RADIXRT_PA_X86_DISPATCH
   __builtin_cpu_init();
   if (!baseline_only && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    return {isa_avx2::decode_unit, isa_avx2::extend_unit, "avx2"};
+    return {isa_avx2::decode_unit, "avx2"};
   }
 #endif
   (void)baseline_only;
-  return {isa_base::decode_unit, isa_base::extend_unit, "baseline"};
+  return {isa_base::decode_unit, "baseline"};
 }
 
 static const Kernels& kernels() {
@@ -250,99 +243,18 @@ at::Tensor decode(const at::Tensor& q_in, const at::Tensor& k_buf, const at::Ten
   return out;
 }
 
-// Query tokens per extend work unit: about 64 query rows (tokens x grouped heads) per tile.
-static int64_t extend_block_tokens(int64_t G) { return std::max<int64_t>(1, 64 / G); }
-
-at::Tensor extend(const at::Tensor& q_in, const at::Tensor& k_buf, const at::Tensor& v_buf,
-                  const at::Tensor& kv_indices_in, const at::Tensor& seq_lens_in,
-                  const at::Tensor& extend_lens_in, const at::Tensor& q_starts_in, double scale) {
-  check_kv(q_in, k_buf, v_buf, kv_indices_in, seq_lens_in);
-  TORCH_CHECK(extend_lens_in.device().is_cpu() && extend_lens_in.scalar_type() == at::kLong &&
-                  extend_lens_in.numel() == seq_lens_in.numel(),
-              "radixrt_pa: extend_lens must be an int64 CPU tensor [B]");
-  TORCH_CHECK(q_starts_in.device().is_cpu() && q_starts_in.scalar_type() == at::kLong &&
-                  q_starts_in.numel() == seq_lens_in.numel(),
-              "radixrt_pa: q_starts must be an int64 CPU tensor [B]");
-  const at::Tensor q = q_in.contiguous();
-  const at::Tensor kv_indices = kv_indices_in.contiguous();
-  const at::Tensor seq_lens = seq_lens_in.contiguous();
-  const at::Tensor extend_lens = extend_lens_in.contiguous();
-  const at::Tensor q_starts = q_starts_in.contiguous();
-  const int64_t T = q.size(0), H = q.size(1), D = q.size(2);
-  const int64_t KV = k_buf.size(1), G = H / KV, B = kv_indices.size(0), Lmax = kv_indices.size(1);
-  // Rows of q that belong to no request stay zero rather than uninitialised.
-  at::Tensor out = at::zeros({T, H, D}, q.options());
-  if (T == 0 || B == 0 || H == 0 || D == 0) return out;
-
-  const int64_t* idx = kv_indices.data_ptr<int64_t>();
-  const int64_t* lens = seq_lens.data_ptr<int64_t>();
-  const int64_t* elens = extend_lens.data_ptr<int64_t>();
-  const int64_t* qs = q_starts.data_ptr<int64_t>();
-  check_slots(idx, Lmax, lens, B, Lmax, k_buf.size(0));
-
-  struct Unit {
-    int64_t b, h, t0, nq;
-  };
-  const int64_t QB = extend_block_tokens(G);
-  std::vector<Unit> units;
-  int64_t work = 0;  // multiply-adds of QK^T (causal), for the serial/parallel decision
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t e = elens[b];
-    TORCH_CHECK(e >= 0 && e <= lens[b], "radixrt_pa: extend_lens[", b, "]=", e, " outside [0, seq_lens[b]=",
-                lens[b], "]");
-    TORCH_CHECK(qs[b] >= 0 && qs[b] + e <= T, "radixrt_pa: q_starts[", b, "]=", qs[b], " + extend_lens ",
-                e, " exceeds T=", T);
-    work += e * (lens[b] - e + (e + 1) / 2) * H * D;
-    for (int64_t t0 = 0; t0 < e; t0 += QB)
-      for (int64_t h = 0; h < KV; ++h) units.push_back({b, h, t0, std::min(QB, e - t0)});
-  }
-  // Most expensive (most keys) first: with dynamic scheduling that balances causal work.
-  std::stable_sort(units.begin(), units.end(), [&](const Unit& a, const Unit& c) {
-    return lens[a.b] - elens[a.b] + a.t0 + a.nq > lens[c.b] - elens[c.b] + c.t0 + c.nq;
-  });
-
-  const float* qp = q.data_ptr<float>();
-  const float* kp = k_buf.data_ptr<float>();
-  const float* vp = v_buf.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  const int64_t ss = k_buf.stride(0);
-  const float sc = static_cast<float>(scale);
-  const ExtendUnitFn unit = kernels().extend_unit;
-  const int64_t n_units = static_cast<int64_t>(units.size());
-  const int nt = num_threads_for(n_units, work);
-  const size_t ws = isa_base::extend_workspace_floats(static_cast<int>(QB * G), static_cast<int>(D));
-
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    std::vector<float> work(ws);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < n_units; ++i) {
-      const Unit& u = units[static_cast<size_t>(i)];
-      const int64_t prefix = lens[u.b] - elens[u.b];
-      const int64_t off = ((qs[u.b] + u.t0) * H + u.h * G) * D;
-      unit(qp + off, H * D, static_cast<int>(u.nq), static_cast<int>(G), static_cast<int>(D),
-           prefix + u.t0, kp + u.h * D, vp + u.h * D, ss, idx + u.b * Lmax, sc, op + off, H * D,
-           work.data());
-    }
-  }
-  return out;
-}
-
 std::string isa() { return kernels().name; }
 
 }  // namespace radixrt_pa
 
 TORCH_LIBRARY(radixrt_pa, m) {
   m.def("decode(Tensor q, Tensor k_buf, Tensor v_buf, Tensor kv_indices, Tensor seq_lens, float scale) -> Tensor");
-  m.def("extend(Tensor q, Tensor k_buf, Tensor v_buf, Tensor kv_indices, Tensor seq_lens, "
-        "Tensor extend_lens, Tensor q_starts, float scale) -> Tensor");
   m.def("isa() -> str");
   m.impl("isa", &radixrt_pa::isa);
 }
 
 TORCH_LIBRARY_IMPL(radixrt_pa, CPU, m) {
   m.impl("decode", &radixrt_pa::decode);
-  m.impl("extend", &radixrt_pa::extend);
 }
 
 #else  // RADIXRT_PA_BODY: the kernels, compiled once per ISA variant (see the top of the file)
@@ -461,10 +373,10 @@ static inline float dot(const float* a, const float* b, int D) {
   return s;
 }
 
-// o0 += sum_{j<n0} p0[j] rows[j],  o1 += sum_{j<n1} p1[j] rows[j]  (n0 <= n1; o1 may be null
-// with n1 == n0). Two output rows x 32 columns of accumulators in registers; each row loaded
-// from rows[j] once serves both outputs.
-static inline void pv2(float* o0, const float* p0, int n0, float* o1, const float* p1, int n1,
+// o0 += sum_{j<n} p0[j] rows[j],  o1 += sum_{j<n} p1[j] rows[j]  (o1 may be null). Two
+// output rows x 32 columns of accumulators in registers; each row loaded from rows[j] once
+// serves both outputs.
+static inline void pv2(float* o0, const float* p0, float* o1, const float* p1, int n,
                        const float* const* rows, int D) {
   int d0 = 0;
   for (; d0 + 4 * W <= D; d0 += 4 * W) {
@@ -473,21 +385,16 @@ static inline void pv2(float* o0, const float* p0, int n0, float* o1, const floa
     if (o1) {
       vf8 b0 = vload(o1 + d0), b1 = vload(o1 + d0 + W), b2 = vload(o1 + d0 + 2 * W),
           b3 = vload(o1 + d0 + 3 * W);
-      for (int j = 0; j < n0; ++j) {
+      for (int j = 0; j < n; ++j) {
         const float* v = rows[j] + d0;
         const vf8 v0 = vload(v), v1 = vload(v + W), v2 = vload(v + 2 * W), v3 = vload(v + 3 * W);
         const vf8 x = vsplat(p0[j]), y = vsplat(p1[j]);
         a0 += x * v0; a1 += x * v1; a2 += x * v2; a3 += x * v3;
         b0 += y * v0; b1 += y * v1; b2 += y * v2; b3 += y * v3;
       }
-      for (int j = n0; j < n1; ++j) {
-        const float* v = rows[j] + d0;
-        const vf8 y = vsplat(p1[j]);
-        b0 += y * vload(v); b1 += y * vload(v + W); b2 += y * vload(v + 2 * W); b3 += y * vload(v + 3 * W);
-      }
       vstore(o1 + d0, b0); vstore(o1 + d0 + W, b1); vstore(o1 + d0 + 2 * W, b2); vstore(o1 + d0 + 3 * W, b3);
     } else {
-      for (int j = 0; j < n0; ++j) {
+      for (int j = 0; j < n; ++j) {
         const float* v = rows[j] + d0;
         const vf8 x = vsplat(p0[j]);
         a0 += x * vload(v); a1 += x * vload(v + W); a2 += x * vload(v + 2 * W); a3 += x * vload(v + 3 * W);
@@ -497,21 +404,21 @@ static inline void pv2(float* o0, const float* p0, int n0, float* o1, const floa
   }
   for (; d0 + W <= D; d0 += W) {
     vf8 a = vload(o0 + d0);
-    for (int j = 0; j < n0; ++j) a += vsplat(p0[j]) * vload(rows[j] + d0);
+    for (int j = 0; j < n; ++j) a += vsplat(p0[j]) * vload(rows[j] + d0);
     vstore(o0 + d0, a);
     if (o1) {
       vf8 b = vload(o1 + d0);
-      for (int j = 0; j < n1; ++j) b += vsplat(p1[j]) * vload(rows[j] + d0);
+      for (int j = 0; j < n; ++j) b += vsplat(p1[j]) * vload(rows[j] + d0);
       vstore(o1 + d0, b);
     }
   }
   for (; d0 < D; ++d0) {
     float a = o0[d0];
-    for (int j = 0; j < n0; ++j) a += p0[j] * rows[j][d0];
+    for (int j = 0; j < n; ++j) a += p0[j] * rows[j][d0];
     o0[d0] = a;
     if (o1) {
       float b = o1[d0];
-      for (int j = 0; j < n1; ++j) b += p1[j] * rows[j][d0];
+      for (int j = 0; j < n; ++j) b += p1[j] * rows[j][d0];
       o1[d0] = b;
     }
   }
@@ -522,8 +429,8 @@ static inline void pv_group(float* o, int64_t ldo, const float* P, int64_t ldp, 
                             const float* const* rows, int D) {
   int g = 0;
   for (; g + 2 <= G; g += 2)
-    pv2(o + g * ldo, P + g * ldp, n, o + (g + 1) * ldo, P + (g + 1) * ldp, n, rows, D);
-  if (g < G) pv2(o + g * ldo, P + g * ldp, n, nullptr, nullptr, n, rows, D);
+    pv2(o + g * ldo, P + g * ldp, o + (g + 1) * ldo, P + (g + 1) * ldp, n, rows, D);
+  if (g < G) pv2(o + g * ldo, P + g * ldp, nullptr, nullptr, n, rows, D);
 }
 
 static constexpr int kPvBlock = 32;
@@ -596,132 +503,6 @@ void decode_unit(const float* q, const float* kb, const float* vb, int64_t ss, c
     const int64_t pf_end = std::min<int64_t>(L, j0 + 2 * kPvBlock);
     for (int64_t j = j0 + kPvBlock; j < pf_end; ++j) prefetch_row(vb + idx[j] * ss, D);
     pv_group(acc, D, scores + j0, L, G, n, vrows, D);
-  }
-}
-
-// ---- extend -------------------------------------------------------------------------------
-// A work unit: nq consecutive new tokens of one request x the G query heads of one kv head,
-// i.e. M = nq * G query rows (row r = token r / G, head r % G). Keys are processed in tiles of
-// KB slots: K gathered transposed into a local [D][KB] tile, S = Q K^T by a register-blocked
-// micro-kernel, causal mask by row range, online softmax, O += P V reading V rows in place.
-
-static constexpr int KB = 32;  // keys per tile
-static constexpr int RB = 4;   // query rows per S micro-kernel call
-
-static inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
-
-size_t extend_workspace_floats(int max_rows, int D) {
-  const int Mp = round_up(max_rows, RB);
-  return static_cast<size_t>(Mp) * D    // Q tile (scaled)
-         + static_cast<size_t>(Mp) * D  // O accumulator
-         + static_cast<size_t>(Mp) * KB // S / P tile
-         + static_cast<size_t>(D) * KB  // K^T tile
-         + 2 * static_cast<size_t>(Mp); // running max, running sum
-}
-
-// S[RB][KB] = Q[RB][D] . Kt[D][KB]: 4 rows x 16 keys of accumulators, two halves.
-static inline void qk_micro(const float* Q, int D, const float* Kt, float* S) {
-  for (int h = 0; h < KB; h += 2 * W) {
-    vf8 a00 = vsplat(0.0f), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00,
-        a31 = a00;
-    const float* kt = Kt + h;
-    for (int d = 0; d < D; ++d, kt += KB) {
-      const vf8 k0 = vload(kt), k1 = vload(kt + W);
-      vf8 x = vsplat(Q[d]);
-      a00 += x * k0; a01 += x * k1;
-      x = vsplat(Q[D + d]);
-      a10 += x * k0; a11 += x * k1;
-      x = vsplat(Q[2 * D + d]);
-      a20 += x * k0; a21 += x * k1;
-      x = vsplat(Q[3 * D + d]);
-      a30 += x * k0; a31 += x * k1;
-    }
-    vstore(S + h, a00); vstore(S + h + W, a01);
-    vstore(S + KB + h, a10); vstore(S + KB + h + W, a11);
-    vstore(S + 2 * KB + h, a20); vstore(S + 2 * KB + h + W, a21);
-    vstore(S + 3 * KB + h, a30); vstore(S + 3 * KB + h + W, a31);
-  }
-}
-
-// q: row for (token t, group head g) at q + t * ldq + g * D. pos0: absolute position of the
-// first token; token t attends to idx[0 .. pos0 + t]. out laid out like q (ldo).
-void extend_unit(const float* q, int64_t ldq, int nq, int G, int D, int64_t pos0, const float* kb,
-                 const float* vb, int64_t ss, const int64_t* idx, float scale, float* out,
-                 int64_t ldo, float* work) {
-  const int M = nq * G;
-  const int Mp = round_up(M, RB);
-  float* Q = work;
-  float* O = Q + static_cast<size_t>(Mp) * D;
-  float* S = O + static_cast<size_t>(Mp) * D;
-  float* Kt = S + static_cast<size_t>(Mp) * KB;
-  float* mrow = Kt + static_cast<size_t>(D) * KB;
-  float* lrow = mrow + Mp;
-  const float* vrows[KB];
-
-  for (int r = 0; r < M; ++r) {
-    const float* src = q + (r / G) * ldq + (r % G) * D;
-    float* dst = Q + static_cast<size_t>(r) * D;
-#pragma omp simd
-    for (int d = 0; d < D; ++d) dst[d] = src[d] * scale;
-  }
-  for (size_t i = static_cast<size_t>(M) * D; i < static_cast<size_t>(Mp) * D; ++i) Q[i] = 0.0f;
-  for (size_t i = 0; i < static_cast<size_t>(Mp) * D; ++i) O[i] = 0.0f;
-  for (int r = 0; r < Mp; ++r) {
-    mrow[r] = -std::numeric_limits<float>::infinity();
-    lrow[r] = 0.0f;
-  }
-
-  const int64_t kend = pos0 + nq;  // keys [0, kend) are visible to some row of this unit
-  for (int64_t k0 = 0; k0 < kend; k0 += KB) {
-    const int nk = static_cast<int>(std::min<int64_t>(KB, kend - k0));
-    for (int j = 0; j < nk; ++j) {
-      const int64_t slot = idx[k0 + j];
-      const float* kr = kb + slot * ss;
-      vrows[j] = vb + slot * ss;
-      if (k0 + j + KB < kend) prefetch_row(kb + idx[k0 + j + KB] * ss, D);
-      for (int d = 0; d < D; ++d) Kt[d * KB + j] = kr[d];
-    }
-    if (nk < KB)
-      for (int d = 0; d < D; ++d)
-        for (int j = nk; j < KB; ++j) Kt[d * KB + j] = 0.0f;
-
-    // First row that sees any key of this tile: token t sees keys <= pos0 + t.
-    const int64_t t_first = std::max<int64_t>(0, k0 - pos0);
-    const int r_begin = static_cast<int>(t_first) * G;
-    for (int r = r_begin / RB * RB; r < M; r += RB)
-      qk_micro(Q + static_cast<size_t>(r) * D, D, Kt, S + r * KB);
-
-    // Softmax update per row; then O += P V for rows in pairs (same token pairs up when G > 1).
-    int nv_prev = 0;
-    for (int r = r_begin; r < M; ++r) {
-      const int64_t pos = pos0 + r / G;
-      const int nv = static_cast<int>(std::min<int64_t>(nk, pos - k0 + 1));  // >= 1 here
-      float* s = S + r * KB;
-      const float mx = max_of(s, nv, mrow[r]);
-      const float alpha = exp_approx(mrow[r] - mx);  // exp(-inf) = 0 on the first tile
-      const float sum = exp_shift_sum(s, nv, mx);
-      float* o = O + static_cast<size_t>(r) * D;
-      if (alpha != 1.0f) {
-#pragma omp simd
-        for (int d = 0; d < D; ++d) o[d] *= alpha;
-      }
-      lrow[r] = lrow[r] * alpha + sum;
-      mrow[r] = mx;
-      if ((r - r_begin) % 2 == 1) {  // pair (r-1, r): nv is non-decreasing in r
-        pv2(o - D, s - KB, nv_prev, o, s, nv, vrows, D);
-      } else if (r + 1 == M) {
-        pv2(o, s, nv, nullptr, nullptr, nv, vrows, D);
-      }
-      nv_prev = nv;
-    }
-  }
-
-  for (int r = 0; r < M; ++r) {
-    const float inv = 1.0f / lrow[r];
-    const float* o = O + static_cast<size_t>(r) * D;
-    float* dst = out + (r / G) * ldo + (r % G) * D;
-#pragma omp simd
-    for (int d = 0; d < D; ++d) dst[d] = o[d] * inv;
   }
 }
 

@@ -7,7 +7,8 @@ batches (new tokens after a cached prefix, causal) take different kernels.
 - ``native``: radixrt's C++ decode kernel (`radixrt/csrc/paged_attention.cpp`), reading K/V
   slots in place, GQA grouped; measured 2.5-4.7x faster than ``torch`` for decode on this CPU.
 - ``torch``: gather each request's K/V by slot index and run SDPA (GQA kept grouped, never
-  expanded in memory). Always available; the reference the native kernels are tested against.
+  expanded in memory). Always available; the reference the native kernel is tested against.
+  Extend batches take this path under both backends.
 """
 
 from __future__ import annotations
@@ -51,9 +52,9 @@ class TorchAttentionBackend:
 
 
 class NativeAttentionBackend(TorchAttentionBackend):
-    """Native decode; extend stays on SDPA: the native extend kernel gained only 1.2-1.7x on
-    attention (a small share of prefill time, which matmuls dominate) and its summation order
-    moved prefill logits ~1e-4 away from transformers'."""
+    """Native decode; extend stays on SDPA. (A native extend kernel was tried and removed: it
+    gained only 1.2-1.7x on attention, a small share of prefill time, which matmuls dominate,
+    and its summation order moved prefill logits ~1e-4 away from transformers'.)"""
 
     name = "native"
     decode_fn = staticmethod(native.paged_decode_attention)

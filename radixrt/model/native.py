@@ -1,9 +1,10 @@
-"""Optional native CPU kernels (paged attention, fused per-layer element-wise ops), with a
-pure-torch fallback.
+"""Optional native CPU kernels (paged decode attention, fused per-layer element-wise ops), with
+a pure-torch fallback.
 
-The kernels (``radixrt/csrc/paged_attention.cpp``) read K/V rows in place from the slot pool
-``[num_slots, kv_heads, head_dim]`` instead of gathering ``[B, L, KV, D]`` copies, and keep GQA
-grouped. They are compiled on first use with ``torch.utils.cpp_extension.load`` into
+The decode kernel (``radixrt/csrc/paged_attention.cpp``) reads K/V rows in place from the slot
+pool ``[num_slots, kv_heads, head_dim]`` instead of gathering ``[B, L, KV, D]`` copies, and keeps
+GQA grouped. Extend (prefill) attention has no native kernel: it always runs
+``torch_paged_extend_attention`` (SDPA). They are compiled on first use with ``torch.utils.cpp_extension.load`` into
 ``$RADIXRT_CACHE_DIR/ext/<hash>`` (default ``~/.cache/radixrt/ext/<hash>``; the hash covers the
 source, the flags and the torch/Python versions), once per process. If no compiler is found or
 the build fails, a warning is logged once and every call uses the torch implementation.
@@ -13,13 +14,13 @@ Public API (the native path needs CPU float32 q/k_buf/v_buf, each slot's [KV, D]
 int64 indices and no autograd; anything else silently takes the torch path):
 
 - ``paged_decode_attention(q [B,H,D], k_buf, v_buf, kv_indices [B,Lmax], seq_lens [B], scale)``
-- ``paged_extend_attention(q [T,H,D], k_buf, v_buf, kv_indices [B,Lmax], seq_lens [B],
-  extend_lens [B], q_starts [B], scale)``
 - ``native_available() -> bool``; ``load_native()`` returns the op namespace or ``None``.
 - ``fused_ops()``: ``torch.ops.radixrt_ops`` (``radixrt/csrc/fused_ops.cpp``: ``rms_norm``,
   ``add_rms_norm_``, ``silu_mul``, ``rope_store``; built into the same library) or ``None``.
-- ``torch_paged_decode_attention`` / ``torch_paged_extend_attention``: the fallback, callable
-  directly (tests and benchmarks compare the two).
+- ``torch_paged_decode_attention``: the decode fallback, callable directly (tests and benchmarks
+  compare it with the kernel).
+- ``torch_paged_extend_attention(q [T,H,D], k_buf, v_buf, kv_indices [B,Lmax], seq_lens [B],
+  extend_lens [B], q_starts [B], scale)``: extend attention (the only implementation).
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def _build():
 
 
 def load_native():
-    """The ``torch.ops.radixrt_pa`` namespace (``decode``, ``extend``, ``isa``), or ``None`` when
+    """The ``torch.ops.radixrt_pa`` namespace (``decode``, ``isa``), or ``None`` when
     disabled by ``RADIXRT_DISABLE_NATIVE`` or the build failed. Builds at most once per process."""
     if _disabled_by_env():
         return None
@@ -159,7 +160,7 @@ def _native_ok(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, *idx: 
                                                   or v_buf.requires_grad)))  # no autograd formula
 
 
-# ---- torch fallback ---------------------------------------------------------------------------
+# ---- torch implementations --------------------------------------------------------------------
 
 def torch_paged_decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
                                  kv_indices: torch.Tensor, seq_lens: torch.Tensor,
@@ -216,24 +217,12 @@ def paged_decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Te
     return torch_paged_decode_attention(q, k_buf, v_buf, kv_indices, seq_lens, scale)
 
 
-def paged_extend_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
-                           kv_indices: torch.Tensor, seq_lens: torch.Tensor, extend_lens: torch.Tensor,
-                           q_starts: torch.Tensor, scale: float) -> torch.Tensor:
-    """Extend (prefill after a cached prefix) attention: q [T, H, D] -> [T, H, D]; native kernel
-    when available, else torch. Rows of q that belong to no request come back as zeros."""
-    ops = load_native()
-    if ops is not None and _native_ok(q, k_buf, v_buf, kv_indices, seq_lens, extend_lens, q_starts):
-        return ops.extend(q, k_buf, v_buf, kv_indices, seq_lens, extend_lens, q_starts, float(scale))
-    return torch_paged_extend_attention(q, k_buf, v_buf, kv_indices, seq_lens, extend_lens, q_starts, scale)
-
-
 __all__ = [
     "fused_ops",
     "load_native",
     "native_available",
     "native_unavailable_reason",
     "paged_decode_attention",
-    "paged_extend_attention",
     "torch_paged_decode_attention",
     "torch_paged_extend_attention",
 ]

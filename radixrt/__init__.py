@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from radixrt.version import __version__
 
 # The frontend language, re-exported under SGLang's names so that `import radixrt as sgl`
 # runs SGLang programs. Resolved on first use: `import radixrt` stays cheap.

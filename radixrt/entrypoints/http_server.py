@@ -22,7 +22,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from radixrt import __version__
 from radixrt.config import ServerArgs
 from radixrt.entrypoints import native_api, openai_api
 from radixrt.entrypoints.protocol import (
@@ -38,6 +37,7 @@ from radixrt.managers.metrics import CONTENT_TYPE
 from radixrt.managers.tokenizer_manager import RequestFailed, TokenizerManager
 from radixrt.model.loader import ModelLoadError
 from radixrt.sampling_params import SamplingParams
+from radixrt.version import __version__
 
 logger = logging.getLogger("radixrt.http_server")
 

@@ -30,6 +30,7 @@ import torch
 
 from radixrt.fsm.bitmask import bitmask_words
 from radixrt.fsm.dfa import ByteDFA
+from radixrt.fsm.matcher import GrammarMatcher
 from radixrt.fsm.token_index import TokenTrie, pack_token_ids
 from radixrt.fsm.utf8 import whole_chars_prefix
 from radixrt.fsm.vocabulary import Vocabulary
@@ -75,9 +76,8 @@ class CompiledGrammar:
     def start_state(self) -> int:
         return self.dfa.start
 
-    def matcher(self):
-        from radixrt.fsm.matcher import GrammarMatcher
-
+    def matcher(self) -> GrammarMatcher:
+        """A fresh per-request matcher at the start state."""
         return GrammarMatcher(self)
 
     # ------------------------------------------------------------ stepping
@@ -238,7 +238,3 @@ class CompiledGrammar:
 
     def _compute_mask(self, state: int) -> np.ndarray:
         return pack_token_ids(self.allowed_token_ids(state), self.num_words)
-
-    @property
-    def num_cached_masks(self) -> int:
-        return sum(1 for s in self._masks if s >= 0)

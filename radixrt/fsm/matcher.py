@@ -13,11 +13,15 @@ Typical decode step for a batch::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from radixrt.fsm.grammar import CompiledGrammar
 from radixrt.fsm.jump_forward import JumpForward, plan_jump_forward
 from radixrt.fsm.token_index import unpack_token_ids
+
+if TYPE_CHECKING:  # grammar.py imports this module (CompiledGrammar.matcher())
+    from radixrt.fsm.grammar import CompiledGrammar
 
 
 class GrammarMatcher:

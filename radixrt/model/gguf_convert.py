@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from radixrt.model.loader import ModelLoadError
+from radixrt.model.errors import ModelLoadError
 
 logger = logging.getLogger("radixrt.loader")
 

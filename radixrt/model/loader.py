@@ -33,6 +33,9 @@ from pathlib import Path
 
 import torch
 
+from radixrt.model import gguf_convert
+from radixrt.model.errors import ModelLoadError  # re-exported: callers import it from here
+
 logger = logging.getLogger("radixrt.loader")
 
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
@@ -51,10 +54,6 @@ ACCEPTED_FORMS = (
     "pass no model path (the embedded default model), a .gguf file (llama/mistral/qwen2 "
     "architecture), or a Hugging Face model directory with config.json, *.safetensors and "
     "tokenizer files")
-
-
-class ModelLoadError(RuntimeError):
-    """The model path cannot be turned into a servable model; the message says why."""
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -170,8 +169,6 @@ def converted_gguf_dir(gguf_path: Path, progress: bool = True, t0: float | None 
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=models))
     tmp.chmod(0o755)  # mkdtemp makes it private; the cache is not secret
     try:
-        from radixrt.model import gguf_convert
-
         gguf_convert.convert_gguf(gguf_path, tmp, progress=progress)
         write_marker(tmp, gguf_path)
         install_dir(tmp, target)

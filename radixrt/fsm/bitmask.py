@@ -3,13 +3,21 @@
 Layout (the same as xgrammar's): ``bitmask[row, i // 32]`` bit ``i % 32`` is 1 when token ``i`` is
 allowed. A row of all ones (-1) allows everything, for requests without a grammar. Token ids
 beyond the mask (a model vocabulary larger than ``32 * num_words``) are disallowed.
+
+``apply_token_bitmask_`` runs the Triton kernel (``bitmask_triton``) on CUDA logits when triton
+imports, and the torch implementation (``apply_token_bitmask_torch``, the reference) otherwise.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import sys
+from collections.abc import Callable
 
 import torch
+
+logger = logging.getLogger("radixrt.fsm")
 
 
 def bitmask_words(vocab_size: int) -> int:
@@ -57,15 +65,15 @@ def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return _expand(bitmask, vocab_size, allowed=True)
 
 
-def apply_token_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor,
-                         indices: list[int] | torch.Tensor | None = None) -> None:
-    """Set disallowed logits to -inf in place.
-
-    ``logits`` [B, V]; ``bitmask`` [B, W] (or [len(indices), W] rows for ``indices``, the rows
-    of ``logits`` to mask). Both on the same device.
-    """
+def _check_shapes(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
     if logits.dim() != 2 or bitmask.dim() != 2:
         raise ValueError("apply_token_bitmask_ expects logits [B, V] and bitmask [B, W]")
+
+
+def apply_token_bitmask_torch(logits: torch.Tensor, bitmask: torch.Tensor,
+                              indices: list[int] | torch.Tensor | None = None) -> None:
+    """The torch implementation of ``apply_token_bitmask_`` (any device; the reference)."""
+    _check_shapes(logits, bitmask)
     vocab_size = logits.shape[1]
     if indices is None:
         if bitmask.shape[0] != logits.shape[0]:
@@ -76,3 +84,34 @@ def apply_token_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor,
     rows = logits.index_select(0, idx)
     rows.masked_fill_(_expand(bitmask, vocab_size, allowed=False), float("-inf"))
     logits.index_copy_(0, idx, rows)
+
+
+@functools.cache
+def _triton_kernel() -> Callable[..., None] | None:
+    """``bitmask_triton.apply_token_bitmask_triton``, or ``None`` when triton does not import.
+    Tried once per process, on the first CUDA call (CPU-only runs never import triton)."""
+    try:
+        from radixrt.fsm.bitmask_triton import apply_token_bitmask_triton
+    except Exception as e:  # noqa: BLE001 - missing or broken triton: use the torch path
+        logger.info("triton unavailable (%s: %s); token bitmasks use torch", type(e).__name__, e)
+        return None
+    return apply_token_bitmask_triton
+
+
+def apply_token_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor,
+                         indices: list[int] | torch.Tensor | None = None) -> None:
+    """Set disallowed logits to -inf in place.
+
+    ``logits`` [B, V]; ``bitmask`` [B, W] int32 (or [len(indices), W] rows for ``indices``, the
+    rows of ``logits`` to mask). Both on the same device. CUDA logits (row-major) go through
+    the Triton kernel when triton is installed; everything else through the torch path.
+    """
+    _check_shapes(logits, bitmask)
+    if (logits.device.type == "cuda" and bitmask.device == logits.device
+            and bitmask.dtype == torch.int32 and logits.stride(1) == 1 and logits.numel() > 0
+            and (indices is None or len(indices) > 0)):
+        kernel = _triton_kernel()
+        if kernel is not None:
+            kernel(logits, bitmask, indices)
+            return
+    apply_token_bitmask_torch(logits, bitmask, indices)

@@ -2,8 +2,9 @@
 
 One program per (row, block of 1024 vocabulary ids): load the block's mask words, test each
 id's bit, store -inf where it is 0. Ids past the mask (``num_words * 32``) are disallowed, like
-the torch path. Import only when triton is installed; ``apply_token_bitmask_`` in ``bitmask`` is
-the portable implementation and the reference.
+the torch path. Import only when triton is installed: ``bitmask.apply_token_bitmask_`` does so
+on its first call with CUDA logits and uses this kernel for them from then on;
+``bitmask.apply_token_bitmask_torch`` is the portable implementation and the reference.
 """
 
 from __future__ import annotations

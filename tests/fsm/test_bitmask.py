@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 
+import radixrt.fsm.bitmask as bitmask_mod
 from radixrt.fsm import allocate_token_bitmask, apply_token_bitmask_, unpack_bitmask
 from radixrt.fsm.token_index import pack_token_ids, unpack_token_ids
 
@@ -40,6 +43,46 @@ def test_apply_with_indices_and_wider_logits():
     assert torch.isfinite(logits[0]).all() and torch.isfinite(logits[2]).all()
     for row in (1, 3):
         assert torch.isfinite(logits[row]).nonzero().flatten().tolist() == [5]
+
+
+def test_cpu_logits_take_the_torch_path(monkeypatch):
+    """The Triton kernel is for CUDA logits only: CPU logits never look for it, even when it
+    would be available, and get exactly the torch reference's result."""
+    looked = []
+
+    def kernel(*args, **kwargs):
+        raise AssertionError("triton kernel called for CPU logits")
+
+    def lookup():
+        looked.append(True)
+        return kernel
+
+    monkeypatch.setattr(bitmask_mod, "_triton_kernel", lookup)
+    torch.manual_seed(1)
+    masks = torch.from_numpy(np.stack([pack_token_ids(np.array(ids, np.int64), 4)
+                                       for ids in ([0, 7, 99], [31, 32], [])]))
+    for indices in (None, [2, 0, 1]):
+        logits = torch.randn(3, 100)
+        expected = logits.clone()
+        bitmask_mod.apply_token_bitmask_torch(expected, masks, indices)
+        apply_token_bitmask_(logits, masks, indices)
+        assert torch.equal(logits, expected)
+        assert torch.isinf(logits).any() and torch.isfinite(logits).any()
+    assert not looked
+
+
+def test_triton_lookup_is_cached_and_optional(monkeypatch):
+    """Without an importable triton the lookup answers None (torch path), once per process."""
+    bitmask_mod._triton_kernel.cache_clear()
+    monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` fail
+    monkeypatch.delitem(sys.modules, "radixrt.fsm.bitmask_triton", raising=False)
+    try:
+        assert bitmask_mod._triton_kernel() is None
+        assert bitmask_mod._triton_kernel.cache_info().hits == 0
+        assert bitmask_mod._triton_kernel() is None
+        assert bitmask_mod._triton_kernel.cache_info().hits == 1
+    finally:
+        bitmask_mod._triton_kernel.cache_clear()
 
 
 def test_matcher_fill_matches_allowed_ids(compiler):

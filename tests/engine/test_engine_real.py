@@ -36,6 +36,29 @@ PROMPTS = [
 ]
 
 
+# fp32 logits of two implementations agree only up to summation order, which differs between
+# CPU kernels (AVX2 vs AVX-512 GEMMs, SDPA vs the native decode kernel): measured max |diff|
+# 1.2e-4 on logits up to ~30, i.e. <= 6e-6 of each row's largest logit. The bound is
+# relative to that scale with ~5x margin; the smallest real errors tried are 7x-10000x above
+# it (rms_norm_eps 1e-6 instead of 1e-5: 2.2e-4; rope_theta 10000 instead of 100000: 0.08;
+# positions after a cached prefix off by one: 0.1).
+LOGITS_RTOL = 3e-5
+
+
+def assert_logits_close(out: torch.Tensor, ref: torch.Tensor, rtol: float = LOGITS_RTOL, k: int = 5):
+    """Row by row: max |out - ref| <= rtol * max |ref|, and the same argmax and top-k set."""
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    out, ref = out.float(), ref.float()
+    rel = (out - ref).abs().amax(-1) / ref.abs().amax(-1)
+    row = int(rel.argmax())
+    assert rel[row] <= rtol, f"row {row}: max |diff| / max |ref| = {rel[row].item():.3g} > {rtol:g}"
+    # These prompts' rows keep >= 8.8e-3 between the 5th and 6th reference logits, far above
+    # what the bound allows, so the ranking checks hold wherever the bound does.
+    assert torch.equal(out.argmax(-1), ref.argmax(-1))
+    for o, r in zip(out.topk(k).indices.tolist(), ref.topk(k).indices.tolist(), strict=True):
+        assert set(o) == set(r), (o, r)
+
+
 @pytest.fixture(scope="module")
 def hf_model(default_model_dir):
     from transformers import AutoModelForCausalLM
@@ -77,20 +100,20 @@ def test_logits_match_transformers(default_model_dir, hf_model, tokenizer, atten
     fb = ForwardBatch.build(a[:6] + b[:9], [6, 9], [6, 9], torch.cat([sa[:6], sb[:9]]), table.req_to_token,
                             [ra, rb], logits_rows=list(range(15)))
     out = model.forward(fb, pool)
-    assert (out[:6] - ref_a[:6]).abs().max() < 1e-4
-    assert (out[6:] - ref_b[:9]).abs().max() < 1e-4
+    assert_logits_close(out[:6], ref_a[:6])
+    assert_logits_close(out[6:], ref_b[:9])
     # Extend after the cached prefix: a up to its second-to-last token, b fully.
     na = len(a) - 1
     fb = ForwardBatch.build(a[6:na] + b[9:], [na, len(b)], [na - 6, len(b) - 9],
                             torch.cat([sa[6:na], sb[9:]]), table.req_to_token, [ra, rb],
                             logits_rows=list(range(na - 6 + len(b) - 9)))
     out = model.forward(fb, pool)
-    assert (out[:na - 6] - ref_a[6:na]).abs().max() < 1e-4
-    assert (out[na - 6:] - ref_b[9:]).abs().max() < 1e-4
+    assert_logits_close(out[:na - 6], ref_a[6:na])
+    assert_logits_close(out[na - 6:], ref_b[9:])
     # Decode step for a (one token over its cached slots).
     fb = ForwardBatch.build(a[na:], [len(a)], [1], sa[na:], table.req_to_token, [ra])
     out = model.forward(fb, pool)
-    assert (out[0] - ref_a[-1]).abs().max() < 1e-4
+    assert_logits_close(out[:1], ref_a[-1:])
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +124,9 @@ def engine():
 
 
 def test_greedy_matches_transformers_generate(engine, hf_model, tokenizer):
+    # Exact token equality across implementations: over these 18 x 24 greedy steps the
+    # smallest gap between transformers' top two logits is 4.9e-3, ~40x the float noise
+    # between the two (see LOGITS_RTOL), so no step is a near-tie on any CPU.
     n_new = 24
     ours = engine.generate(PROMPTS, {"max_new_tokens": n_new, "temperature": 0, "ignore_eos": True})
     mismatches = []
@@ -116,6 +142,8 @@ def test_greedy_matches_transformers_generate(engine, hf_model, tokenizer):
 
 
 def test_real_model_batch_equals_alone_and_cache_on_off(engine, default_model_dir):
+    # Batched, alone and uncached runs take different GEMM shapes (float noise ~1e-4 on the
+    # logits); these prompts' greedy steps are no closer than 4.9e-3 to a tie (see above).
     params = {"max_new_tokens": 16, "temperature": 0, "ignore_eos": True}
     prompts = PROMPTS[:8]
     together = [r["output_ids"] for r in engine.generate(prompts, params)]

@@ -33,9 +33,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(eng.generate(prompt, params), indent=2))
             return 0
-        for chunk in eng.generate(prompt, params, stream=True):
-            sys.stdout.write(chunk["text"])
+        printed = 0
+        for chunk in eng.generate(prompt, params, stream=True):  # text so far in each chunk
+            sys.stdout.write(chunk["text"][printed:])
             sys.stdout.flush()
+            printed = len(chunk["text"])
         sys.stdout.write("\n")
     return 0
 

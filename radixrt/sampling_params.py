@@ -1,19 +1,23 @@
-"""Sampling parameters with SGLang's field names, validated with field-naming errors."""
+"""Sampling parameters with SGLang's field names, validated with field-naming errors.
+
+A msgspec Struct: validated once where a request enters (`from_dict`), then sent typed to
+the scheduler process inside `TokenizedGenerateReq`.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import re
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 
 class SamplingParamsError(ValueError):
     """Invalid sampling parameters; the message names the offending field."""
 
 
-@dataclass
-class SamplingParams:
+class SamplingParams(msgspec.Struct, omit_defaults=True):
     max_new_tokens: int = 128
     min_new_tokens: int = 0
     temperature: float = 1.0
@@ -23,11 +27,11 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
-    stop: list[str] = field(default_factory=list)
-    stop_token_ids: list[int] = field(default_factory=list)
+    stop: list[str] = []
+    stop_token_ids: list[int] = []
     # Regular expressions searched in the output text; generation stops at the first match and
     # the matched text (and what follows) is cut off, like a stop string.
-    stop_regex: list[str] = field(default_factory=list)
+    stop_regex: list[str] = []
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
@@ -42,7 +46,7 @@ class SamplingParams:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SamplingParams:
         d = dict(d or {})
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = set(cls.__struct_fields__)
         unknown = sorted(set(d) - names)
         if unknown:
             raise SamplingParamsError(f"sampling_params: unknown field(s) {unknown}")
@@ -60,7 +64,8 @@ class SamplingParams:
         return p
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {name: list(v) if isinstance(v, list) else v
+                for name, v in msgspec.structs.asdict(self).items()}
 
     def validate(self) -> None:
         def bad(name: str, why: str) -> SamplingParamsError:
@@ -126,6 +131,11 @@ class SamplingParams:
         for k in constraints:
             if not isinstance(getattr(self, k), str):
                 raise bad(k, "must be a string")
+        if self.json_schema is not None:
+            try:
+                json.loads(self.json_schema)
+            except ValueError as e:
+                raise SamplingParamsError(f"sampling_params.json_schema: not valid JSON ({e})") from None
 
     @property
     def is_greedy(self) -> bool:

@@ -1,9 +1,11 @@
 """SGLang's native `/generate`: text or input_ids, single or batch, optional SSE streaming.
 
 Results are SGLang-shaped: ``{"text", "output_ids", "meta_info"}``, a list for a batch or
-n > 1 (prompt-major: all samples of prompt 0, then of prompt 1, ...). While streaming, every
-chunk carries the cumulative text, ids and meta_info so far (what SGLang sends and what its
-`RuntimeEndpoint` reads), plus ``index`` when the call has several samples.
+n > 1 (prompt-major: all samples of prompt 0, then of prompt 1, ...), built by
+`managers.results` exactly as the offline Engine builds them. While streaming, every chunk
+carries the text and ids so far and the output logprobs new since the previous chunk (SGLang's
+chunks: its `RuntimeEndpoint` reads ``text[len(previous):]``), plus ``index`` when the call has
+several samples.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from fastapi import Request
 from radixrt.entrypoints.protocol import GenerateRequest
 from radixrt.entrypoints.serving import SSE_DONE, sse, sse_response, start_call, stream_samples
 from radixrt.managers.inputs import normalize_prompts, per_prompt_params
-from radixrt.managers.tokenizer_manager import Call, ReqState, RequestFailed, TokenizerManager
+from radixrt.managers.results import ReqState, StreamChunks, TokenTexts, result
+from radixrt.managers.tokenizer_manager import Call, RequestFailed, TokenizerManager
 
 
 def _per_prompt(value: Any, default: Any, name: str, n: int, is_batch: bool) -> list[Any]:
@@ -56,22 +59,21 @@ async def generate(tm: TokenizerManager, body: GenerateRequest, request: Request
         top_logprobs_num=_per_prompt(body.top_logprobs_num, 0, "top_logprobs_num", n, is_batch))
     call = tm.submit(samples, stream=body.stream)
     await start_call(call, request, body.stream)
-    with_text = body.return_text_in_logprobs
+    texts = tm.token_texts if body.return_text_in_logprobs else None
     if body.stream:
-        return sse_response(_stream(tm, call, with_text, indexed=len(samples) > 1))
+        return sse_response(_stream(call, texts, indexed=len(samples) > 1))
     call.close()
-    results = [result(tm, st, with_text) for st in call.states]
+    results = [result(st, texts) for st in call.states]
     return results[0] if len(results) == 1 and not is_batch else results
 
 
-async def _stream(tm: TokenizerManager, call: Call, with_text: bool, indexed: bool):
-    sent_ids = [-1] * len(call.states)  # -1: nothing sent yet (a first chunk goes out at once)
+async def _stream(call: Call, texts: TokenTexts | None, indexed: bool):
+    chunkers = [StreamChunks() for _ in call.states]
 
     def emit(i: int, st: ReqState) -> list[str]:
-        if len(st.output_ids) == sent_ids[i] and not st.finished:
+        chunk = chunkers[i].next(st, texts)
+        if chunk is None:
             return []
-        sent_ids[i] = len(st.output_ids)
-        chunk = result(tm, st, with_text)
         if indexed:
             chunk["index"] = i
         return [sse(chunk)]
@@ -83,29 +85,3 @@ async def _stream(tm: TokenizerManager, call: Call, with_text: bool, indexed: bo
     finally:
         call.close()
 
-
-def _triples(tm: TokenizerManager, pairs, with_text: bool) -> list[list[Any]]:
-    return [[lp, tok, tm.token_text(tok) if with_text else None] for lp, tok in pairs]
-
-
-def _top_triples(tm: TokenizerManager, tops, with_text: bool) -> list[Any]:
-    return [None if entry is None else _triples(tm, entry, with_text) for entry in tops]
-
-
-def result(tm: TokenizerManager, st: ReqState, with_text: bool = False) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "id": st.rid,
-        "prompt_tokens": st.meta.get("prompt_tokens", st.prompt_tokens),
-        "completion_tokens": len(st.output_ids),
-        "cached_tokens": st.meta.get("cached_tokens", 0),
-        "finish_reason": st.meta.get("finish_reason"),
-    }
-    if st.finish_time is not None:
-        meta["e2e_latency"] = st.finish_time - st.created
-    if st.return_logprob:
-        meta["input_token_logprobs"] = _triples(tm, st.input_token_logprobs, with_text)
-        meta["output_token_logprobs"] = _triples(tm, st.output_token_logprobs, with_text)
-        if st.top_logprobs_num:
-            meta["input_top_logprobs"] = _top_triples(tm, st.input_top_logprobs, with_text)
-            meta["output_top_logprobs"] = _top_triples(tm, st.output_top_logprobs, with_text)
-    return {"text": st.text, "output_ids": list(st.output_ids), "meta_info": meta}

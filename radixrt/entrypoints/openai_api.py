@@ -22,7 +22,8 @@ from radixrt.entrypoints.protocol import (
 )
 from radixrt.entrypoints.serving import SSE_DONE, sse, sse_response, start_call, stream_samples
 from radixrt.managers.inputs import normalize_prompts
-from radixrt.managers.tokenizer_manager import Call, ReqState, RequestFailed, TokenizerManager
+from radixrt.managers.results import ReqState
+from radixrt.managers.tokenizer_manager import Call, RequestFailed, TokenizerManager
 from radixrt.sampling_params import SamplingParams
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
@@ -72,17 +73,17 @@ def _sampling_params(req: OpenAISamplingFields, max_new_tokens: int) -> Sampling
 
 
 def _finish(st: ReqState) -> tuple[str | None, Any]:
-    fr = st.meta.get("finish_reason") if st.finished else None
+    fr = st.finish_reason if st.finished else None
     if fr is None:
         return None, None
-    return fr.get("type"), fr.get("matched")
+    return fr.type, fr.matched
 
 
 def _usage(states: list[ReqState], n: int) -> dict[str, Any]:
     firsts = states[::n]
-    prompt = sum(s.meta.get("prompt_tokens", s.prompt_tokens) for s in firsts)
+    prompt = sum(s.prompt_tokens for s in firsts)
     completion = sum(len(s.output_ids) for s in states)
-    cached = sum(s.meta.get("cached_tokens", 0) for s in firsts)
+    cached = sum(s.meta.cached_tokens for s in firsts)
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion, "prompt_tokens_details": {"cached_tokens": cached}}
 
@@ -101,7 +102,7 @@ async def _run(tm: TokenizerManager, request: Request, prompt_ids: list[list[int
 
 # ----------------------------------------------------------------- /v1/completions
 def _legacy_logprobs(tm: TokenizerManager, pairs, tops, offset: int) -> dict[str, Any]:
-    tokens = [tm.token_text(t) for _, t in pairs]
+    tokens = [tm.token_texts(t) for _, t in pairs]
     text_offset = []
     for t in tokens:
         text_offset.append(offset)
@@ -109,7 +110,7 @@ def _legacy_logprobs(tm: TokenizerManager, pairs, tops, offset: int) -> dict[str
     out: dict[str, Any] = {"tokens": tokens, "token_logprobs": [lp for lp, _ in pairs],
                            "text_offset": text_offset, "top_logprobs": None}
     if tops:
-        out["top_logprobs"] = [None if e is None else {tm.token_text(t): lp for lp, t in e} for e in tops]
+        out["top_logprobs"] = [None if e is None else {tm.token_texts(t): lp for lp, t in e} for e in tops]
     return out
 
 
@@ -213,12 +214,12 @@ def _chat_messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
 def _chat_logprobs(tm: TokenizerManager, pairs, tops) -> dict[str, Any]:
     content = []
     for j, (lp, tok) in enumerate(pairs):
-        text = tm.token_text(tok)
+        text = tm.token_texts(tok)
         entry: dict[str, Any] = {"token": text, "logprob": lp, "bytes": list(text.encode()),
                                  "top_logprobs": []}
         if tops and j < len(tops) and tops[j] is not None:
-            entry["top_logprobs"] = [{"token": tm.token_text(t), "logprob": v,
-                                      "bytes": list(tm.token_text(t).encode())} for v, t in tops[j]]
+            entry["top_logprobs"] = [{"token": tm.token_texts(t), "logprob": v,
+                                      "bytes": list(tm.token_texts(t).encode())} for v, t in tops[j]]
         content.append(entry)
     return {"content": content}
 

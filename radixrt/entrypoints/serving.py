@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from radixrt.managers.tokenizer_manager import Call, ReqState, RequestFailed
+from radixrt.managers.tokenizer_manager import Call, RequestFailed, SampleState
 
 SSE_DONE = "data: [DONE]\n\n"
 
@@ -59,7 +59,7 @@ def stream_error(err: RequestFailed) -> str:
     return sse(error_body(err.status, err.message))
 
 
-async def stream_samples(call: Call, emit: Callable[[int, ReqState], list[str]]) -> AsyncIterator[str]:
+async def stream_samples(call: Call, emit: Callable[[int, SampleState], list[str]]) -> AsyncIterator[str]:
     """The SSE events of a streaming call, until every sample has ended. After each wake-up,
     ``emit(i, state)`` turns what sample i has new into events (possibly none); a sample ends
     after the pass that sees it finished, or with one error event if it failed. The caller
@@ -71,7 +71,7 @@ async def stream_samples(call: Call, emit: Callable[[int, ReqState], list[str]])
                 continue
             ended[i] = True
             if st.error is not None:
-                yield stream_error(st.error)
+                yield stream_error(st.failure())
                 continue
             ended[i] = st.finished  # read with the output: both are final from here on
             for event in emit(i, st):

@@ -1,9 +1,13 @@
-"""The detokenizer process: token ids -> text deltas, per request, with stop strings.
+"""The detokenizer: token ids -> text deltas, per request, with stop strings.
 
-While a request runs, text that could be the start of one of its stop strings is held back;
-when it finishes on a stop string, the text is cut where the stop string begins, so a stop
-string is never emitted. A final stop token is not part of the text. Control replies from the
-scheduler pass through unchanged, so the tokenizer manager has a single inbound socket.
+While a streaming request runs, text that could be the start of one of its stop strings is
+held back; when it finishes on a stop string (or a stop regex match), the text is cut where the
+match begins, so a stop string is never emitted. A request that does not stream gets its text
+at the end. A final stop token is not part of the text.
+
+`Detokenizer` is the process-agnostic core (the offline Engine runs it in-process);
+`run_detokenizer_process` wraps it in a ZeroMQ loop. Control replies from the scheduler pass
+through that loop unchanged, so the tokenizer manager has a single inbound socket.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ from dataclasses import dataclass
 
 import zmq
 
-from radixrt.scheduler.detokenize import IncrementalDetokenizer, find_stop, stop_holdback
 from radixrt.managers.ipc import (
     IDLE_POLL_MS,
     IpcPaths,
@@ -28,10 +31,13 @@ from radixrt.managers.messages import (
     BatchStrOut,
     BatchTokenIDOut,
     ProcessReady,
+    ReqMeta,
     StrOut,
     TokenIDOut,
     decode,
 )
+from radixrt.scheduler.detokenize import IncrementalDetokenizer, find_stop, stop_holdback
+from radixrt.scheduler.req import FinishReason
 
 logger = logging.getLogger("radixrt.detokenizer")
 
@@ -44,7 +50,7 @@ class _DetokState:
 
 
 class Detokenizer:
-    """Process-agnostic core: feed TokenIDOut, get StrOut."""
+    """Process-agnostic core: feed TokenIDOut, get StrOut (also run in-process by the Engine)."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -58,28 +64,26 @@ class Detokenizer:
             logger.exception("detokenizing %s failed", o.rid)
             self.states.pop(o.rid, None)
             msg = f"detokenization failed: {type(e).__name__}: {e}"
-            return StrOut(rid=o.rid, text="", new_ids=[], finished=True, error=msg, error_code=500,
-                          meta={"finish_reason": {"type": "abort", "message": msg}})
+            return StrOut(rid=o.rid, text="", new_ids=[], error=msg, error_code=500,
+                          meta=ReqMeta(finish_reason=FinishReason("abort", message=msg)))
 
     def process(self, o: TokenIDOut) -> StrOut:
-        meta = {"prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
-                "cached_tokens": o.cached_tokens, "finish_reason": o.finish_reason}
-        finished = o.finish_reason is not None
         if o.error is not None:
             self.states.pop(o.rid, None)
-            return StrOut(rid=o.rid, text="", new_ids=[], finished=True, meta=meta, error=o.error,
+            return StrOut(rid=o.rid, text="", new_ids=[], meta=o.meta, error=o.error,
                           error_code=o.error_code)
         st = self.states.get(o.rid)
         if st is None:
             st = _DetokState(IncrementalDetokenizer(self.tokenizer, o.skip_special_tokens,
                                                     o.spaces_between_special_tokens), list(o.stop))
             self.states[o.rid] = st
-        matched = o.finish_reason.get("matched") if finished else None
+        reason = o.meta.finish_reason
+        matched = reason.matched if reason is not None else None
         text_ids = o.new_ids[:-1] if isinstance(matched, int) and o.new_ids else o.new_ids
         before = len(st.detok.text)
         if text_ids:
             st.detok.add(text_ids)
-        if finished:
+        if reason is not None:
             st.detok.flush()
             text = st.detok.text
             end = len(text)
@@ -90,12 +94,14 @@ class Detokenizer:
                 if i != -1:
                     end = i
             del self.states[o.rid]
-        else:
+        elif o.stream:
             text = st.detok.text
             end = len(text) - stop_holdback(text, st.stops) if st.stops else len(text)
+        else:  # reported early only to be timed: its text waits for the end (a stop regex may cut it)
+            text, end = st.detok.text, st.sent
         delta = text[st.sent:end] if end > st.sent else ""
         st.sent = max(st.sent, end)
-        return StrOut(rid=o.rid, text=delta, new_ids=list(o.new_ids), finished=finished, meta=meta,
+        return StrOut(rid=o.rid, text=delta, new_ids=list(o.new_ids), meta=o.meta,
                       input_token_logprobs=o.input_token_logprobs,
                       input_top_logprobs=o.input_top_logprobs,
                       output_token_logprobs=o.output_token_logprobs,

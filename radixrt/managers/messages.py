@@ -6,7 +6,9 @@ sched -> detok       BatchTokenIDOut, and control replies the detokenizer forwar
 detok -> tokenizer   BatchStrOut, FlushCacheOut, ServerInfoOut
 child -> parent      ProcessReady (once, over the start-up pipe)
 
-Every message is a tagged Struct, so one decoder reads any of them; no pickle.
+Every message is a tagged Struct, so one decoder reads any of them; no pickle. Requests carry
+their `SamplingParams` typed (validated once, in the tokenizer manager), outputs their
+`ReqMeta` and `FinishReason` typed; SGLang's dicts are built only for a JSON response.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ from typing import Any
 
 import msgspec
 
-# (logprob, token id); the first prompt token has no logprob.
+from radixrt.sampling_params import SamplingParams
+from radixrt.scheduler.req import FinishReason
+
+# (logprob, token id) everywhere, from the scheduler to the JSON response; the first prompt
+# token has no logprob.
 TokenLogprob = tuple[float | None, int]
 # Top-k alternatives at one position, or None where there are none (first prompt token).
 TopLogprobs = list[tuple[float, int]] | None
@@ -29,7 +35,7 @@ class Message(msgspec.Struct, tag=True, omit_defaults=True):
 class TokenizedGenerateReq(Message):
     rid: str
     input_ids: list[int]
-    sampling_params: dict[str, Any]  # validated by SamplingParams.from_dict; n == 1
+    sampling_params: SamplingParams  # validated; n == 1
     return_logprob: bool = False
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
@@ -49,24 +55,36 @@ class GetServerInfoReq(Message):
 
 
 # ----------------------------------------------------------------- scheduler -> detokenizer
+class ReqMeta(msgspec.Struct, omit_defaults=True):
+    """A request's counters as of one output message, and how it ended (None while it runs)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    finish_reason: FinishReason | None = None
+
+
 class TokenIDOut(Message):
     """One request's progress since the previous message about it."""
 
     rid: str
     new_ids: list[int]
-    finish_reason: dict[str, Any] | None  # FinishReason.to_dict() once finished
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
+    meta: ReqMeta
+    # How to detokenize; the detokenizer reads them from the first message about a request.
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     stop: list[str] = []
+    stream: bool = False  # text is wanted before the end
     error: str | None = None  # the request failed; error_code is the HTTP status to answer
     error_code: int = 0
     input_token_logprobs: list[TokenLogprob] = []
     input_top_logprobs: list[TopLogprobs] = []
     output_token_logprobs: list[TokenLogprob] = []
     output_top_logprobs: list[TopLogprobs] = []
+
+    @property
+    def finished(self) -> bool:
+        return self.meta.finish_reason is not None
 
 
 class BatchTokenIDOut(Message):
@@ -75,19 +93,22 @@ class BatchTokenIDOut(Message):
 
 # ----------------------------------------------------------------- detokenizer -> tokenizer
 class StrOut(Message):
-    """One request's new text and ids since the previous message about it."""
+    """One request's new text, ids and logprobs since the previous message about it."""
 
     rid: str
     text: str
     new_ids: list[int]
-    finished: bool
-    meta: dict[str, Any]  # prompt_tokens, completion_tokens, cached_tokens, finish_reason
+    meta: ReqMeta
     error: str | None = None
     error_code: int = 0
     input_token_logprobs: list[TokenLogprob] = []
     input_top_logprobs: list[TopLogprobs] = []
     output_token_logprobs: list[TokenLogprob] = []
     output_top_logprobs: list[TopLogprobs] = []
+
+    @property
+    def finished(self) -> bool:
+        return self.meta.finish_reason is not None
 
 
 class BatchStrOut(Message):

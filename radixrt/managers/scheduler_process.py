@@ -1,9 +1,9 @@
 """The scheduler process: wraps `Scheduler` in a ZeroMQ loop.
 
 Loop: drain incoming messages (blocking briefly only when idle), run one scheduler step,
-send each touched request's progress to the detokenizer. Streaming requests report every
-step; the others report their first token (for time-to-first-token) and their end.
-The process exits when its parent dies.
+send each touched request's progress (`progress.ProgressTracker`) to the detokenizer.
+Requests arrive validated (typed `SamplingParams`, checked prompts); the process exits when
+its parent dies.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from dataclasses import dataclass
 
 import zmq
 
@@ -38,26 +37,18 @@ from radixrt.managers.messages import (
     TokenizedGenerateReq,
     decode,
 )
+from radixrt.managers.progress import ProgressTracker
+from radixrt.scheduler.req import Req
 
 logger = logging.getLogger("radixrt.scheduler_process")
-
-
-@dataclass
-class _Progress:
-    """What has already been sent about one request."""
-
-    stream: bool
-    ids: int = 0
-    input_lps: int = 0
-    output_lps: int = 0
 
 
 def run_scheduler_process(args: ServerArgs, ipc: IpcPaths, ready_conn, parent_pid: int) -> None:
     """Entry point of the spawned scheduler process."""
     setup_child("scheduler", args.log_level)
     try:
-        from radixrt.scheduler.scheduler import Scheduler
         from radixrt.model.runner import ModelRunner
+        from radixrt.scheduler.scheduler import Scheduler
         from radixrt.tokenizer import load_tokenizer
 
         runner = ModelRunner(args)
@@ -102,7 +93,7 @@ class SchedulerLoop:
         self.ctx = zmq.Context()
         self.recv_sock = pull_socket(self.ctx, ipc.scheduler_in)
         self.send_sock = push_socket(self.ctx, ipc.detokenizer_in)
-        self.progress: dict[str, _Progress] = {}
+        self.progress = ProgressTracker()
 
     def run(self) -> None:
         s = self.scheduler
@@ -116,11 +107,10 @@ class SchedulerLoop:
             except Exception as e:
                 # A bug: fail every request loudly and exit; the parent answers 503 from now on.
                 logger.exception("scheduler step failed")
-                outs = [self._error_out(rid, f"scheduler failed: {type(e).__name__}: {e}", 500)
-                        for rid in self.progress]
+                outs = self.progress.fail_all(f"scheduler failed: {type(e).__name__}: {e}", 500)
                 send(self.send_sock, BatchTokenIDOut(outputs=outs))
                 raise
-            outs = [o for o in (self._output(r) for r in touched) if o is not None]
+            outs = [o for o in map(self.progress.report, touched) if o is not None]
             if outs:
                 send(self.send_sock, BatchTokenIDOut(outputs=outs))
         logger.info("parent process is gone; scheduler exiting")
@@ -141,7 +131,7 @@ class SchedulerLoop:
             elif isinstance(msg, AbortReq):
                 req = self.scheduler.abort_request(msg.rid)
                 if req is not None:
-                    out = self._output(req)
+                    out = self.progress.report(req)
                     if out is not None:
                         replies.append(out)
             elif isinstance(msg, FlushCacheReq):
@@ -157,65 +147,18 @@ class SchedulerLoop:
             send(self.send_sock, BatchTokenIDOut(outputs=replies))
 
     def _add(self, msg: TokenizedGenerateReq) -> TokenIDOut | None:
-        from radixrt.scheduler.req import Req
-        from radixrt.sampling_params import SamplingParams
-
+        self.progress.track(msg.rid, msg.stream)
+        req = Req(rid=msg.rid, prompt_ids=msg.input_ids, params=msg.sampling_params,
+                  return_logprob=msg.return_logprob, logprob_start_len=msg.logprob_start_len,
+                  top_logprobs_num=msg.top_logprobs_num)
         try:
-            req = Req(rid=msg.rid, prompt_ids=list(msg.input_ids),
-                      params=SamplingParams.from_dict(msg.sampling_params),
-                      return_logprob=msg.return_logprob, logprob_start_len=msg.logprob_start_len,
-                      top_logprobs_num=msg.top_logprobs_num)
             self.scheduler.add_request(req)
-        except ValueError as e:  # RequestError, SamplingParamsError, constraint errors
-            return self._error_out(msg.rid, str(e), 400)
+        except ValueError as e:  # RequestError: e.g. a constraint that does not compile
+            return self.progress.fail(msg.rid, str(e), 400)
         except Exception as e:
             logger.exception("could not add request %s", msg.rid)
-            return self._error_out(msg.rid, f"{type(e).__name__}: {e}", 500)
-        self.progress[msg.rid] = _Progress(stream=msg.stream)
+            return self.progress.fail(msg.rid, f"{type(e).__name__}: {e}", 500)
         return None
-
-    # ------------------------------------------------------------------ output
-    def _output(self, req) -> TokenIDOut | None:
-        prog = self.progress.get(req.rid)
-        if prog is None:
-            return None
-        if req.error:  # e.g. its constraint failed to compile: the client gets a 400
-            del self.progress[req.rid]
-            return self._error_out(req.rid, req.error, req.error_code)
-        done = req.finished is not None
-        if not done and not (prog.stream or (prog.ids == 0 and req.output_ids)):
-            return None
-        out = TokenIDOut(
-            rid=req.rid,
-            new_ids=req.output_ids[prog.ids:],
-            finish_reason=req.finished.to_dict() if done else None,
-            prompt_tokens=len(req.prompt_ids),
-            completion_tokens=len(req.output_ids),
-            cached_tokens=req.cached_tokens,
-            skip_special_tokens=req.params.skip_special_tokens,
-            spaces_between_special_tokens=req.params.spaces_between_special_tokens,
-            stop=list(req.params.stop),
-        )
-        prog.ids = len(req.output_ids)
-        if done and getattr(req, "error", None):  # e.g. a constraint that failed to compile
-            out.error, out.error_code = req.error, req.error_code
-        if req.return_logprob:
-            out.input_token_logprobs = req.input_token_logprobs[prog.input_lps:]
-            out.output_token_logprobs = req.output_token_logprobs[prog.output_lps:]
-            if req.top_logprobs_num:
-                out.input_top_logprobs = _top_pairs(req.input_top_logprobs[prog.input_lps:])
-                out.output_top_logprobs = _top_pairs(req.output_top_logprobs[prog.output_lps:])
-            prog.input_lps = len(req.input_token_logprobs)
-            prog.output_lps = len(req.output_token_logprobs)
-        if done:
-            del self.progress[req.rid]
-        return out
-
-    @staticmethod
-    def _error_out(rid: str, message: str, code: int) -> TokenIDOut:
-        return TokenIDOut(rid=rid, new_ids=[], prompt_tokens=0, completion_tokens=0, cached_tokens=0,
-                          finish_reason={"type": "abort", "message": message}, error=message,
-                          error_code=code)
 
     def server_info(self) -> dict:
         s = self.scheduler
@@ -236,15 +179,3 @@ class SchedulerLoop:
             "stats": stats,
         }
 
-
-def _top_pairs(entries: list) -> list:
-    """Top-logprob entries as (logprob, token id) pairs. The sampler yields (id, logprob) and
-    prompt logprobs (logprob, id); a token id is the int, so the order is unambiguous."""
-    out = []
-    for entry in entries:
-        if entry is None:
-            out.append(None)
-        else:
-            out.append([(b, a) if isinstance(a, int) and not isinstance(b, int) else (a, b)
-                        for a, b in entry])
-    return out

@@ -1,22 +1,23 @@
 """TokenizerManager: the HTTP process's side of the pipeline, on the asyncio (uvloop) loop.
 
-It tokenizes and validates inputs, gives every sample its own rid, sends requests to the
-scheduler, and routes the detokenizer's outputs to per-request state. One API call (a batch,
-n > 1) is a `Call`: its samples share one event, so a consumer wakes once for any update and
-reads cumulative state (a slow client simply gets coalesced updates). A watchdog notices a
-dead child process: every in-flight request fails at once and new ones get 503.
+It tokenizes and validates inputs (`inputs.py`: the one place requests are checked), gives
+every sample its own rid, sends typed requests to the scheduler, and feeds the detokenizer's
+outputs to per-sample `ReqState`s (`results.py`, shared with the offline Engine). One API
+call (a batch, n > 1) is a `Call`: its samples share one event, so a consumer wakes once for
+any update and reads cumulative state (a slow client simply gets coalesced updates). A
+watchdog notices a dead child process: every in-flight request fails at once and new ones
+get 503.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import zmq
 import zmq.asyncio
 
 from radixrt.config import ServerArgs
-from radixrt.managers.inputs import expand_samples
+from radixrt.managers.inputs import PromptLimits, check_logprob_args, check_prompt, expand_samples
 from radixrt.managers.ipc import pull_socket, push_socket, send
 from radixrt.managers.launcher import ChildProcesses
 from radixrt.managers.messages import (
@@ -39,11 +40,11 @@ from radixrt.managers.messages import (
     decode,
 )
 from radixrt.managers.metrics import ServerMetrics
+from radixrt.managers.results import ReqState, TokenTexts
 from radixrt.sampling_params import SamplingParams
 
 logger = logging.getLogger("radixrt.tokenizer_manager")
 
-MAX_TOP_LOGPROBS = 100
 WATCHDOG_INTERVAL_S = 0.2
 CONTROL_TIMEOUT_S = 30.0
 # Prompts longer than this (characters) are tokenized off the event loop.
@@ -73,36 +74,22 @@ class SampleInput:
 
 
 @dataclass
-class ReqState:
-    """Everything received about one sample so far (cumulative)."""
+class SampleState(ReqState):
+    """A sample's `ReqState`, plus what the server needs to route and abort it."""
 
-    rid: str
-    group: str
-    event: asyncio.Event
-    prompt_tokens: int
-    stream: bool
-    return_logprob: bool = False
-    top_logprobs_num: int = 0
-    text: str = ""
-    output_ids: list[int] = field(default_factory=list)
-    meta: dict[str, Any] = field(default_factory=dict)
-    input_token_logprobs: list = field(default_factory=list)
-    input_top_logprobs: list = field(default_factory=list)
-    output_token_logprobs: list = field(default_factory=list)
-    output_top_logprobs: list = field(default_factory=list)
-    finished: bool = False
-    error: RequestFailed | None = None
+    group: str = ""  # the rid the client knows
+    stream: bool = False
+    event: asyncio.Event | None = None  # shared by the samples of one Call
     abort_sent: bool = False
-    created: float = field(default_factory=time.perf_counter)
-    first_token_time: float | None = None
-    last_token_time: float | None = None
-    finish_time: float | None = None
+
+    def failure(self) -> RequestFailed | None:
+        return None if self.error is None else RequestFailed(self.error, self.error_code or 500)
 
 
 class Call:
     """The samples of one API call. Close it when done: unfinished samples are aborted."""
 
-    def __init__(self, tm: TokenizerManager, states: list[ReqState], event: asyncio.Event):
+    def __init__(self, tm: TokenizerManager, states: list[SampleState], event: asyncio.Event):
         self.tm = tm
         self.states = states
         self.event = event
@@ -113,7 +100,7 @@ class Call:
         return all(s.finished for s in self.states)
 
     def error(self) -> RequestFailed | None:
-        return next((s.error for s in self.states if s.error is not None), None)
+        return next((s.failure() for s in self.states if s.error is not None), None)
 
     async def wait_update(self) -> None:
         await self.event.wait()
@@ -158,12 +145,11 @@ class TokenizerManager:
         self.metrics = ServerMetrics()
         self.model_info: dict[str, Any] = {}
         self.tokenizer = None
-        self.states: dict[str, ReqState] = {}
+        self.states: dict[str, SampleState] = {}
         self.dead: str | None = None
         self._calls: dict[int, asyncio.Future] = {}
         self._call_ids = itertools.count()
         self._tasks: list[asyncio.Task] = []
-        self._token_text: dict[int, str] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -175,9 +161,11 @@ class TokenizerManager:
         tokenizer_path = str(self.args.tokenizer_path or prepare_model_dir(self.args.model_path))
         self.children.spawn(tokenizer_path)
         self.tokenizer = load_tokenizer(tokenizer_path)
+        self.token_texts = TokenTexts(self.tokenizer)
         self.model_info = self.children.wait_ready()
         self.context_len: int = self.model_info["context_len"]
         self.vocab_size: int = self.model_info["vocab_size"]
+        self.limits = PromptLimits(self.vocab_size, self.context_len, self.model_info["max_total_tokens"])
         self.served_model_name = self.args.served_model_name or _model_name(
             self.args.model_path, self.model_info["model_dir"])
         self.started_at = int(time.time())
@@ -217,17 +205,10 @@ class TokenizerManager:
         return ids
 
     def check_prompt(self, ids: list[int], field: str) -> None:
-        if not ids:
-            raise RequestFailed(f"{field}: the prompt is empty")
-        bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
-        if bad is not None:
-            raise RequestFailed(f"{field}: token id {bad} is outside the vocabulary [0, {self.vocab_size})")
-        if len(ids) >= self.context_len:
-            raise RequestFailed(f"{field}: the prompt has {len(ids)} tokens; it must be shorter than the "
-                                f"model's context length ({self.context_len})")
-        if len(ids) + 1 > self.model_info["max_total_tokens"]:
-            raise RequestFailed(f"{field}: the prompt has {len(ids)} tokens but the KV cache holds only "
-                                f"{self.model_info['max_total_tokens']}")
+        try:
+            check_prompt(ids, field, self.limits)
+        except ValueError as e:
+            raise RequestFailed(str(e)) from None
 
     def apply_chat_template(self, messages: list[dict[str, Any]], **kwargs: Any) -> str:
         if getattr(self.tokenizer, "chat_template", None) is None:
@@ -246,15 +227,10 @@ class TokenizerManager:
         for i, (ids, p) in enumerate(zip(prompt_ids, params, strict=True)):
             start = logprob_start_len[i] if logprob_start_len else -1
             top = top_logprobs_num[i] if top_logprobs_num else 0
-            if start < -1:
-                raise RequestFailed(f"logprob_start_len: must be >= -1 (got {start})")
-            if not 0 <= top <= MAX_TOP_LOGPROBS:
-                raise RequestFailed(f"top_logprobs_num: must be in [0, {MAX_TOP_LOGPROBS}] (got {top})")
-            if p.json_schema is not None:
-                try:
-                    json.loads(p.json_schema)
-                except ValueError as e:
-                    raise RequestFailed(f"json_schema: not valid JSON ({e})") from None
+            try:
+                check_logprob_args(start, top)
+            except ValueError as e:
+                raise RequestFailed(str(e)) from None
             group = rids[i] if rids else uuid.uuid4().hex
             for j, sp in enumerate(expand_samples(p)):
                 out.append(SampleInput(
@@ -274,18 +250,18 @@ class TokenizerManager:
         event = asyncio.Event()
         states = []
         for s in samples:
-            st = ReqState(rid=s.rid, group=s.group, event=event, prompt_tokens=len(s.input_ids),
-                          stream=stream, return_logprob=s.return_logprob,
-                          top_logprobs_num=s.top_logprobs_num if s.return_logprob else 0)
+            st = SampleState(rid=s.rid, group=s.group, event=event, prompt_tokens=len(s.input_ids),
+                             stream=stream, return_logprob=s.return_logprob,
+                             top_logprobs_num=s.top_logprobs_num if s.return_logprob else 0)
             self.states[s.rid] = st
             states.append(st)
             send(self._send_sock, TokenizedGenerateReq(
-                rid=s.rid, input_ids=s.input_ids, sampling_params=s.params.to_dict(),
+                rid=s.rid, input_ids=s.input_ids, sampling_params=s.params,
                 return_logprob=s.return_logprob, logprob_start_len=s.logprob_start_len,
                 top_logprobs_num=s.top_logprobs_num, stream=stream))
         return Call(self, states, event)
 
-    def abort_state(self, st: ReqState) -> None:
+    def abort_state(self, st: SampleState) -> None:
         if not st.finished and not st.abort_sent and self.dead is None:
             st.abort_sent = True
             send(self._send_sock, AbortReq(rid=st.rid))
@@ -342,29 +318,19 @@ class TokenizerManager:
         st = self.states.get(o.rid)
         if st is None:  # closed by its consumer (e.g. the client went away)
             return
-        if o.error is not None:
-            st.error = RequestFailed(o.error, o.error_code or 500)
-        st.text += o.text
+        previous_token_time = st.last_token_time
+        st.apply(o, now)
         if o.new_ids:
-            if st.first_token_time is None:
-                st.first_token_time = now
-                self.metrics.ttft.observe(now - st.created)
-            elif st.last_token_time is not None:
-                gap = (now - st.last_token_time) / len(o.new_ids)
+            if previous_token_time is None:
+                self.metrics.ttft.observe(st.ttft)
+            else:
+                gap = (now - previous_token_time) / len(o.new_ids)
                 for _ in o.new_ids:
                     self.metrics.itl.observe(gap)
-            st.last_token_time = now
-            st.output_ids.extend(o.new_ids)
-        st.meta = o.meta
-        st.input_token_logprobs.extend(o.input_token_logprobs)
-        st.input_top_logprobs.extend(o.input_top_logprobs)
-        st.output_token_logprobs.extend(o.output_token_logprobs)
-        st.output_top_logprobs.extend(o.output_top_logprobs)
-        if o.finished:
-            st.finished, st.finish_time = True, now
+        if st.finished:
             del self.states[o.rid]
-            reason = (o.meta.get("finish_reason") or {}).get("type", "error")
-            self.metrics.on_finish("error" if o.error else reason, now - st.created)
+            reason = "error" if st.error else st.finish_reason.type
+            self.metrics.on_finish(reason, st.e2e_latency)
         st.event.set()
 
     async def _watchdog(self) -> None:
@@ -379,21 +345,14 @@ class TokenizerManager:
         if mark_dead:
             self.dead = reason
         err = RequestFailed(reason, 503)
+        now = time.perf_counter()
         for st in self.states.values():
-            st.error, st.finished = err, True
+            st.fail(reason, 503, now)
             st.event.set()
         self.states.clear()
         for fut in self._calls.values():
             if not fut.done():
                 fut.set_exception(err)
-
-    # ------------------------------------------------------------------ helpers
-    def token_text(self, token_id: int) -> str:
-        text = self._token_text.get(token_id)
-        if text is None:
-            text = self.tokenizer.decode([token_id])
-            self._token_text[token_id] = text
-        return text
 
 
 def _model_name(model_path: str | None, model_dir: str) -> str:

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import msgspec
 
 from radixrt.sampling_params import SamplingParams
 
+if TYPE_CHECKING:  # the detokenizer and tokenizer processes read FinishReason without torch
+    import torch
 
-@dataclass
-class FinishReason:
+
+class FinishReason(msgspec.Struct, omit_defaults=True):
+    """Why a request ended; travels typed between processes and becomes SGLang's
+    ``finish_reason`` object (`to_dict`) only in a JSON response."""
+
     type: str  # "stop" | "length" | "abort"
-    matched: int | str | None = None
-    message: str | None = None
+    matched: int | str | None = None  # the stop token id, or the stop string / regex match
+    message: str | None = None  # why an abort happened
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": self.type}

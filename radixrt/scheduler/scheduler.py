@@ -87,18 +87,8 @@ class Scheduler:
 
     # ------------------------------------------------------------------ intake
     def add_request(self, req: Req) -> None:
+        # Prompts are checked once, where requests enter (tokenizer manager, Engine.generate).
         n = len(req.prompt_ids)
-        if n == 0:
-            raise RequestError("the prompt is empty")
-        if n >= self.context_len:
-            raise RequestError(
-                f"the prompt has {n} tokens, the model's context length is {self.context_len}")
-        if n + 1 > self.kv.allocator.size:
-            raise RequestError(
-                f"the prompt has {n} tokens but the KV pool holds only {self.kv.allocator.size}")
-        bad = [t for t in req.prompt_ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise RequestError(f"input_ids: token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
         p = req.params
         if p.seed is not None:
             req.generator = torch.Generator().manual_seed(p.seed)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 
 import pytest
 
@@ -164,12 +165,65 @@ def test_logprobs(engine):
     assert_no_leak(engine)
 
 
+def _ids(entries: list) -> list:
+    return [_ids(e) if isinstance(e[0], list) else e[1] for e in entries]
+
+
+def _values(entries: list) -> list:
+    return [v for e in entries for v in (_values(e) if isinstance(e[0], list) else [e[0]])]
+
+
 def test_streaming_equals_non_streaming(engine):
+    """The server's stream chunks: text and output_ids so far, output logprobs new since the
+    previous chunk (their concatenation is the non-streamed list)."""
     params = {"max_new_tokens": 10, "temperature": 0, "ignore_eos": True}
-    full = engine.generate("The quick brown", params)
-    chunks = list(engine.generate("The quick brown", params, stream=True))
-    assert "".join(c["text"] for c in chunks) == full["text"]
+    kw = {"return_logprob": True, "top_logprobs_num": 2}
+    full = engine.generate("The quick brown", params, **kw)
+    chunks = list(engine.generate("The quick brown", params, stream=True, **kw))
+    texts = [c["text"] for c in chunks]
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))
+    assert texts[-1] == full["text"] and chunks[-1]["output_ids"] == full["output_ids"]
+    seen = 0
+    for c in chunks:
+        m = c["meta_info"]
+        assert m["output_token_logprobs_length"] == m["completion_tokens"] == len(c["output_ids"])
+        assert len(m["output_token_logprobs"]) == len(m["output_top_logprobs"]) == m["completion_tokens"] - seen
+        seen = m["completion_tokens"]
+    for key in ("output_token_logprobs", "output_top_logprobs"):
+        streamed = [e for c in chunks for e in c["meta_info"][key]]
+        assert _ids(streamed) == _ids(full["meta_info"][key])
+        assert _values(streamed) == pytest.approx(_values(full["meta_info"][key]), abs=1e-4)
     assert chunks[-1]["meta_info"]["finish_reason"]["type"] == "length"
+    assert all(c["meta_info"]["finish_reason"] is None for c in chunks[:-1])
+    assert set(chunks[-1]["meta_info"]) == set(full["meta_info"])
+    assert 0 < full["meta_info"]["ttft"] <= full["meta_info"]["e2e_latency"]
+    assert_no_leak(engine)
+
+
+def test_stop_string_never_streamed(engine):
+    base = engine.generate(input_ids=[11, 22, 33], sampling_params=GREEDY)["text"]
+    stop = base[len(base) // 2:len(base) // 2 + 2]
+    if not stop.strip():
+        pytest.skip("generated text has no usable stop string")
+    params = {**GREEDY, "stop": [stop]}
+    full = engine.generate(input_ids=[11, 22, 33], sampling_params=params)
+    chunks = list(engine.generate(input_ids=[11, 22, 33], sampling_params=params, stream=True))
+    assert full["text"] == base[:base.index(stop)]
+    assert all(stop not in c["text"] for c in chunks) and chunks[-1]["text"] == full["text"]
+    assert chunks[-1]["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}
+    assert_no_leak(engine)
+
+
+def test_stream_closed_early_aborts(engine):
+    it = engine.generate("Once", {"max_new_tokens": 500, "ignore_eos": True}, stream=True)
+    next(it)
+    it.close()
+    kv = engine.kv_accounting()
+    for _ in range(100):  # the abort reaches the scheduler thread asynchronously
+        if kv["running"] == 0:
+            break
+        time.sleep(0.05)
+        kv = engine.kv_accounting()
     assert_no_leak(engine)
 
 
@@ -182,6 +236,16 @@ def test_bad_requests(engine):
         engine.generate(input_ids=[10**7], sampling_params={"max_new_tokens": 1})
     with pytest.raises(ValueError, match="context length"):
         engine.generate(input_ids=[5] * 2000, sampling_params={"max_new_tokens": 1})
+    # The server's wording, naming the field (and the prompt of a batch).
+    with pytest.raises(ValueError, match=r"^input_ids\[1\]: token id -1 is outside the vocabulary"):
+        engine.generate(input_ids=[[5], [-1]], sampling_params={"max_new_tokens": 1})
+    with pytest.raises(ValueError, match="^prompt: the prompt is empty"):
+        engine.generate("", {"max_new_tokens": 1})
+    with pytest.raises(ValueError, match="^top_logprobs_num"):
+        engine.generate("x", {"max_new_tokens": 1}, return_logprob=True, top_logprobs_num=-2)
+    # Found by the scheduler (the constraint does not compile): the same error, after the fact.
+    with pytest.raises(ValueError, match="regex"):
+        engine.generate("x", {"max_new_tokens": 1, "regex": "(unclosed"})
     assert engine.generate("ok", {"max_new_tokens": 1})["meta_info"]["completion_tokens"] == 1
     assert_no_leak(engine)
 

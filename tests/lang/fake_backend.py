@@ -22,14 +22,15 @@ _TOKEN = re.compile(r"\s?\S+|\s")
 class FakeBackend(NativeBackend):
     def __init__(self, reply: Callable[[str], str] | None = None,
                  score: Callable[[str, str], float] | None = None, chat_template: str = "chatml",
-                 chunk_style: str = "cumulative", stream_mode: str = "auto",
-                 fail_with: str | None = None):
+                 logprob_lists: str = "new", fail_with: str | None = None):
         super().__init__()
         self.chat_template = get_chat_template(chat_template)
         self.reply = reply or (lambda prompt: " fake answer")
         self.score = score or (lambda ctx, tok: -1.0)
-        self.chunk_style = chunk_style  # how this fake server sends stream chunks
-        self.stream_mode = stream_mode  # how the frontend reads them
+        # What stream chunks carry in their output logprob lists: "new" entries (radixrt, SGLang's
+        # frontend contract), the "whole" lists with their length (SGLang's default server), or
+        # the whole lists without a length ("legacy" SGLang servers).
+        self.logprob_lists = logprob_lists
         self.fail_with = fail_with
         self.vocab: dict[str, int] = {}
         self.requests: list[dict[str, Any]] = []
@@ -83,13 +84,13 @@ class FakeBackend(NativeBackend):
         tokens = _TOKEN.findall(full["text"])
         lps = full["meta_info"].get("output_token_logprobs")
         for i in range(len(tokens)):
-            cumulative = self.chunk_style == "cumulative"
-            lo = 0 if cumulative else i
             meta = dict(full["meta_info"], completion_tokens=i + 1)
             if lps is not None:
-                meta["output_token_logprobs"] = lps[lo: i + 1]
-            yield {"text": "".join(tokens[lo: i + 1]),
-                   "output_ids": full["output_ids"][lo: i + 1], "meta_info": meta}
+                meta["output_token_logprobs"] = lps[i: i + 1] if self.logprob_lists == "new" else lps[: i + 1]
+                if self.logprob_lists != "legacy":
+                    meta["output_token_logprobs_length"] = i + 1
+            yield {"text": "".join(tokens[: i + 1]), "output_ids": full["output_ids"][: i + 1],
+                   "meta_info": meta}
 
     def flush_cache(self, empty_cache: bool = True) -> bool:
         return True

@@ -1,5 +1,5 @@
-"""Programs on the in-process Engine backend (no server): the same frontend, with the
-Engine's delta-style streaming and its errors as exceptions."""
+"""Programs on the in-process Engine backend (no server): the same frontend, reading the same
+stream chunks as from a server, with the Engine's errors as exceptions."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_engine_is_accepted_as_default_backend(engine):
     assert sgl.flush_cache() is True
 
 
-def test_engine_streaming_deltas_add_up(engine):
+def test_engine_streaming_chunks_add_up(engine):
     backend = EngineBackend(engine)
     st = qa.run(question="Name a fruit.", stream=True, temperature=0, backend=backend)
     items = list(st.text_iter("answer", return_meta_data=True))

@@ -239,8 +239,8 @@ def test_select_methods():
 
 
 def test_streaming_whole_text_and_variable():
-    for chunk_style in ("cumulative", "delta"):
-        fake = FakeBackend(reply=lambda p: " one two three", chunk_style=chunk_style)
+    for logprob_lists in ("new", "whole", "legacy"):
+        fake = FakeBackend(reply=lambda p: " one two three", logprob_lists=logprob_lists)
 
         @sgl.function
         def p(s):

@@ -34,6 +34,18 @@ def sse_events(response: httpx.Response) -> list:
     return events[:-1]
 
 
+def assert_same_logprobs(a: list, b: list, tol: float = 1e-4) -> None:
+    """Logprob triples (or top-logprob lists of them) with the same tokens and close values."""
+    assert len(a) == len(b), (len(a), len(b))
+    for x, y in zip(a, b, strict=True):
+        if x is None or y is None:
+            assert x is None and y is None
+        elif isinstance(x[0], list):
+            assert_same_logprobs(x, y, tol)
+        else:
+            assert x[1:] == y[1:] and (x[0] == y[0] or abs(x[0] - y[0]) <= tol), (x, y)
+
+
 def generate_stream(client: httpx.Client, body: dict) -> list[dict]:
     with client.stream("POST", "/generate", json={**body, "stream": True}) as r:
         assert r.status_code == 200, r.read()
@@ -50,7 +62,7 @@ def test_generate_single(client):
     meta = out["meta_info"]
     assert meta["prompt_tokens"] > 0 and meta["completion_tokens"] == 8
     assert meta["finish_reason"] == {"type": "length"}
-    assert meta["cached_tokens"] >= 0 and meta["e2e_latency"] > 0
+    assert meta["cached_tokens"] >= 0 and 0 < meta["ttft"] <= meta["e2e_latency"]
 
 
 def test_text_and_input_ids_agree(client):
@@ -73,6 +85,7 @@ def test_stream_equals_non_stream(client):
     assert chunks[-1]["output_ids"] == full["output_ids"]
     assert chunks[-1]["meta_info"]["finish_reason"] == full["meta_info"]["finish_reason"]
     assert all(c["meta_info"]["finish_reason"] is None for c in chunks[:-1])
+    assert all("output_token_logprobs_length" not in c["meta_info"] for c in chunks)  # no logprobs asked
     # What SGLang's RuntimeEndpoint.generate_stream does with these chunks:
     pos, pieces = 0, []
     for c in chunks:
@@ -80,6 +93,30 @@ def test_stream_equals_non_stream(client):
         pos += len(piece)
         pieces.append(piece)
     assert "".join(pieces) == full["text"]
+
+
+def test_stream_logprobs_like_sglang(client):
+    """SGLang's frontend test (test_programs.test_stream_logprobs): each chunk carries only the
+    output logprobs new since the previous one, and output_token_logprobs_length ==
+    completion_tokens; input logprobs are whole in every chunk."""
+    body = {"text": "Once upon a time,", "sampling_params": {**GREEDY, "max_new_tokens": 12},
+            "return_logprob": True, "top_logprobs_num": 2, "logprob_start_len": 1}
+    full = client.post("/generate", json=body).json()["meta_info"]
+    chunks = generate_stream(client, body)
+    prev = 0
+    for c in chunks:
+        m = c["meta_info"]
+        assert m["completion_tokens"] == m["output_token_logprobs_length"] == len(c["output_ids"])
+        assert len(m["output_token_logprobs"]) == len(m["output_top_logprobs"]) == m["completion_tokens"] - prev
+        assert m["input_token_logprobs"] == chunks[0]["meta_info"]["input_token_logprobs"]
+        assert m["input_top_logprobs"] == chunks[0]["meta_info"]["input_top_logprobs"]
+        prev = m["completion_tokens"]
+    assert prev == full["completion_tokens"] == full["output_token_logprobs_length"] == 12
+    # The two requests ran with different cache hits: the same tokens, logprobs equal to rounding.
+    for key in ("input_token_logprobs", "input_top_logprobs"):
+        assert_same_logprobs(chunks[0]["meta_info"][key], full[key])
+    for key in ("output_token_logprobs", "output_top_logprobs"):
+        assert_same_logprobs([e for c in chunks for e in c["meta_info"][key]], full[key])
 
 
 def test_batch_matches_single(client):

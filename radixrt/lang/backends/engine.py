@@ -21,9 +21,8 @@ def is_radixrt_engine(obj: Any) -> bool:
 class EngineBackend(NativeBackend):
     """Wraps an existing engine (``EngineBackend(engine)``), or starts one from server
     arguments (``EngineBackend(model_path=..., disable_radix_cache=True)``) and then owns
-    it: `shutdown()` stops it."""
-
-    stream_mode = "delta"  # the Engine streams text and logprobs as deltas
+    it: `shutdown()` stops it. The Engine streams the server's chunks, so nothing here differs
+    from `RuntimeEndpoint` but the transport."""
 
     def __init__(self, engine: Any = None, chat_template_name: str | None = None, **server_args: Any):
         super().__init__()

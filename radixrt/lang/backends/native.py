@@ -1,8 +1,8 @@
 """Backends that speak SGLang's native generate API (radixrt's server or in-process Engine).
 
 Subclasses supply one blocking call (`_generate`) and one streaming call
-(`_generate_stream`) taking a /generate request body; generation, streaming and `select`
-are built on them here.
+(`_generate_stream`, yielding SGLang's stream chunks: `streaming.py`) taking a /generate
+request body; generation, streaming and `select` are built on them here.
 
 `select` scores every choice by the prompt logprobs of ``prefix + choice``:
 1. the prefix alone is sent with ``max_new_tokens=0``, so the server caches its KV and all
@@ -58,9 +58,6 @@ def choice_token_logprobs(prefix_result: dict[str, Any], choice_result: dict[str
 
 
 class NativeBackend(BaseBackend):
-    # How streamed chunks carry text and logprobs: "cumulative", "delta" or "auto".
-    stream_mode = "auto"
-
     def _generate(self, payload: dict[str, Any]) -> Any:
         raise NotImplementedError
 
@@ -87,7 +84,7 @@ class NativeBackend(BaseBackend):
             raise ValueError("streaming supports n=1 only")
         payload = self._payload(s.text_, sampling_params)
         payload["stream"] = True
-        merger = StreamMerger(self.stream_mode)
+        merger = StreamMerger()
         for chunk in self._generate_stream(payload):
             yield merger.add(chunk)
 

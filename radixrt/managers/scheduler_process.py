@@ -96,6 +96,12 @@ class SchedulerLoop:
         self.progress = ProgressTracker()
 
     def run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self.scheduler.close()
+
+    def _serve(self) -> None:
         s = self.scheduler
         while parent_alive(self.parent_pid):
             if self.recv_sock.poll(0 if s.has_work() else IDLE_POLL_MS):

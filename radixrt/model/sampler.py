@@ -408,7 +408,7 @@ def sample_from_probs(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 class SampleOutput:
     next_token_ids: torch.Tensor  # [B] int64
     logprobs: torch.Tensor  # [B] float32: log_softmax(raw logits) at the chosen token
-    top_logprobs: list[list[tuple[int, float]]] | None  # per row (empty when 0 requested)
+    top_logprobs: list[list[tuple[float, int]]] | None  # per row, (logprob, id), best first
 
 
 class Sampler:
@@ -448,7 +448,7 @@ class Sampler:
                 ids = ids.tolist()
                 for i, n in enumerate(top_logprobs_nums):
                     n = min(n, kmax)
-                    top[i] = list(zip(ids[i][:n], vals[i][:n], strict=True))
+                    top[i] = list(zip(vals[i][:n], ids[i][:n], strict=True))
         return SampleOutput(next_token_ids=next_ids.to(torch.int64), logprobs=logprobs, top_logprobs=top)
 
     @staticmethod

@@ -6,8 +6,6 @@ Works on logits rows and `Req` state only; KV is the caller's (`RunningKV`).
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from radixrt.model.sampler import Sampler, SamplingBatchInfo
@@ -51,14 +49,12 @@ class PostProcessor:
         for i, (req, tok) in enumerate(zip(reqs, ids)):
             req.output_ids.append(tok)
             self.stats.num_generated_tokens += 1
-            if req.first_token_time is None:
-                req.first_token_time = time.perf_counter()
             if req.penalty is not None:
                 req.penalty.update(tok)
             if req.return_logprob:
                 req.output_token_logprobs.append((lps[i], tok))
                 if req.top_logprobs_num:
-                    req.output_top_logprobs.append([(lp, t) for t, lp in top[i]])
+                    req.output_top_logprobs.append(top[i])
             if req.grammar is not None:
                 self.grammars.accept(req, tok)
             if req.finished is None:
@@ -67,7 +63,7 @@ class PostProcessor:
                 self.stats.num_draft_tokens += self.grammars.propose_draft(req)
 
     def _draw(self, reqs: list[Req], lg: torch.Tensor, suppress: list[list[int]],
-              tops: list[int]) -> tuple[list[int], list[float], list[list[tuple[int, float]]]]:
+              tops: list[int]) -> tuple[list[int], list[float], list[list[tuple[float, int]]]]:
         """One token per row of ``lg`` (already masked): ids, logprobs, top logprobs."""
         info = SamplingBatchInfo.build([r.params for r in reqs], self.vocab_size,
                                        [r.generator for r in reqs],
@@ -79,7 +75,7 @@ class PostProcessor:
 
     def _redraw_noncanonical(self, reqs: list[Req], lg: torch.Tensor, suppress: list[list[int]],
                              tops: list[int], ids: list[int], lps: list[float],
-                             top: list[list[tuple[int, float]]]) -> None:
+                             top: list[list[tuple[float, int]]]) -> None:
         """Constrained rows whose token splits text where the tokenizer never would (after
         the previous token) draw again without such tokens (``GrammarManager.canonical_bans``),
         from their own generator as any draw; ``ids``, ``lps``, ``top`` are updated in place.

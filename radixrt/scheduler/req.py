@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -66,9 +65,7 @@ class Req:
     input_top_logprobs: list[Any] = field(default_factory=list)
     output_token_logprobs: list[tuple[float, int]] = field(default_factory=list)
     output_top_logprobs: list[Any] = field(default_factory=list)
-    # --- timing ---
-    created: float = field(default_factory=time.perf_counter)
-    first_token_time: float | None = None
+    # --- scheduling history ---
     num_retractions: int = 0
     num_chunks: int = 0
 

@@ -163,7 +163,7 @@ def test_logprob_is_the_model_logprob_of_the_final_token(tok, halves):
     on._redraw_noncanonical([req], masked, [[]], [3], ids, lps, top)
     expect = torch.log_softmax(masked[0], -1)[_one(tok, "X")].item()
     assert ids == [_one(tok, "X")] and lps[0] == pytest.approx(expect, abs=1e-3)
-    assert [t for t, _ in top[0]][:3] == [_one(tok, "DR"), _one(tok, "D"), _one(tok, "X")]
+    assert [t for _, t in top[0]][:3] == [_one(tok, "DR"), _one(tok, "D"), _one(tok, "X")]
 
 
 def test_engine_outputs_are_canonical(tiny_model_dir):

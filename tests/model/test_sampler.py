@@ -287,11 +287,11 @@ def test_top_logprobs_order_and_values():
     for i, n in [(0, 3), (2, 5)]:
         entries = out.top_logprobs[i]
         assert len(entries) == n
-        ids = [t for t, _ in entries]
-        vals = [v for _, v in entries]
+        ids = [t for _, t in entries]
+        vals = [v for v, _ in entries]
         assert ids == lsm[i].topk(n).indices.tolist()
         assert vals == sorted(vals, reverse=True)
-        assert all(math.isclose(v, lsm[i, t].item(), abs_tol=1e-5) for t, v in entries)
+        assert all(math.isclose(v, lsm[i, t].item(), abs_tol=1e-5) for v, t in entries)
         assert isinstance(ids[0], int) and isinstance(vals[0], float)
     # more than the vocabulary: clamped
     out, _ = run(torch.randn(1, 4), [SamplingParams()], tops=[10])

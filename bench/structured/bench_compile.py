@@ -125,7 +125,12 @@ def bench_compile(tokenizer) -> tuple[dict, list[dict]]:
 def bench_masks(tokenizer, walks: int = 6) -> dict:
     import torch
 
-    from radixrt.fsm import GrammarCompiler, allocate_token_bitmask, apply_token_bitmask_
+    from radixrt.fsm import (
+        GrammarCompiler,
+        GrammarMatcher,
+        allocate_token_bitmask,
+        apply_token_bitmask_,
+    )
 
     gc = GrammarCompiler(tokenizer)
     cached, first = [], []
@@ -134,7 +139,7 @@ def bench_masks(tokenizer, walks: int = 6) -> dict:
         bitmask = allocate_token_bitmask(1, g.vocab_size)
         for seed in range(walks):
             rng = random.Random(seed)
-            m = g.matcher()
+            m = GrammarMatcher(g)
             for _ in range(60):
                 if m.is_terminated():
                     break

@@ -30,7 +30,6 @@ import torch
 
 from radixrt.fsm.bitmask import bitmask_words
 from radixrt.fsm.dfa import ByteDFA
-from radixrt.fsm.matcher import GrammarMatcher
 from radixrt.fsm.token_index import TokenTrie, pack_token_ids
 from radixrt.fsm.utf8 import whole_chars_prefix
 from radixrt.fsm.vocabulary import Vocabulary
@@ -75,10 +74,6 @@ class CompiledGrammar:
     @property
     def start_state(self) -> int:
         return self.dfa.start
-
-    def matcher(self) -> GrammarMatcher:
-        """A fresh per-request matcher at the start state."""
-        return GrammarMatcher(self)
 
     # ------------------------------------------------------------ stepping
     def next_state(self, state: int, token_id: int) -> int:

@@ -28,12 +28,9 @@ extend step; ``GrammarMatcher.apply_jump_forward`` does the matcher part.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from radixrt.fsm.grammar import CompiledGrammar
 from radixrt.fsm.utf8 import whole_chars_prefix
-
-if TYPE_CHECKING:
-    from radixrt.fsm.grammar import CompiledGrammar
 
 
 @dataclass(frozen=True)

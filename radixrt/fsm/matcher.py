@@ -1,5 +1,9 @@
 """Per-request grammar state: accept tokens, fill mask rows, roll back, jump forward.
 
+A request gets its own matcher over the shared, immutable grammar:
+``GrammarMatcher(compiled_grammar)`` starts at the grammar's start state. The grammar does not
+know its matchers (this module imports ``grammar``, never the other way).
+
 Typical decode step for a batch::
 
     bitmask = allocate_token_bitmask(batch_size, vocab_size)      # all ones
@@ -13,15 +17,11 @@ Typical decode step for a batch::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
+from radixrt.fsm.grammar import CompiledGrammar
 from radixrt.fsm.jump_forward import JumpForward, plan_jump_forward
 from radixrt.fsm.token_index import unpack_token_ids
-
-if TYPE_CHECKING:  # grammar.py imports this module (CompiledGrammar.matcher())
-    from radixrt.fsm.grammar import CompiledGrammar
 
 
 class GrammarMatcher:

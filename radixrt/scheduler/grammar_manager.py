@@ -106,7 +106,9 @@ class GrammarManager:
                 req.finished = FinishReason("abort", message=req.error)
                 failed.append(req)
             else:
-                req.grammar = fut.result().matcher()
+                from radixrt.fsm import GrammarMatcher
+
+                req.grammar = GrammarMatcher(fut.result())
                 ready.append(req)
         self.pending = still
         return ready, failed

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from radixrt.fsm import GrammarMatcher
 from radixrt.sampling_params import SamplingParams
 from radixrt.scheduler.grammar_manager import GrammarManager
 from radixrt.scheduler.postprocess import PostProcessor
@@ -30,7 +31,7 @@ def _sampler_half(tok, canonical: bool) -> PostProcessor:
 
 def _req(s: PostProcessor, after: list[int], **params) -> Req:
     req = Req(rid="r", prompt_ids=[1, 2, 3], params=SamplingParams(**params))
-    req.grammar = s.grammars.compiler.compile("regex", LETTERS).matcher()
+    req.grammar = GrammarMatcher(s.grammars.compiler.compile("regex", LETTERS))
     req.grammar_kind = "regex"
     assert req.grammar.accept_tokens(after)
     if "seed" in params:

@@ -7,6 +7,7 @@ from collections import deque
 
 import numpy as np
 
+from radixrt.fsm import GrammarMatcher
 from radixrt.fsm.dfa import ByteDFA
 
 
@@ -60,7 +61,7 @@ def token_walk(grammar, seed: int, jump_forward: bool = False, budget: int = 40,
     (EOS as soon as allowed). Asserts that some token is always allowed and that the walk ends
     terminated. Returns (text, number of jump-forwards)."""
     rng = random.Random(seed)
-    m = grammar.matcher()
+    m = GrammarMatcher(grammar)
     out: list[int] = []
     dist = None
     jumps = 0

@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from radixrt.fsm import GrammarError
+from radixrt.fsm import GrammarError, GrammarMatcher
 
 SUITE_DIR = Path(__file__).parent / "data" / "json_schema_test_suite" / "draft2020-12"
 
@@ -120,7 +120,7 @@ def accepted_serialization(grammar, value) -> bytes | None:
 
 
 def token_accepts(grammar, tokenizer, text: str) -> bool:
-    m = grammar.matcher()
+    m = GrammarMatcher(grammar)
     for t in tokenizer.encode(text, add_special_tokens=False):
         if not m.accept_token(t):
             return False

@@ -8,7 +8,12 @@ import numpy as np
 import torch
 
 import radixrt.fsm.bitmask as bitmask_mod
-from radixrt.fsm import allocate_token_bitmask, apply_token_bitmask_, unpack_bitmask
+from radixrt.fsm import (
+    GrammarMatcher,
+    allocate_token_bitmask,
+    apply_token_bitmask_,
+    unpack_bitmask,
+)
 from radixrt.fsm.token_index import pack_token_ids, unpack_token_ids
 
 
@@ -87,7 +92,7 @@ def test_triton_lookup_is_cached_and_optional(monkeypatch):
 
 def test_matcher_fill_matches_allowed_ids(compiler):
     g = compiler.compile("regex", r"(ab|cd)e")
-    m = g.matcher()
+    m = GrammarMatcher(g)
     bitmask = allocate_token_bitmask(2, g.vocab_size)
     m.fill_bitmask(bitmask, 1)
     bits = unpack_bitmask(bitmask, g.vocab_size)

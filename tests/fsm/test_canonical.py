@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from radixrt.fsm import GrammarCompiler
+from radixrt.fsm import GrammarCompiler, GrammarMatcher
 from radixrt.fsm.automaton import compile_regex_ast
 from radixrt.fsm.grammar import CANONICAL_LOOKAHEAD_BYTES, CompiledGrammar
 from radixrt.fsm.regex_parser import parse_regex
@@ -51,7 +51,7 @@ def test_closing_quote_merges_with_the_forced_separator(compiler, loose_compiler
     tok = smol_tokenizer
     prefix = [_single(tok, p) for p in ('{"', "name", '":"', "Bob")]
     for gc, quote_alone_allowed in ((compiler, False), (loose_compiler, True)):
-        m = gc.compile("json_schema", SCHEMA).matcher()
+        m = GrammarMatcher(gc.compile("json_schema", SCHEMA))
         assert m.accept_tokens(prefix)
         allowed = set(m.allowed_token_ids())
         assert (_single(tok, '"') in allowed) == quote_alone_allowed
@@ -68,7 +68,7 @@ def test_filter_only_chooses_between_spellings(compiler, loose_compiler, smol_to
     rng = random.Random(0)
     checked = 0
     for _walk in range(6):
-        m = strict.matcher()
+        m = GrammarMatcher(strict)
         for _ in range(60):
             if m.is_terminated():
                 break

@@ -7,12 +7,12 @@ import threading
 
 import pytest
 
-from radixrt.fsm import GrammarCompiler, GrammarError
+from radixrt.fsm import GrammarCompiler, GrammarError, GrammarMatcher
 from radixrt.fsm.dtypes import REGEX_BOOL, REGEX_FLOAT, REGEX_INT, REGEX_STR, choices_regex
 
 
 def feed(grammar, text: str, tokenizer) -> bool:
-    m = grammar.matcher()
+    m = GrammarMatcher(grammar)
     return all(m.accept_token(t) for t in tokenizer.encode(text, add_special_tokens=False)) \
         and m.is_accepting()
 
@@ -88,7 +88,7 @@ def test_larger_model_vocab_disallows_extra_ids(smol_tokenizer):
     gc = GrammarCompiler(smol_tokenizer, vocab_size=49152 + 100)
     try:
         g = gc.compile("regex", "[a-z]+")
-        ids = g.matcher().allowed_token_ids()
+        ids = GrammarMatcher(g).allowed_token_ids()
         assert ids and max(ids) < 49152
         assert g.num_words == (49152 + 100 + 31) // 32
     finally:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from radixrt.fsm import GrammarMatcher
+
 
 def ids_of(tok, text):
     return tok.encode(text, add_special_tokens=False)
@@ -12,7 +14,7 @@ def ids_of(tok, text):
 def test_eos_only_in_accepting_states(compiler, smol_tokenizer):
     g = compiler.compile("regex", r"ab(c)?")
     eos = smol_tokenizer.eos_token_id
-    m = g.matcher()
+    m = GrammarMatcher(g)
     assert eos not in m.allowed_token_ids() and not m.accept_token(eos)
     assert m.accept_tokens(ids_of(smol_tokenizer, "ab"))
     assert m.is_accepting() and not m.is_terminated() and eos in m.allowed_token_ids()
@@ -22,14 +24,14 @@ def test_eos_only_in_accepting_states(compiler, smol_tokenizer):
 
 def test_terminated_when_nothing_can_follow(compiler, smol_tokenizer):
     g = compiler.compile("regex", r"abc")
-    m = g.matcher()
+    m = GrammarMatcher(g)
     assert m.accept_tokens(ids_of(smol_tokenizer, "abc"))
     assert m.is_terminated() and m.allowed_token_ids() == [smol_tokenizer.eos_token_id]
 
 
 def test_rejected_token_changes_nothing_and_rollback(compiler, smol_tokenizer):
     g = compiler.compile("regex", r"hello world")
-    m = g.matcher()
+    m = GrammarMatcher(g)
     first = ids_of(smol_tokenizer, "hello")
     assert m.accept_tokens(first)
     state = m.state
@@ -43,7 +45,7 @@ def test_rejected_token_changes_nothing_and_rollback(compiler, smol_tokenizer):
 
 def test_special_tokens_never_allowed(compiler, smol_tokenizer):
     g = compiler.compile("regex", r"[\s\S]{0,4}")
-    allowed = set(g.matcher().allowed_token_ids())
+    allowed = set(GrammarMatcher(g).allowed_token_ids())
     specials = set(g.vocab.special_ids) - set(g.eos_token_ids)
     assert specials and not (allowed & specials)
 
@@ -52,14 +54,14 @@ def test_forced_string_stops_at_branches_and_accepting_states(compiler, smol_tok
     g = compiler.compile("json_schema", {"type": "object", "properties": {
         "name": {"type": "string"}, "count": {"type": "integer"}},
         "required": ["name", "count"], "additionalProperties": False})
-    m = g.matcher()
+    m = GrammarMatcher(g)
     assert m.find_jump_forward_string() == b'{"name":"'
     g2 = compiler.compile("regex", r"abc(d|e)")
-    assert g2.matcher().find_jump_forward_string() == b"abc"
+    assert GrammarMatcher(g2).find_jump_forward_string() == b"abc"
     g3 = compiler.compile("regex", r"ab(cd)?")
-    assert g3.matcher().find_jump_forward_string() == b"ab"  # stops at the accepting state
+    assert GrammarMatcher(g3).find_jump_forward_string() == b"ab"  # stops at the accepting state
     g4 = compiler.compile("regex", r"é(x|y)")
-    assert g4.matcher().find_jump_forward_string() == "é".encode()
+    assert GrammarMatcher(g4).find_jump_forward_string() == "é".encode()
 
 
 def test_jump_forward_retokenizes_and_holds_back(compiler, smol_tokenizer):
@@ -67,7 +69,7 @@ def test_jump_forward_retokenizes_and_holds_back(compiler, smol_tokenizer):
     g = compiler.compile("json_schema", {"type": "object", "properties": {
         "name": {"type": "string"}, "count": {"type": "integer"}},
         "required": ["name", "count"], "additionalProperties": False})
-    m = g.matcher()
+    m = GrammarMatcher(g)
     jf = m.jump_forward()
     assert jf.forced == b'{"name":"' and jf.rollback == 0
     assert jf.token_ids == ids_of(tok, '{"name":"')  # canonical tokenization of the forced text
@@ -82,7 +84,7 @@ def test_jump_forward_retokenizes_and_holds_back(compiler, smol_tokenizer):
 
 def test_hold_back_when_a_longer_token_could_follow(compiler, smol_tokenizer):
     g = compiler.compile("regex", r"ab(cdefghij|x)")  # forced "ab", then a branch
-    jf = g.matcher().jump_forward()
+    jf = GrammarMatcher(g).jump_forward()
     assert jf.forced == b"ab"
     # "ab" is held back if a longer vocabulary token starts with it and continues with 'c'/'x'.
     longer = g.trie.has_longer_token(b"ab", [ord("c"), ord("x")])
@@ -92,7 +94,7 @@ def test_hold_back_when_a_longer_token_could_follow(compiler, smol_tokenizer):
 def test_jump_forward_rolls_back_to_merge_tokens(compiler, smol_tokenizer):
     tok = smol_tokenizer
     g = compiler.compile("regex", r"(The|A) quick brown fox( jumps)?")
-    m = g.matcher()
+    m = GrammarMatcher(g)
     # Commit "The" + " qu" token by token, unusually split; the forced rest (" quick brown fox"
     # minus what is written) is retokenized together with the tail.
     pieces = [t for t in ids_of(tok, "The") + ids_of(tok, " qu")]

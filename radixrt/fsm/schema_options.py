@@ -1,0 +1,14 @@
+"""Options of JSON schema compilation (shared by the compiler and the modules it delegates to)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class JsonSchemaOptions:
+    whitespace_pattern: str | None = None  # regex between JSON tokens; None = compact JSON
+    max_recursion_depth: int = 3  # expansions of one $ref on a path before it is cut
+    any_value_depth: int = 2  # container nesting allowed in unconstrained values
+    strict_objects: bool = False  # True: no additionalProperties keyword = closed object
+    max_length_bound: int = 4096  # largest minLength/maxLength/minItems/maxItems we expand

@@ -10,7 +10,12 @@ Each workload runs --repeats times alternating radixrt and HF; the table shows m
 the ratio. Prompts are random token ids, so the radix cache has nothing to share (it is
 flushed between repeats anyway).
 
+With several --quantization modes (e.g. ``none,int8``), radixrt in each mode is compared
+instead of HF (one Engine per mode, alternating the same way); ``ratio`` is the last mode over
+the first and ``same_tokens`` the share of requests whose tokens are identical in both.
+
   python bench/throughput.py [--model-path PATH] [--repeats 3] [--workloads prefill,decode-b1,decode-b32]
+                             [--quantization none | none,int8]
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+import zlib
 from pathlib import Path
 
 import torch
@@ -58,52 +64,62 @@ def main() -> None:
     ap.add_argument("--model-path", default=None, help="model (default: the embedded SmolLM2-135M)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per workload and system (median reported)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of " + ",".join(WORKLOADS))
-    ap.add_argument("--out", default="docs/img/throughput.png", help="plot file")
+    ap.add_argument("--quantization", default="none",
+                    help="radixrt's --quantization; several, comma-separated, compare those modes instead of HF")
+    ap.add_argument("--out", default=None, help="plot file (default: docs/img/throughput[_quantization].png)")
     args = ap.parse_args()
-
-    from transformers import AutoModelForCausalLM
 
     from radixrt import Engine
 
-    engine = Engine(model_path=args.model_path, max_running_requests=64)
-    vocab = engine.runner.config.vocab_size
-    hf = AutoModelForCausalLM.from_pretrained(str(engine.runner.model_dir), dtype=torch.float32)
-    hf.eval()
+    modes = [m for m in args.quantization.split(",") if m]
+    engines = {f"radixrt {m}" if len(modes) > 1 else "radixrt": Engine(model_path=args.model_path, quantization=m,
+                                                                        max_running_requests=64)
+               for m in modes}
+    first = next(iter(engines.values()))
+    vocab = first.runner.config.vocab_size
+    systems = {name: (lambda p, o, e=eng: run_radixrt(e, p, o)) for name, eng in engines.items()}
+    if len(modes) == 1:
+        from transformers import AutoModelForCausalLM
+
+        hf = AutoModelForCausalLM.from_pretrained(str(first.runner.model_dir), dtype=torch.float32)
+        hf.eval()
+        systems["hf"] = lambda p, o: run_hf(hf, p, o)
+    names = list(systems)
 
     rows = []
-    names = [w for w in args.workloads.split(",") if w]
-    for name in names:
+    for name in [w for w in args.workloads.split(",") if w]:
         n, plen, olen, metric = WORKLOADS[name]
-        prompts = make_prompts(n, plen, vocab, seed=hash(name) % 1000)
+        prompts = make_prompts(n, plen, vocab, seed=zlib.crc32(name.encode()) % 1000)
         tokens = n * (plen if metric == "prompt" else olen)
-        # Warm-up both (first calls allocate and initialise kernels).
-        run_radixrt(engine, prompts[:1], 2)
-        run_hf(hf, prompts[:1], 2)
-        times = {"radixrt": [], "hf": []}
-        same = True
+        for run in systems.values():  # warm-up (first calls allocate and initialise kernels)
+            run(prompts[:1], 2)
+        times: dict[str, list[float]] = {s: [] for s in names}
+        outs: dict[str, list[list[int]]] = {}
         for _ in tqdm(range(args.repeats), desc=name, file=sys.stderr):
-            engine.flush_cache()
-            dt, ours = timed(lambda p=prompts, o=olen: run_radixrt(engine, p, o))
-            times["radixrt"].append(dt)
-            dt, theirs = timed(lambda p=prompts, o=olen: run_hf(hf, p, o))
-            times["hf"].append(dt)
-            same &= sum(a == b for a, b in zip(ours, theirs)) >= 0.9 * len(ours)
-        r_tps = tokens / median(times["radixrt"])
-        h_tps = tokens / median(times["hf"])
-        rows.append({"workload": name, "requests": n, "prompt_len": plen, "output_len": olen,
-                     "metric": f"{metric} tok/s", "radixrt": r_tps, "hf": h_tps,
-                     "ratio": r_tps / h_tps, "same_tokens": same})
-    engine.shutdown()
-    cols = ["workload", "requests", "prompt_len", "output_len", "metric", "radixrt", "hf", "ratio", "same_tokens"]
+            for e in engines.values():
+                e.flush_cache()
+            for s, run in systems.items():
+                dt, outs[s] = timed(lambda r=run, p=prompts, o=olen: r(p, o))
+                times[s].append(dt)
+        row = {"workload": name, "requests": n, "prompt_len": plen, "output_len": olen, "metric": f"{metric} tok/s"}
+        row.update({s: tokens / median(times[s]) for s in names})
+        base, other = names[0], names[-1]
+        row["ratio"] = row[base] / row[other] if other == "hf" else row[other] / row[base]
+        same = sum(a == b for a, b in zip(outs[base], outs[other]))
+        row["same_tokens"] = same >= 0.9 * n if other == "hf" else f"{same}/{n}"
+        rows.append(row)
+    for e in engines.values():
+        e.shutdown()
+    cols = ["workload", "requests", "prompt_len", "output_len", "metric", *names, "ratio", "same_tokens"]
     print()
     print_table(rows, cols)
     print()
     print(markdown_table(rows, cols))
-    path = save_results("throughput", {"rows": rows, "repeats": args.repeats})
-    plot = bar_plot(Path(args.out), "radixrt vs HF transformers (tokens/s, median)",
-                    [r["workload"] for r in rows],
-                    {"radixrt": [r["radixrt"] for r in rows], "HF generate": [r["hf"] for r in rows]},
-                    "tokens/s")
+    result = "throughput" if len(modes) == 1 else "throughput_quantization"
+    path = save_results(result, {"rows": rows, "repeats": args.repeats, "quantization": modes})
+    title = ("radixrt vs HF transformers" if len(modes) == 1 else "radixrt by --quantization") + " (tokens/s, median)"
+    plot = bar_plot(Path(args.out or f"docs/img/{result}.png"), title, [r["workload"] for r in rows],
+                    {s: [r[s] for r in rows] for s in names}, "tokens/s")
     print(f"\nresults: {path}" + (f", plot: {plot}" if plot else ""))
 
 

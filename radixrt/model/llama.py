@@ -2,8 +2,9 @@
 
 Weights are plain tensors (no nn.Module per layer: fewer Python calls per token), with Q/K/V
 and gate/up fused into single matmuls (`radixrt.model.linear.Linear` picks the fastest
-layout for the device). RMSNorm, rotate-half RoPE (with rope scaling), GQA,
-SwiGLU, tied embeddings, optional QKV bias (Qwen2).
+layout for the device; ``quantize`` swaps in `Int8Linear` for the layers an int8 plan covers).
+RMSNorm, rotate-half RoPE (with rope scaling), GQA, SwiGLU, tied embeddings (an int8 LM head
+quantizes its own copy; the embedding lookup stays exact), optional QKV bias (Qwen2).
 
 On CPU in float32 with the native kernels built, the element-wise work of a layer runs as four
 fused ops (``radixrt/csrc/fused_ops.cpp``: residual add + RMSNorm, RoPE + KV-slot store,
@@ -18,21 +19,25 @@ import torch
 import torch.nn.functional as F
 
 from radixrt.cache.memory_pool import TokenToKVPool
-from radixrt.model import native
+from radixrt.model import native, smoothing
 from radixrt.model.config import ModelConfig
 from radixrt.model.forward_batch import ForwardBatch
-from radixrt.model.linear import Linear
+from radixrt.model.linear import Int8Linear, Linear
+from radixrt.model.quantization import QuantizationPlan
 from radixrt.model.rope import RotaryEmbedding
+
+LINEAR_NAMES = ("qkv", "o", "gate_up", "down")
+HEAD_RESIDUAL = True
 
 
 @dataclass
 class LayerWeights:
     input_norm: torch.Tensor
-    qkv: Linear
-    o: Linear
+    qkv: Linear | Int8Linear
+    o: Linear | Int8Linear
     post_norm: torch.Tensor
-    gate_up: Linear
-    down: Linear
+    gate_up: Linear | Int8Linear
+    down: Linear | Int8Linear
 
 
 class LlamaModel:
@@ -52,7 +57,7 @@ class LlamaModel:
                 raise ValueError(f"checkpoint is missing weight {name!r}") from None
             return t.to(device=device, dtype=dtype).contiguous()
 
-        def lin(*names: str, bias: torch.Tensor | None = None) -> Linear:  # fused along out dim
+        def lin(*names: str, bias: torch.Tensor | None = None) -> Linear | Int8Linear:  # fused along out dim
             return Linear(torch.cat([w(n) for n in names]), bias)
 
         self.embed = w("model.embed_tokens.weight")
@@ -75,10 +80,69 @@ class LlamaModel:
             self.lm_head = Linear(self.embed)
         else:
             self.lm_head = lin("lm_head.weight")
+        self.num_int8_linears = 0
         self.rope = RotaryEmbedding(c.head_dim, c.rope_theta, c.rope_scaling, max_positions, dtype, device)
         self.attn = attn_backend
         use_fused = torch.device(device).type == "cpu" and dtype == torch.float32
         self.fused = native.fused_ops() if use_fused else None
+
+    def linears(self) -> dict[str, Linear | Int8Linear]:
+        """Every linear layer by name: ``layers.{i}.{qkv,o,gate_up,down}`` and ``lm_head``."""
+        out = {f"layers.{i}.{n}": getattr(L, n) for i, L in enumerate(self.layers) for n in LINEAR_NAMES}
+        out["lm_head"] = self.lm_head
+        return out
+
+    def set_linear(self, name: str, module) -> None:
+        if name == "lm_head":
+            self.lm_head = module
+        else:
+            _, i, n = name.split(".")
+            setattr(self.layers[int(i)], n, module)
+
+    @torch.inference_mode()
+    def quantize(self, plan: QuantizationPlan, act_max: dict[str, torch.Tensor] | None = None,
+                 alpha: float = smoothing.ALPHA) -> None:
+        """Replace the fp32 linear layers that an int8 ``plan`` covers by ``Int8Linear``.
+
+        With ``act_max`` (``smoothing.measure_activation_maxima``), each quantized layer's input
+        is smoothed (``smoothing.smoothing_scales``) and the division folded into its producer:
+        the RMSNorm weight before qkv, gate/up and the LM head, the up-projection rows before
+        down. o is left unsmoothed: its input comes out of attention, a fold into v would have
+        to share scales across each GQA group, and its int8 error measured ~0 without it.
+        """
+        if plan.mode != "int8":
+            return
+
+        def weight(lin: Linear) -> torch.Tensor:  # [out, in] fp32 copy of a Linear's weight
+            return (lin.weight if lin.weight is not None else lin.weight_t.t()).clone()
+
+        def scales(name: str, w: torch.Tensor) -> torch.Tensor | None:
+            if act_max is None or name not in act_max:
+                return None
+            return smoothing.smoothing_scales(act_max[name], w, alpha).to(w.device)
+
+        inter = self.config.intermediate_size
+        for i, L in enumerate(self.layers):
+            p = f"layers.{i}."
+            w_gu, w_down = weight(L.gate_up), weight(L.down)
+            if plan.covers(w_down) and (s := scales(p + "down", w_down)) is not None:
+                w_gu[inter:] /= s[:, None]  # input of down = silu(gate) * up
+                w_down *= s
+            if plan.covers(w_gu) and (s := scales(p + "gate_up", w_gu)) is not None:
+                L.post_norm.div_(s)
+                w_gu *= s
+            w_qkv = weight(L.qkv)
+            if plan.covers(w_qkv) and (s := scales(p + "qkv", w_qkv)) is not None:
+                L.input_norm.div_(s)
+                w_qkv *= s
+            L.qkv = plan.make_linear(w_qkv, L.qkv.bias)
+            L.o = plan.make_linear(weight(L.o), L.o.bias)
+            L.gate_up = plan.make_linear(w_gu, L.gate_up.bias)
+            L.down = plan.make_linear(w_down, L.down.bias)
+        # The LM head (a tied head quantizes its own copy: the embedding stays exact) takes a
+        # residual pass instead of smoothing: smoothing moved its error into the weights.
+        self.lm_head = plan.make_linear(weight(self.lm_head), self.lm_head.bias, residual_pass=HEAD_RESIDUAL)
+        self.num_int8_linears = sum(isinstance(m, Int8Linear) for m in self.linears().values())
 
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch, kv_pool: TokenToKVPool) -> torch.Tensor:

@@ -11,9 +11,12 @@ from radixrt.cache.memory_pool import KVAllocator, ReqToTokenPool, TokenToKVPool
 from radixrt.config import ServerArgs
 from radixrt.model.attention import make_attention_backend
 from radixrt.model.config import ModelConfig
+from radixrt.model.cpu_features import detect_cpu_features
 from radixrt.model.forward_batch import ForwardBatch
 from radixrt.model.llama import LlamaModel
 from radixrt.model.loader import ModelLoadError, load_state_dict, prepare_model_dir
+from radixrt.model.quantization import plan_quantization
+from radixrt.model.smoothing import cached_activation_maxima
 
 logger = logging.getLogger("radixrt.runner")
 
@@ -42,6 +45,9 @@ class ModelRunner:
             torch.set_num_threads(args.num_threads)
         self.device = resolve_device(args.device)
         self.dtype = resolve_dtype(args.dtype, self.device)
+        self.cpu_features = detect_cpu_features()
+        self.quantization_plan = plan_quantization(args.quantization, self.device, self.dtype,
+                                                   self.cpu_features)
         t0 = time.perf_counter()
         self.model_dir = prepare_model_dir(args.model_path)
         self.config = ModelConfig.from_dir(self.model_dir)
@@ -58,6 +64,11 @@ class ModelRunner:
                                                    self.device, self.dtype)
         self.model = LlamaModel(c, state, self.dtype, self.device, self.context_len, self.attn_backend)
         del state
+        if self.quantization_plan.mode == "int8":
+            self._quantize(args)
+        m = self.model
+        # What actually runs: auto may leave every layer of a small model in fp32.
+        self.quantization = "int8" if m.num_int8_linears else "none"
         self._init_pools()
         logger.info(
             "loaded %s (%d layers, hidden %d, %s on %s) in %.2fs; KV pool: %d slots (page %d, %.1f MiB), "
@@ -65,6 +76,24 @@ class ModelRunner:
             self.model_dir, c.num_layers, c.hidden_size, str(self.dtype).replace("torch.", ""),
             self.device, time.perf_counter() - t0, self.max_total_tokens, args.page_size,
             self.kv_bytes / 2**20, self.attn_backend.name)
+        logger.info("quantization: %s; int8 linear layers: %d of %d; CPU: %s",
+                    self.quantization_plan.describe(), m.num_int8_linears, len(m.linears()),
+                    self.cpu_features.summary())
+
+    def _quantize(self, args: ServerArgs) -> None:
+        """Measure (or read from the cache) activation ranges, then swap in int8 layers."""
+        from radixrt.model.loader import default_cache_dir
+        from radixrt.tokenizer import load_tokenizer
+
+        t0 = time.perf_counter()
+        plan, act_max = self.quantization_plan, None
+        # Smoothing applies to the decoder layers only (the LM head takes a residual pass).
+        if any(plan.covers(lin.weight_t if lin.weight_t is not None else lin.weight)
+               for name, lin in self.model.linears().items() if name != "lm_head"):
+            tokenizer = load_tokenizer(args.tokenizer_path or self.model_dir)
+            act_max = cached_activation_maxima(self.model, self.model_dir, tokenizer, default_cache_dir())
+        self.model.quantize(plan, act_max)
+        logger.info("int8 layers ready in %.2fs", time.perf_counter() - t0)
 
     def _init_pools(self) -> None:
         a, c = self.args, self.config

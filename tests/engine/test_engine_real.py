@@ -118,7 +118,7 @@ def test_logits_match_transformers(default_model_dir, hf_model, tokenizer, atten
 
 @pytest.fixture(scope="module")
 def engine():
-    eng = Engine(max_total_tokens=8192)
+    eng = Engine(max_total_tokens=8192, quantization="none")  # compared with transformers' fp32
     yield eng
     eng.shutdown()
 
@@ -149,6 +149,6 @@ def test_real_model_batch_equals_alone_and_cache_on_off(engine, default_model_di
     together = [r["output_ids"] for r in engine.generate(prompts, params)]
     alone = [engine.generate(p, params)["output_ids"] for p in prompts]
     assert together == alone
-    with Engine(disable_radix_cache=True, max_total_tokens=4096) as nocache:
+    with Engine(disable_radix_cache=True, max_total_tokens=4096, quantization="none") as nocache:
         assert [r["output_ids"] for r in nocache.generate(prompts, params)] == together
     assert_no_leak(engine)

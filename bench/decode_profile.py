@@ -1,0 +1,144 @@
+"""Where the time of one batch-1 decode step goes, per --quantization mode.
+
+The scheduling core runs in this thread (no Engine thread, no processes): one request with a
+16-token prompt decodes greedily; after a warm-up, wall-clock timers around the parts of each
+step add up:
+  linear: qkv, o, gate_up, down   the dense layers of the 30 decoder layers
+  lm_head                         the LM head
+  attention                       paged decode attention (native kernel or torch)
+  element-wise                    the rest of the model forward: embedding lookup, norms,
+                                  residual adds, RoPE + KV store, SiLU * up
+  sampling                        the sampler (greedy here)
+  scheduler + Python              the rest of the step: batch planning, KV bookkeeping,
+                                  finish checks, Python between the parts
+Modes alternate in blocks of steps. The table gives each part's mean over the middle half of
+the timed steps (ranked by wall time: a typical step whose parts add up to its time, without
+the steps a busy machine stalled), and the median step without the timers.
+
+  python bench/decode_profile.py [--modes none,int8] [--steps 96] [--block 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import markdown_table, print_table, save_results  # noqa: E402
+
+PARTS = ["qkv", "o", "gate_up", "down", "lm_head", "attention", "element-wise", "sampling",
+         "scheduler + Python"]
+
+
+class Timer:
+    """Wraps a callable; adds its wall time to ``totals[name]``."""
+
+    def __init__(self, fn, totals: dict[str, float], name: str):
+        self.fn, self.totals, self.name = fn, totals, name
+
+    def __call__(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = self.fn(*args, **kwargs)
+        self.totals[self.name] += time.perf_counter() - t0
+        return out
+
+
+class Setup:
+    def __init__(self, mode: str, model_path: str | None):
+        from radixrt.config import ServerArgs
+        from radixrt.model.runner import ModelRunner
+        from radixrt.sampling_params import SamplingParams
+        from radixrt.scheduler.req import Req
+        from radixrt.scheduler.scheduler import Scheduler
+        from radixrt.tokenizer import load_tokenizer
+
+        args = ServerArgs(model_path=model_path, quantization=mode, max_total_tokens=8192)
+        self.runner = ModelRunner(args)
+        self.scheduler = Scheduler(args, self.runner, load_tokenizer(self.runner.model_dir))
+        params = SamplingParams(max_new_tokens=100_000, temperature=0, ignore_eos=True)
+        self.scheduler.add_request(Req(rid=mode, prompt_ids=list(range(1000, 1016)), params=params))
+        self.scheduler.step()  # the prefill
+        self.totals: dict[str, float] = defaultdict(float)
+        model, t = self.runner.model, self.totals
+        self.plain = {"model": model.forward, "attn": model.attn.forward, "sampler": self.scheduler.post.sampler,
+                      "linears": model.linears()}
+        self.timed = {"model": Timer(model.forward, t, "model"), "attn": Timer(model.attn.forward, t, "attention"),
+                      "sampler": Timer(self.scheduler.post.sampler, t, "sampling"),
+                      "linears": {n: Timer(lin, t, n.rsplit(".", 1)[-1]) for n, lin in model.linears().items()}}
+
+    def install(self, which: dict) -> None:
+        model = self.runner.model
+        model.forward = which["model"]
+        model.attn.forward = which["attn"]
+        self.scheduler.post.sampler = which["sampler"]
+        for name, lin in which["linears"].items():
+            model.set_linear(name, lin)
+
+    def steps(self, n: int, timed: bool) -> list[dict[str, float]]:
+        self.install(self.timed if timed else self.plain)
+        out = []
+        for _ in range(n):
+            self.totals.clear()
+            t0 = time.perf_counter()
+            self.scheduler.step()
+            wall = time.perf_counter() - t0
+            t = dict(self.totals)
+            layers = sum(t.get(k, 0.0) for k in ("qkv", "o", "gate_up", "down", "lm_head"))
+            parts = {k: t.get(k, 0.0) for k in ("qkv", "o", "gate_up", "down", "lm_head")}
+            parts["attention"] = t.get("attention", 0.0)
+            parts["element-wise"] = t.get("model", 0.0) - layers - parts["attention"]
+            parts["sampling"] = t.get("sampling", 0.0)
+            parts["scheduler + Python"] = wall - t.get("model", 0.0) - parts["sampling"]
+            parts["step"] = wall
+            out.append(parts)
+        self.install(self.plain)
+        return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-path", default=None, help="model (default: the embedded SmolLM2-135M)")
+    ap.add_argument("--modes", default="none,int8", help="--quantization modes to compare")
+    ap.add_argument("--steps", type=int, default=96, help="decode steps measured per mode (timed and untimed each)")
+    ap.add_argument("--block", type=int, default=16, help="steps per turn before switching mode")
+    args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    setups = {m: Setup(m, args.model_path) for m in modes}
+    for s in setups.values():  # warm-up
+        s.steps(8, timed=True)
+        s.steps(8, timed=False)
+    timed: dict[str, list] = {m: [] for m in modes}
+    plain: dict[str, list] = {m: [] for m in modes}
+    for _ in tqdm(range(max(1, args.steps // args.block)), desc="blocks", file=sys.stderr):
+        for m, s in setups.items():
+            timed[m] += s.steps(args.block, timed=True)
+            plain[m] += [p["step"] for p in s.steps(args.block, timed=False)]
+    typical = {}
+    for m in modes:
+        ranked = sorted(timed[m], key=lambda p: p["step"])
+        typical[m] = ranked[len(ranked) // 4: len(ranked) - len(ranked) // 4]
+    rows = []
+    for part in PARTS + ["step"]:
+        row = {"part": part if part != "step" else "step (with timers)"}
+        for m in modes:
+            row[f"{m} ms"] = 1e3 * statistics.fmean(p[part] for p in typical[m])
+        rows.append(row)
+    rows.append({"part": "step (no timers)", **{f"{m} ms": 1e3 * statistics.median(plain[m]) for m in modes}})
+    cols = ["part"] + [f"{m} ms" for m in modes]
+    threads = torch.get_num_threads()
+    print(f"\none batch-1 decode step, {len(plain[modes[0]])} steps per mode, {threads} threads\n")
+    print_table(rows, cols)
+    print()
+    print(markdown_table(rows, cols))
+    print(f"\nresults: {save_results('decode_profile', {'rows': rows, 'modes': modes})}")
+
+
+if __name__ == "__main__":
+    main()

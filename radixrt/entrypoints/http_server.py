@@ -205,12 +205,15 @@ def create_app(tm: TokenizerManager) -> FastAPI:
             raise call.error()
         return {"status": "ok"}
 
-    @app.get("/get_model_info")
-    async def get_model_info():
+    async def model_info():
         return {"model_path": tm.args.model_path or tm.model_info["model_dir"],
                 "tokenizer_path": tm.args.tokenizer_path or tm.model_info["model_dir"],
                 "is_generation": True, "served_model_name": tm.served_model_name,
                 "context_length": tm.context_len, "vocab_size": tm.vocab_size}
+
+    # sglang-router asks /model_info first and falls back to /get_model_info.
+    app.get("/get_model_info")(model_info)
+    app.get("/model_info")(model_info)
 
     async def server_info():
         info = await tm.server_info()
@@ -222,6 +225,15 @@ def create_app(tm: TokenizerManager) -> FastAPI:
 
     app.get("/get_server_info")(server_info)
     app.get("/server_info")(server_info)
+
+    @app.get("/get_load")
+    async def get_load():
+        # SGLang's shape, one entry per data-parallel rank; sglang-router sums num_tokens for
+        # its power_of_two policy and /get_loads. Tokens of waiting requests are not counted.
+        info = await tm.server_info()
+        running, waiting = info["num_running_reqs"], info["num_waiting_reqs"]
+        return [{"dp_rank": 0, "num_reqs": running + waiting, "num_waiting_reqs": waiting,
+                 "num_tokens": info["memory"]["kv_running_slots"]}]
 
     @app.post("/flush_cache")
     async def flush_cache(body: FlushCacheRequest | None = None):

@@ -3,21 +3,130 @@
 Field names follow SGLang's native API (`/generate`) and OpenAI's (`/v1/...`), including the
 SGLang extensions to the OpenAI requests (top_k, regex, json_schema, ...). Sampling values
 are range-checked again by `SamplingParams`; here the types and OpenAI's own ranges.
+
+SGLang's servers also accept fields that its router (sglang-router) adds to every request it
+forwards and that SGLang's clients send. Each one radixrt takes is honoured (mapped onto a
+radixrt feature), ignored (it does not change results; its type is still checked), or accepted
+only at the value that asks for nothing radixrt lacks (`off_only`: anything else is a 400 that
+names the field and says why). Names SGLang does not know stay unknown: a typo is still a 400.
+The lists are in docs/api.md ("SGLang ecosystem fields").
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
 
+# ----------------------------------------------------------------- SGLang ecosystem fields
+def _shown(value: Any) -> str:
+    try:
+        return json.dumps(value)[:80]
+    except (TypeError, ValueError):
+        return repr(value)[:80]
+
+
+def off_only(*allowed: Any, why: str) -> Any:
+    """A field accepted only at one of ``allowed`` (compared with their types, so 0 is not
+    False); any other value is a 400 that names the field and says ``why``."""
+    shown = " or ".join(_shown(a) for a in allowed)
+
+    def check(value: Any) -> Any:
+        if not any(type(value) is type(a) and value == a for a in allowed):
+            raise PydanticCustomError(
+                "unsupported",
+                "{why}; only {shown} is accepted (got {got})",
+                {"why": why, "shown": shown, "got": _shown(value)},
+            )
+        return value
+
+    return Annotated[Any, AfterValidator(check)]
+
+
+NoMultimodal = off_only(None, why="radixrt serves text-only models")
+NoLora = off_only(None, why="LoRA adapters are not supported")
+NoDisaggregation = off_only(None, why="prefill/decode disaggregation is not supported")
+OnlyRankZero = off_only(None, 0, why="a radixrt server has one data-parallel rank")
+# Ignoring a cache namespace would share cached prefixes between callers that asked not to.
+NoCacheKey = off_only(None, why="cache namespaces (extra_key, cache_salt) are not supported")
+NoCustomLogits = off_only(None, why="custom logit processors are not supported")
+NoStopTrim = off_only(False, why="radixrt always cuts the matched stop string off the output")
+NoHiddenStates = off_only(False, why="hidden states are not returned")
+NoRoutedExperts = off_only(False, why="radixrt serves no mixture-of-experts models")
+NoSessions = off_only(None, why="sessions are not supported")
+NoBackground = off_only(False, why="background requests are not supported")
+NoEntropy = off_only(False, why="entropy is not returned")
+NoTokenIdsLogprob = off_only(None, why="logprobs of chosen token ids are not returned")
+NoInputEmbeds = off_only(None, why="input embeddings are not supported")
+# Chat templates of reasoning models read these; radixrt does not pass them on.
+NoReasoning = off_only(None, why="reasoning fields are not passed to the chat template")
+
+
+class SGLangFields(StrictModel):
+    """Fields both SGLang's native and OpenAI requests accept."""
+
+    priority: int | None = None  # ignored: radixrt schedules by --schedule-policy
+    return_hidden_states: NoHiddenStates = False
+    return_routed_experts: NoRoutedExperts = False
+    lora_path: NoLora = None
+    session_params: NoSessions = None
+    custom_logit_processor: NoCustomLogits = None
+    extra_key: NoCacheKey = None
+    cache_salt: NoCacheKey = None
+    data_parallel_rank: OnlyRankZero = None
+    routed_dp_rank: OnlyRankZero = None
+    bootstrap_host: NoDisaggregation = None
+    bootstrap_port: NoDisaggregation = None
+    bootstrap_room: NoDisaggregation = None
+
+
+def _sglang_sampling_params(d: dict[str, Any]) -> dict[str, Any]:
+    """SGLang's sampling-parameter names that radixrt spells differently or does not have:
+    ``sampling_seed`` is ``seed``; ``no_stop_trim`` is accepted only as false."""
+    if "sampling_seed" not in d and "no_stop_trim" not in d:
+        return d
+    d = dict(d)
+    trim = d.pop("no_stop_trim", None)
+    if trim is not None and trim is not False:
+        raise PydanticCustomError(
+            "unsupported",
+            "no_stop_trim: radixrt always cuts the matched stop "
+            "string off the output; only false is accepted (got {got})",
+            {"got": _shown(trim)},
+        )
+    seed = d.pop("sampling_seed", None)
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise PydanticCustomError(
+                "seed", "sampling_seed: must be an integer (got {got})", {"got": _shown(seed)}
+            )
+        if d.get("seed") is not None and d["seed"] != seed:
+            raise PydanticCustomError(
+                "seed",
+                "sampling_seed: differs from seed ({seed}); give one of them",
+                {"seed": d["seed"]},
+            )
+        d["seed"] = seed
+    return d
+
+
 # ----------------------------------------------------------------- native (SGLang)
-class GenerateRequest(StrictModel):
+class GenerateRequest(SGLangFields):
     text: str | list[str] | None = None
     input_ids: list[int] | list[list[int]] | None = None
     sampling_params: dict[str, Any] | list[dict[str, Any]] | None = None
@@ -27,11 +136,31 @@ class GenerateRequest(StrictModel):
     top_logprobs_num: int | list[int] | None = None
     return_text_in_logprobs: bool = False
     stream: bool = False
-    # Accepted for SGLang compatibility; only their "off" values are supported.
-    image_data: None = None
-    lora_path: None = None
-    return_hidden_states: Literal[False] = False
+    # Ignored: they do not change results.
+    model: str | None = None  # one model per server
     log_metrics: bool = True
+    no_logs: bool = False
+    custom_labels: dict[str, str] | None = None
+    conversation_id: str | None = None
+    return_bytes: bool = False  # SGLang: image generation only
+    # Only their "off" values.
+    background: NoBackground = False
+    return_entropy: NoEntropy = False
+    token_ids_logprob: NoTokenIdsLogprob = None
+    image_data: NoMultimodal = None
+    video_data: NoMultimodal = None
+    audio_data: NoMultimodal = None
+    modalities: NoMultimodal = None
+    input_embeds: NoInputEmbeds = None
+    lora_id: NoLora = None
+    bootstrap_pair_key: NoDisaggregation = None
+
+    @field_validator("sampling_params")
+    @classmethod
+    def _sglang_names(cls, value):
+        if isinstance(value, list):
+            return [_sglang_sampling_params(d) for d in value]
+        return None if value is None else _sglang_sampling_params(value)
 
 
 class FlushCacheRequest(StrictModel):
@@ -61,7 +190,7 @@ class ResponseFormat(StrictModel):
     json_schema: JsonSchemaSpec | None = None
 
 
-class OpenAISamplingFields(StrictModel):
+class OpenAISamplingFields(SGLangFields):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model: str | None = None
@@ -92,6 +221,27 @@ class OpenAISamplingFields(StrictModel):
     regex: str | None = None
     json_schema: str | None = None
     ebnf: str | None = None
+    # SGLang's spellings: sampling_seed is seed; no_stop_trim only false.
+    sampling_seed: int | None = None
+    no_stop_trim: NoStopTrim = False
+    custom_params: NoCustomLogits = None
+    routing_id: str | None = None  # ignored: sglang-router's key for its manual policy
+
+    @field_validator("sampling_seed")
+    @classmethod
+    def _same_seed(cls, value, info: ValidationInfo):
+        seed = info.data.get("seed")
+        if value is not None and seed is not None and seed != value:
+            raise PydanticCustomError(
+                "seed", "differs from seed ({seed}); give one of them", {"seed": seed}
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _seed(self):
+        if self.sampling_seed is not None:
+            self.seed = self.sampling_seed
+        return self
 
 
 class CompletionRequest(OpenAISamplingFields):
@@ -114,6 +264,7 @@ class ChatMessage(StrictModel):
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
     refusal: str | None = None
+    reasoning_content: NoReasoning = None
 
 
 class ChatCompletionRequest(OpenAISamplingFields):
@@ -126,3 +277,8 @@ class ChatCompletionRequest(OpenAISamplingFields):
     parallel_tool_calls: bool | None = None
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    # Ignored: they act only with a reasoning parser, which radixrt does not have (as SGLang
+    # without --reasoning-parser).
+    separate_reasoning: bool = True
+    stream_reasoning: bool = True
+    reasoning_effort: NoReasoning = None

@@ -229,11 +229,12 @@ def create_app(tm: TokenizerManager) -> FastAPI:
     @app.get("/get_load")
     async def get_load():
         # SGLang's shape, one entry per data-parallel rank; sglang-router sums num_tokens for
-        # its power_of_two policy and /get_loads. Tokens of waiting requests are not counted.
+        # its power_of_two policy and /get_loads: KV held by running requests plus the prompt
+        # tokens still waiting, as SGLang counts them.
         info = await tm.server_info()
         running, waiting = info["num_running_reqs"], info["num_waiting_reqs"]
         return [{"dp_rank": 0, "num_reqs": running + waiting, "num_waiting_reqs": waiting,
-                 "num_tokens": info["memory"]["kv_running_slots"]}]
+                 "num_tokens": info["memory"]["kv_running_slots"] + info["num_waiting_tokens"]}]
 
     @app.post("/flush_cache")
     async def flush_cache(body: FlushCacheRequest | None = None):

@@ -169,7 +169,7 @@ class SchedulerLoop:
     def server_info(self) -> dict:
         s = self.scheduler
         kv = s.kv_accounting()
-        chunked = getattr(s, "chunked", None)
+        chunked = s.chunked
         stats = dataclasses.asdict(s.stats)
         return {
             "memory": {
@@ -181,6 +181,7 @@ class SchedulerLoop:
             },
             "num_running_reqs": len(s.running) + (1 if chunked is not None else 0),
             "num_waiting_reqs": len(s.waiting),
+            "num_waiting_tokens": sum(len(r.prompt_ids) for r in s.waiting),
             "cache_hit_rate": s.stats.cache_hit_rate,
             "stats": stats,
         }

@@ -92,9 +92,10 @@ class Int8Linear:
     int8 per row. Each row is divided by its own max |x|, so that every row spans [-1, 1] and one
     fixed step (1/127 around zero point 128) quantizes it as symmetric per-row int8. A row's
     result then never depends on the other rows of the batch (fbgemm accumulates in int32,
-    exactly): a prefill and a decode batch give the same bits for the same row, and a lone row
-    the same up to float rounding. The per-tensor scale of ``quantized::linear_dynamic`` would
-    couple the rows instead. The kernel rescales its int32 sums to float; the row scale and the
+    exactly): a row gives the same bits alone, in a decode batch or in a prefill. The per-tensor
+    scale of ``quantized::linear_dynamic`` would couple the rows instead (and a lone row
+    quantized with its own scale passed as a number would differ in rounding, which flips the
+    rare input sitting on a rounding boundary by a whole step). The kernel rescales its int32 sums to float; the row scale and the
     bias are applied after.
 
     ``reduce_range`` keeps activations to 7 bits (step 1/63 around 64): fbgemm's kernels for
@@ -139,14 +140,13 @@ class Int8Linear:
 
     def _gemm(self, rows: torch.Tensor) -> torch.Tensor:
         """rows [M, in] -> [M, out], without the bias."""
-        if rows.shape[0] == 1:
-            # One row (batch-1 decode): its scale goes to the kernel as a number, three small
-            # ops fewer (~15 us a layer here); equal to the batched form up to float rounding.
-            lo, hi = torch.aminmax(rows)  # one op: ~2 us less than abs + max here
+        if rows.shape[0] == 1:  # batch-1 decode: one op and a number instead of three ops
+            lo, hi = torch.aminmax(rows)
             row_max = max(-lo.item(), hi.item(), _TINY)
-            return _QLINEAR_FP32(rows, row_max * self.x_step, self.x_zero_point, self.packed)
-        # abs + amax: measured 2-20x faster here than vector_norm(inf) for 2-512 rows.
-        row_max = rows.abs().amax(dim=1, keepdim=True).clamp_min_(_TINY)
+        else:  # abs + amax: measured 2-20x faster here than vector_norm(inf) for 2-512 rows
+            row_max = rows.abs().amax(dim=1, keepdim=True).clamp_min_(_TINY)
+        # The same divisions and products for one row and for many: a row gives the same bits
+        # alone and in any batch.
         return _QLINEAR_FP32(rows / row_max, self.x_step, self.x_zero_point, self.packed).mul_(row_max)
 
 

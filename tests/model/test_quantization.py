@@ -63,8 +63,8 @@ def test_rows_do_not_depend_on_the_rest_of_the_batch():
     x[4] *= 100  # one loud row must not coarsen the others
     y = lin(x)
     assert torch.equal(y[:4], lin(x[:4])) and torch.equal(y[5:], lin(x[5:]))
-    for i in range(9):  # a lone row (decode batch 1) passes its scale differently: float rounding
-        torch.testing.assert_close(lin(x[i:i + 1])[0], y[i], rtol=1e-5, atol=1e-5 * y[i].abs().max().item())
+    for i in range(9):  # a lone row (decode batch 1) too
+        assert torch.equal(lin(x[i:i + 1])[0], y[i])
     assert torch.equal(lin(x.view(3, 3, 80)), y.view(3, 3, 96))
 
 

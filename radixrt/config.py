@@ -131,6 +131,10 @@ class ServerArgs:
         "text without drawing again a token the tokenizer would never write after the "
         "previous one.", default=False
     )
+    disable_budget_closing: bool = _flag(
+        "Let a constrained output run out of max_new_tokens (or the context) in the middle of "
+        "its document, instead of closing it within the tokens left.", default=False
+    )
     constrained_json_whitespace_pattern: str | None = _flag(
         "Regex for whitespace allowed between JSON tokens (default: none/compact).",
         default=None,

@@ -42,6 +42,8 @@ class SamplingParams(msgspec.Struct, omit_defaults=True):
     json_schema: str | None = None
     ebnf: str | None = None
     no_jump_forward: bool = False
+    # Keep the output free to run out of max_new_tokens mid-document (see docs/structured.md).
+    no_budget_closing: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SamplingParams:
@@ -120,7 +122,7 @@ class SamplingParams(msgspec.Struct, omit_defaults=True):
         ):
             raise bad("stop_token_ids", "must be a list of non-negative integers")
         for name in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens",
-                     "no_jump_forward"):
+                     "no_jump_forward", "no_budget_closing"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be a boolean")
         constraints = [k for k in ("regex", "json_schema", "ebnf") if getattr(self, k) is not None]

@@ -10,6 +10,7 @@ Map (one line per module):
   per-type trees in ``schema_types``).
 - ``token_index``: vocabulary byte trie; which tokens a DFA state allows.
 - ``grammar``: a DFA bound to a vocabulary, with lazily cached packed masks.
+- ``budget``: distances to an accepting end; masks that close the output within a token budget.
 - ``matcher``: per-request state (accept, rollback, fill mask rows, jump-forward).
 - ``jump_forward``: forced text → tokens consistent with canonical tokenization.
 - ``bitmask``: allocate / apply packed bitmasks to logits.

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from radixrt.fsm.bitmask import bitmask_words
+from radixrt.fsm.budget import ClosingBudget
 from radixrt.fsm.dfa import ByteDFA
 from radixrt.fsm.token_index import TokenTrie, pack_token_ids
 from radixrt.fsm.utf8 import whole_chars_prefix
@@ -70,6 +71,7 @@ class CompiledGrammar:
         self._masks: dict[int, np.ndarray] = {}
         self._mask_tensors: dict[int, torch.Tensor] = {}  # same memory, as torch tensors
         self._lock = threading.Lock()
+        self._closing: ClosingBudget | None = None
 
     @property
     def start_state(self) -> int:
@@ -137,6 +139,21 @@ class CompiledGrammar:
             t = torch.from_numpy(self.eos_only_mask() if state == -1 else self.mask(state))
             self._mask_tensors[state] = t
         return t
+
+    @property
+    def closing(self) -> ClosingBudget:
+        """Distances to an accepting end and the masks that keep within a token budget
+        (``radixrt.fsm.budget``), built on first use."""
+        if self._closing is None:
+            with self._lock:
+                if self._closing is None:
+                    self._closing = ClosingBudget(self)
+        return self._closing
+
+    def budget_mask(self, state: int, tokens_left: int) -> np.ndarray | None:
+        """The mask at ``state`` restricted to tokens after which an accepting end still fits
+        in ``tokens_left`` tokens (this one included); None when that restricts nothing."""
+        return self.closing.budget_mask(state, tokens_left)
 
     def eos_only_mask(self) -> np.ndarray:
         """The mask after EOS was accepted: only EOS again."""

@@ -96,15 +96,26 @@ class GrammarMatcher:
         """EOS was accepted, or the match is complete and nothing can follow but EOS."""
         return self._eos_accepted or self.grammar.is_final(self.state)
 
-    def fill_bitmask(self, bitmask: torch.Tensor, row: int = 0) -> None:
-        """Write this request's allowed tokens into ``bitmask[row]`` (int32 [B, W], on CPU)."""
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int = 0, tokens_left: int | None = None) -> bool:
+        """Write this request's allowed tokens into ``bitmask[row]`` (int32 [B, W], on CPU).
+
+        With ``tokens_left`` (this token included), only tokens after which the grammar can
+        still reach an accepting end within the budget (``CompiledGrammar.budget_mask``).
+        Returns True when the budget removed tokens from the grammar's mask."""
         g = self.grammar
-        mask = g.mask_tensor(-1 if self._eos_accepted else self.state)
+        closing = None
+        if tokens_left is not None and not self._eos_accepted:
+            closing = g.budget_mask(self.state, tokens_left)
+        if closing is not None:
+            mask = torch.from_numpy(closing)
+        else:
+            mask = g.mask_tensor(-1 if self._eos_accepted else self.state)
         if bitmask.shape[1] == g.num_words:
             bitmask[row].copy_(mask)
         else:
             bitmask[row, : g.num_words].copy_(mask)
             bitmask[row, g.num_words:] = 0
+        return closing is not None
 
     def allowed_token_ids(self) -> list[int]:
         g = self.grammar

@@ -52,13 +52,14 @@ def grammar_spec(req: Req) -> tuple[str, str] | None:
 class GrammarManager:
     def __init__(self, tokenizer, vocab_size: int, eos_ids: set[int],
                  whitespace_pattern: str | None = None, jump_forward: bool = True,
-                 canonical_tokens: bool = True):
+                 canonical_tokens: bool = True, budget_closing: bool = True):
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.eos_ids = set(eos_ids)
         self.whitespace_pattern = whitespace_pattern
         self.jump_forward_enabled = jump_forward
         self.canonical_tokens = canonical_tokens
+        self.budget_closing = budget_closing
         self._compiler = None
         self.pending: list[Req] = []
         # Per compiled grammar (shared by every request with the same constraint, dropped with
@@ -121,7 +122,18 @@ class GrammarManager:
                 return req
         return None
 
-    def apply_masks(self, reqs: list[Req], logits: torch.Tensor) -> None:
+    def tokens_left(self, req: Req, context_len: int) -> int | None:
+        """The tokens ``req`` may still produce, this one included (``max_new_tokens`` and the
+        context both count); None when budget closing is off for it."""
+        if not self.budget_closing or req.params.no_budget_closing:
+            return None
+        return min(req.params.max_new_tokens - len(req.output_ids), context_len - req.seq_len)
+
+    def apply_masks(self, reqs: list[Req], logits: torch.Tensor, context_len: int | None = None) -> None:
+        """Mask each constrained row of ``logits`` (row i is ``reqs[i]``'s next token). With
+        ``context_len``, a row whose tokens left come down to what its grammar needs to reach
+        an accepting end gets only tokens that keep that end within reach (budget closing;
+        ``req.budget_closed`` records that it happened)."""
         rows = [i for i, r in enumerate(reqs) if r.grammar is not None]
         if not rows:
             return
@@ -129,10 +141,13 @@ class GrammarManager:
 
         bitmask = allocate_token_bitmask(len(rows), logits.shape[-1])
         for j, i in enumerate(rows):
+            req = reqs[i]
             try:
-                reqs[i].grammar.fill_bitmask(bitmask, j)
+                left = None if context_len is None else self.tokens_left(req, context_len)
+                if req.grammar.fill_bitmask(bitmask, j, left):
+                    req.budget_closed = True
             except Exception as e:  # a bug: fail this request alone, keep serving the others
-                self._fail(reqs[i], "computing its token mask", e)
+                self._fail(req, "computing its token mask", e)
                 bitmask[j] = -1  # its sample is discarded with it
         if bitmask.device != logits.device:  # filled on the CPU, applied where the logits are
             bitmask = bitmask.to(logits.device, non_blocking=True)

@@ -42,7 +42,7 @@ class PostProcessor:
                 suppress.append(ids + list(r.params.stop_token_ids))
             else:
                 suppress.append([])
-        self.grammars.apply_masks(reqs, lg)
+        self.grammars.apply_masks(reqs, lg, self.context_len)
         tops = [r.top_logprobs_num if r.return_logprob else 0 for r in reqs]
         ids, lps, top = self._draw(reqs, lg, suppress, tops)
         self._redraw_noncanonical(reqs, lg, suppress, tops, ids, lps, top)
@@ -59,6 +59,8 @@ class PostProcessor:
                 self.grammars.accept(req, tok)
             if req.finished is None:
                 self.check_finish(req, tok)
+            if req.finished is not None and req.budget_closed and req.finished.type != "abort":
+                req.finished.budget_closed = True
             if propose and req.grammar is not None and req.finished is None:
                 self.stats.num_draft_tokens += self.grammars.propose_draft(req)
 

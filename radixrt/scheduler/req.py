@@ -20,6 +20,9 @@ class FinishReason(msgspec.Struct, omit_defaults=True):
     type: str  # "stop" | "length" | "abort"
     matched: int | str | None = None  # the stop token id, or the stop string / regex match
     message: str | None = None  # why an abort happened
+    # The token budget (max_new_tokens or the context) restricted tokens so that a constrained
+    # output ends complete (docs/structured.md, budget closing).
+    budget_closed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": self.type}
@@ -27,6 +30,8 @@ class FinishReason(msgspec.Struct, omit_defaults=True):
             d["matched"] = self.matched
         if self.message is not None:
             d["message"] = self.message
+        if self.budget_closed:
+            d["budget_closed"] = True
         return d
 
 
@@ -51,6 +56,7 @@ class Req:
     # only as far as the model's own samples agree with them (not part of output_ids).
     draft_ids: list[int] = field(default_factory=list)
     draft_state: int = 0  # grammar state the draft starts from
+    budget_closed: bool = False  # budget closing restricted at least one of its tokens
     error: str | None = None  # the request failed (bad constraint...): the client gets an error
     error_code: int = 400  # 500 when the failure is radixrt's, not the request's
     # --- KV state ---

@@ -75,7 +75,8 @@ class Scheduler:
         self.grammars = GrammarManager(tokenizer, self.vocab_size, eos_ids,
                                        args.constrained_json_whitespace_pattern,
                                        jump_forward=not args.disable_jump_forward,
-                                       canonical_tokens=not args.disable_canonical_tokens)
+                                       canonical_tokens=not args.disable_canonical_tokens,
+                                       budget_closing=not args.disable_budget_closing)
         self.stats = SchedulerStats()
         self.post = PostProcessor(self.grammars, eos_ids, self.vocab_size, self.context_len,
                                   self.stats, args.seed)

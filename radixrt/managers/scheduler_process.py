@@ -66,6 +66,9 @@ def run_scheduler_process(args: ServerArgs, ipc: IpcPaths, ready_conn, parent_pi
         "max_total_tokens": runner.max_total_tokens,
         "device": str(runner.device),
         "dtype": str(runner.dtype).replace("torch.", ""),
+        "quantization": runner.quantization,
+        "quantization_plan": runner.quantization_plan.describe(),
+        "cpu_features": runner.cpu_features.as_dict() if runner.device.type == "cpu" else None,
     }))
     # The loop steps on a worker thread, like the in-process Engine: stepping on the main
     # thread measured ~1.6x slower per step (2-core CPU, alternating runs, same load).

@@ -325,6 +325,11 @@ def test_info_routes(client, server):
                 "max_running_requests", "model_info"):
         assert key in a and key in b
     assert set(a["memory"]) >= {"kv_total_slots", "kv_free_slots", "kv_cached_slots", "kv_running_slots"}
+    assert a["num_waiting_tokens"] >= 0
+    # The precision chosen for this CPU and what it was chosen from.
+    m = a["model_info"]
+    assert m["quantization"] in ("none", "int8") and m["quantization_plan"]
+    assert {"avx2", "avx512", "vnni", "bf16", "amx"} <= set(m["cpu_features"])
     assert client.get("/health").status_code == 200
     assert client.get("/health_generate").status_code == 200
 

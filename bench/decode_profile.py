@@ -1,7 +1,7 @@
-"""Where the time of one batch-1 decode step goes, per --quantization mode.
+"""Where the time of one decode step goes, per --quantization mode.
 
-The scheduling core runs in this thread (no Engine thread, no processes): one request with a
-16-token prompt decodes greedily; after a warm-up, wall-clock timers around the parts of each
+The scheduling core runs in this thread (no Engine thread, no processes): --batch requests
+(default 1) with 16-token prompts decode greedily; after a warm-up, wall-clock timers around the parts of each
 step add up:
   linear: qkv, o, gate_up, down   the dense layers of the 30 decoder layers
   lm_head                         the LM head
@@ -15,7 +15,7 @@ Modes alternate in blocks of steps. The table gives each part's mean over the mi
 the timed steps (ranked by wall time: a typical step whose parts add up to its time, without
 the steps a busy machine stalled), and the median step without the timers.
 
-  python bench/decode_profile.py [--modes none,int8] [--steps 96] [--block 16]
+  python bench/decode_profile.py [--modes none,int8] [--batch 1] [--steps 96] [--block 16]
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class Timer:
 
 
 class Setup:
-    def __init__(self, mode: str, model_path: str | None):
+    def __init__(self, mode: str, model_path: str | None, batch: int):
         from radixrt.config import ServerArgs
         from radixrt.model.runner import ModelRunner
         from radixrt.sampling_params import SamplingParams
@@ -63,8 +63,11 @@ class Setup:
         self.runner = ModelRunner(args)
         self.scheduler = Scheduler(args, self.runner, load_tokenizer(self.runner.model_dir))
         params = SamplingParams(max_new_tokens=100_000, temperature=0, ignore_eos=True)
-        self.scheduler.add_request(Req(rid=mode, prompt_ids=list(range(1000, 1016)), params=params))
-        self.scheduler.step()  # the prefill
+        for i in range(batch):
+            prompt = list(range(1000 + 16 * i, 1016 + 16 * i))
+            self.scheduler.add_request(Req(rid=f"{mode}-{i}", prompt_ids=prompt, params=params))
+        while any(r.kv_len < len(r.prompt_ids) for r in self.scheduler.running) or not self.scheduler.running:
+            self.scheduler.step()  # the prefill
         self.totals: dict[str, float] = defaultdict(float)
         model, t = self.runner.model, self.totals
         self.plain = {"model": model.forward, "attn": model.attn.forward, "sampler": self.scheduler.post.sampler,
@@ -106,11 +109,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-path", default=None, help="model (default: the embedded SmolLM2-135M)")
     ap.add_argument("--modes", default="none,int8", help="--quantization modes to compare")
+    ap.add_argument("--batch", type=int, default=1, help="requests decoding together")
     ap.add_argument("--steps", type=int, default=96, help="decode steps measured per mode (timed and untimed each)")
     ap.add_argument("--block", type=int, default=16, help="steps per turn before switching mode")
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
-    setups = {m: Setup(m, args.model_path) for m in modes}
+    setups = {m: Setup(m, args.model_path, args.batch) for m in modes}
     for s in setups.values():  # warm-up
         s.steps(8, timed=True)
         s.steps(8, timed=False)
@@ -133,11 +137,12 @@ def main() -> None:
     rows.append({"part": "step (no timers)", **{f"{m} ms": 1e3 * statistics.median(plain[m]) for m in modes}})
     cols = ["part"] + [f"{m} ms" for m in modes]
     threads = torch.get_num_threads()
-    print(f"\none batch-1 decode step, {len(plain[modes[0]])} steps per mode, {threads} threads\n")
+    print(f"\none decode step of {args.batch} request(s), {len(plain[modes[0]])} steps per mode, {threads} threads\n")
     print_table(rows, cols)
     print()
     print(markdown_table(rows, cols))
-    print(f"\nresults: {save_results('decode_profile', {'rows': rows, 'modes': modes})}")
+    path = save_results(f"decode_profile_b{args.batch}", {"rows": rows, "modes": modes, "batch": args.batch})
+    print(f"\nresults: {path}")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ the ratio. Prompts are random token ids, so the radix cache has nothing to share
 flushed between repeats anyway).
 
 With several --quantization modes (e.g. ``none,int8``), radixrt in each mode is compared
-instead of HF (one Engine per mode, alternating the same way); ``ratio`` is the last mode over
-the first and ``same_tokens`` the share of requests whose tokens are identical in both.
+instead of HF (alternating the same way, a fresh Engine per mode and run, timed after its
+warm-up); ``ratio`` is the last mode over the first and ``same_tokens`` the share of requests
+whose tokens are identical in both.
 
   python bench/throughput.py [--model-path PATH] [--repeats 3] [--workloads prefill,decode-b1,decode-b32]
                              [--quantization none | none,int8]
@@ -59,6 +60,52 @@ def run_hf(model, prompts: list[list[int]], out_len: int) -> list[list[int]]:
     return out[:, ids.shape[1]:].tolist()
 
 
+class RadixrtSystem:
+    def __init__(self, mode: str, model_path: str | None, keep: bool):
+        self.mode, self.model_path = mode, model_path
+        self.engine = self._start()
+        self.vocab_size = self.engine.runner.config.vocab_size
+        self.model_dir = self.engine.runner.model_dir
+        if not keep:
+            self.close()
+
+    def _start(self):
+        from radixrt import Engine
+
+        engine = Engine(model_path=self.model_path, quantization=self.mode, max_running_requests=64)
+        run_radixrt(engine, [[100, 200, 300]], 2)  # warm-up: first calls allocate, initialise kernels
+        return engine
+
+    def measure(self, prompts: list[list[int]], out_len: int) -> tuple[float, list[list[int]]]:
+        engine = self.engine or self._start()
+        engine.flush_cache()
+        try:
+            return timed(lambda: run_radixrt(engine, prompts, out_len))
+        finally:
+            if self.engine is None:
+                engine.shutdown()
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None
+
+
+class HFSystem:
+    def __init__(self, model_dir):
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        self.model.eval()
+        run_hf(self.model, [[100, 200, 300]], 2)  # warm-up
+
+    def measure(self, prompts: list[list[int]], out_len: int) -> tuple[float, list[list[int]]]:
+        return timed(lambda: run_hf(self.model, prompts, out_len))
+
+    def close(self) -> None:
+        pass
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-path", default=None, help="model (default: the embedded SmolLM2-135M)")
@@ -69,21 +116,16 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="plot file (default: docs/img/throughput[_quantization].png)")
     args = ap.parse_args()
 
-    from radixrt import Engine
-
     modes = [m for m in args.quantization.split(",") if m]
-    engines = {f"radixrt {m}" if len(modes) > 1 else "radixrt": Engine(model_path=args.model_path, quantization=m,
-                                                                        max_running_requests=64)
+    # One mode: one Engine for the whole run, against HF. Several modes: an Engine per mode
+    # and run, shut down before the next mode's starts (timed after its warm-up), because two
+    # live Engines mean two stepping threads with OpenMP pools, which slows both (see
+    # radixrt.model.runner._on_fresh_thread).
+    systems = {f"radixrt {m}" if len(modes) > 1 else "radixrt": RadixrtSystem(m, args.model_path, len(modes) == 1)
                for m in modes}
-    first = next(iter(engines.values()))
-    vocab = first.runner.config.vocab_size
-    systems = {name: (lambda p, o, e=eng: run_radixrt(e, p, o)) for name, eng in engines.items()}
+    vocab = next(iter(systems.values())).vocab_size
     if len(modes) == 1:
-        from transformers import AutoModelForCausalLM
-
-        hf = AutoModelForCausalLM.from_pretrained(str(first.runner.model_dir), dtype=torch.float32)
-        hf.eval()
-        systems["hf"] = lambda p, o: run_hf(hf, p, o)
+        systems["hf"] = HFSystem(next(iter(systems.values())).model_dir)
     names = list(systems)
 
     rows = []
@@ -91,15 +133,11 @@ def main() -> None:
         n, plen, olen, metric = WORKLOADS[name]
         prompts = make_prompts(n, plen, vocab, seed=zlib.crc32(name.encode()) % 1000)
         tokens = n * (plen if metric == "prompt" else olen)
-        for run in systems.values():  # warm-up (first calls allocate and initialise kernels)
-            run(prompts[:1], 2)
         times: dict[str, list[float]] = {s: [] for s in names}
         outs: dict[str, list[list[int]]] = {}
         for _ in tqdm(range(args.repeats), desc=name, file=sys.stderr):
-            for e in engines.values():
-                e.flush_cache()
-            for s, run in systems.items():
-                dt, outs[s] = timed(lambda r=run, p=prompts, o=olen: r(p, o))
+            for s, system in systems.items():
+                dt, outs[s] = system.measure(prompts, olen)
                 times[s].append(dt)
         row = {"workload": name, "requests": n, "prompt_len": plen, "output_len": olen, "metric": f"{metric} tok/s"}
         row.update({s: tokens / median(times[s]) for s in names})
@@ -108,8 +146,8 @@ def main() -> None:
         same = sum(a == b for a, b in zip(outs[base], outs[other]))
         row["same_tokens"] = same >= 0.9 * n if other == "hf" else f"{same}/{n}"
         rows.append(row)
-    for e in engines.values():
-        e.shutdown()
+    for system in systems.values():
+        system.close()
     cols = ["workload", "requests", "prompt_len", "output_len", "metric", *names, "ratio", "same_tokens"]
     print()
     print_table(rows, cols)

@@ -59,15 +59,18 @@ class Setup:
         from radixrt.scheduler.scheduler import Scheduler
         from radixrt.tokenizer import load_tokenizer
 
-        args = ServerArgs(model_path=model_path, quantization=mode, max_total_tokens=8192)
+        args = ServerArgs(model_path=model_path, quantization=mode, max_total_tokens=16384)
         self.runner = ModelRunner(args)
         self.scheduler = Scheduler(args, self.runner, load_tokenizer(self.runner.model_dir))
-        params = SamplingParams(max_new_tokens=100_000, temperature=0, ignore_eos=True)
+        # Enough tokens for the warm-up and the measured steps; few enough that the KV budget
+        # admits the whole batch at once.
+        params = SamplingParams(max_new_tokens=400, temperature=0, ignore_eos=True)
         for i in range(batch):
             prompt = list(range(1000 + 16 * i, 1016 + 16 * i))
             self.scheduler.add_request(Req(rid=f"{mode}-{i}", prompt_ids=prompt, params=params))
-        while any(r.kv_len < len(r.prompt_ids) for r in self.scheduler.running) or not self.scheduler.running:
-            self.scheduler.step()  # the prefill
+        while len(self.scheduler.running) < batch or any(r.kv_len < len(r.prompt_ids)
+                                                          for r in self.scheduler.running):
+            self.scheduler.step()  # the prefills
         self.totals: dict[str, float] = defaultdict(float)
         model, t = self.runner.model, self.totals
         self.plain = {"model": model.forward, "attn": model.attn.forward, "sampler": self.scheduler.post.sampler,
@@ -110,7 +113,8 @@ def main() -> None:
     ap.add_argument("--model-path", default=None, help="model (default: the embedded SmolLM2-135M)")
     ap.add_argument("--modes", default="none,int8", help="--quantization modes to compare")
     ap.add_argument("--batch", type=int, default=1, help="requests decoding together")
-    ap.add_argument("--steps", type=int, default=96, help="decode steps measured per mode (timed and untimed each)")
+    ap.add_argument("--steps", type=int, default=96,
+                    help="decode steps measured per mode, timed and untimed each (at most ~190)")
     ap.add_argument("--block", type=int, default=16, help="steps per turn before switching mode")
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]

@@ -31,8 +31,11 @@ MODES = ("auto", "none", "int8")
 # Engines whose packed weights accept a float input with a given step (fbgemm's; "x86" packs
 # linear weights with fbgemm too). oneDNN's packed weights lack that entry point.
 ENGINES = ("fbgemm", "x86")
-# Crossover measured with bench/linear_micro.py (2 threads, AMD EPYC Zen 4, batch 1): at
-# 64x64..256x256 fp32 wins, from 512x512 int8 does.
+# Layers smaller than this stay fp32 under auto. Int8 pays when weights stream from memory: in
+# SmolLM2-135M's batch-1 decode step the smallest layer (o, 576x576) ran 2.2x faster in int8
+# (bench/decode_profile.py), while a lone layer small enough to stay in cache needs ~1M weights
+# to gain at batch 1 and ~300K at batch 32 (bench/linear_micro.py; AMD EPYC Zen 4, 2 threads);
+# layers of a 64-wide test model (4K-16K weights) lose 5-10x to int8's fixed per-call cost.
 AUTO_MIN_WEIGHTS = 256 * 1024
 
 

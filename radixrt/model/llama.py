@@ -27,7 +27,6 @@ from radixrt.model.quantization import QuantizationPlan
 from radixrt.model.rope import RotaryEmbedding
 
 LINEAR_NAMES = ("qkv", "o", "gate_up", "down")
-HEAD_RESIDUAL = True
 
 
 @dataclass
@@ -104,11 +103,13 @@ class LlamaModel:
                  alpha: float = smoothing.ALPHA) -> None:
         """Replace the fp32 linear layers that an int8 ``plan`` covers by ``Int8Linear``.
 
-        With ``act_max`` (``smoothing.measure_activation_maxima``), each quantized layer's input
-        is smoothed (``smoothing.smoothing_scales``) and the division folded into its producer:
-        the RMSNorm weight before qkv, gate/up and the LM head, the up-projection rows before
+        With ``act_max`` (``smoothing.measure_activation_maxima``), each quantized decoder
+        layer's input is smoothed (``smoothing.smoothing_scales``) and the division folded into
+        its producer: the RMSNorm weight before qkv and gate/up, the up-projection rows before
         down. o is left unsmoothed: its input comes out of attention, a fold into v would have
-        to share scales across each GQA group, and its int8 error measured ~0 without it.
+        to share scales across each GQA group, and its int8 error measured ~0 without it. The
+        LM head takes a residual pass instead (smoothing moved its error into its weights); a
+        tied head quantizes its own copy, so the embedding lookup stays exact.
         """
         if plan.mode != "int8":
             return
@@ -121,13 +122,18 @@ class LlamaModel:
                 return None
             return smoothing.smoothing_scales(act_max[name], w, alpha).to(w.device)
 
+        def rebuild(old: Linear, w: torch.Tensor, changed: bool = False, **kw) -> Linear | Int8Linear:
+            return plan.make_linear(w, old.bias, **kw) if plan.covers(w) or changed else old
+
         inter = self.config.intermediate_size
         for i, L in enumerate(self.layers):
             p = f"layers.{i}."
             w_gu, w_down = weight(L.gate_up), weight(L.down)
+            up_scaled = False
             if plan.covers(w_down) and (s := scales(p + "down", w_down)) is not None:
                 w_gu[inter:] /= s[:, None]  # input of down = silu(gate) * up
                 w_down *= s
+                up_scaled = True
             if plan.covers(w_gu) and (s := scales(p + "gate_up", w_gu)) is not None:
                 L.post_norm.div_(s)
                 w_gu *= s
@@ -135,13 +141,11 @@ class LlamaModel:
             if plan.covers(w_qkv) and (s := scales(p + "qkv", w_qkv)) is not None:
                 L.input_norm.div_(s)
                 w_qkv *= s
-            L.qkv = plan.make_linear(w_qkv, L.qkv.bias)
-            L.o = plan.make_linear(weight(L.o), L.o.bias)
-            L.gate_up = plan.make_linear(w_gu, L.gate_up.bias)
-            L.down = plan.make_linear(w_down, L.down.bias)
-        # The LM head (a tied head quantizes its own copy: the embedding stays exact) takes a
-        # residual pass instead of smoothing: smoothing moved its error into the weights.
-        self.lm_head = plan.make_linear(weight(self.lm_head), self.lm_head.bias, residual_pass=HEAD_RESIDUAL)
+            L.qkv = rebuild(L.qkv, w_qkv)
+            L.o = rebuild(L.o, weight(L.o))
+            L.gate_up = rebuild(L.gate_up, w_gu, changed=up_scaled)
+            L.down = rebuild(L.down, w_down)
+        self.lm_head = rebuild(self.lm_head, weight(self.lm_head), residual_pass=True)
         self.num_int8_linears = sum(isinstance(m, Int8Linear) for m in self.linears().values())
 
     @torch.inference_mode()

@@ -2,8 +2,10 @@
 
 - ``none``: fp32 everywhere, the reference.
 - ``int8``: every linear layer and the LM head as an int8 GEMM (``Int8Linear``: int8 weights
-  per output channel, int8 activations per token). The embedding lookup, norms, attention and
-  the KV cache stay fp32; a tied LM head quantizes its own copy of the embedding.
+  per output channel, int8 activations per token; decoder layers' inputs smoothed per channel,
+  ``smoothing.py``; the LM head with a residual pass; ``LlamaModel.quantize``). The embedding
+  lookup, norms, attention and the KV cache stay fp32; a tied LM head quantizes its own copy
+  of the embedding.
 - ``auto`` (the default): int8 where it is known to pay on this CPU and to stay within 2%
   of fp32's perplexity, fp32 otherwise. Int8 needs the CPU device, float32, AVX2, a quantized
   engine that passes a numeric check here (torch's fbgemm; ``engine_works``) and VNNI (without

@@ -134,6 +134,9 @@ class Engine:
             "cache_hit_rate": s.cache_hit_rate,
             **dataclasses.asdict(s),
             "kv": self.kv_accounting(),
+            "quantization": self.runner.quantization,
+            "cpu_features": (self.runner.cpu_features.as_dict()
+                             if self.runner.device.type == "cpu" else None),
         }
 
     def kv_accounting(self) -> dict[str, int]:

@@ -218,6 +218,7 @@ class OpenAISamplingFields(SGLangFields):
     ignore_eos: bool | None = None
     skip_special_tokens: bool | None = None
     no_jump_forward: bool | None = None
+    no_budget_closing: bool | None = None
     regex: str | None = None
     json_schema: str | None = None
     ebnf: str | None = None

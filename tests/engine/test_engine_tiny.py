@@ -67,6 +67,13 @@ def test_cache_hits_reported(engine):
     assert_no_leak(engine)
 
 
+def test_stats_name_the_precision_and_cpu(engine):
+    stats = engine.get_stats()
+    assert stats["quantization"] in ("none", "int8")
+    assert {"avx2", "avx512", "vnni", "bf16", "amx"} <= set(stats["cpu_features"])
+    assert stats["kv"]["free"] + stats["kv"]["running"] + stats["kv"]["cached"] == stats["kv"]["total"]
+
+
 def test_shared_prefix_computed_once(engine):
     engine.flush_cache()
     before = engine.get_stats()["num_prefill_tokens"]

@@ -140,6 +140,20 @@ def test_response_format_json_schema(oai):
     assert json.loads(r.choices[0].message.content)["ok"] in (True, False)
 
 
+def test_budget_closing_through_the_openai_sdk(oai):
+    """A schema left open (an unbounded string) at a small max_tokens still comes back as a
+    complete document; the per-request switch is accepted as an SGLang extension."""
+    schema = {"type": "object", "properties": {"story": {"type": "string"}}, "required": ["story"]}
+    kw = dict(model="m", messages=[{"role": "user", "content": "Tell a very long story, as JSON."}],
+              max_tokens=12, temperature=0,
+              response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}})
+    closed = oai.chat.completions.create(**kw)
+    assert isinstance(json.loads(closed.choices[0].message.content)["story"], str)
+    assert closed.usage.completion_tokens <= 12
+    raw = oai.chat.completions.create(**kw, extra_body={"no_budget_closing": True})
+    assert raw.choices[0].finish_reason in ("stop", "length")
+
+
 def test_structured_fields_are_validated(client):
     bad = client.post("/v1/chat/completions", json={
         "messages": CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}})

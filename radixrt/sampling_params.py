@@ -44,6 +44,8 @@ class SamplingParams(msgspec.Struct, omit_defaults=True):
     no_jump_forward: bool = False
     # Keep the output free to run out of max_new_tokens mid-document (see docs/structured.md).
     no_budget_closing: bool = False
+    # SGLang's: keep the matched stop string (or the stop token's text) in the output.
+    no_stop_trim: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SamplingParams:
@@ -122,7 +124,7 @@ class SamplingParams(msgspec.Struct, omit_defaults=True):
         ):
             raise bad("stop_token_ids", "must be a list of non-negative integers")
         for name in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens",
-                     "no_jump_forward", "no_budget_closing"):
+                     "no_jump_forward", "no_budget_closing", "no_stop_trim"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be a boolean")
         constraints = [k for k in ("regex", "json_schema", "ebnf") if getattr(self, k) is not None]

@@ -35,7 +35,7 @@ _SAMPLING_FIELDS = {
     "min_tokens": "min_new_tokens", "repetition_penalty": "repetition_penalty",
     "stop_token_ids": "stop_token_ids", "stop_regex": "stop_regex", "ignore_eos": "ignore_eos",
     "skip_special_tokens": "skip_special_tokens", "no_jump_forward": "no_jump_forward",
-    "no_budget_closing": "no_budget_closing", "regex": "regex", "json_schema": "json_schema", "ebnf": "ebnf",
+    "no_budget_closing": "no_budget_closing", "no_stop_trim": "no_stop_trim", "regex": "regex", "json_schema": "json_schema", "ebnf": "ebnf",
 }
 
 

@@ -65,7 +65,6 @@ OnlyRankZero = off_only(None, 0, why="a radixrt server has one data-parallel ran
 # Ignoring a cache namespace would share cached prefixes between callers that asked not to.
 NoCacheKey = off_only(None, why="cache namespaces (extra_key, cache_salt) are not supported")
 NoCustomLogits = off_only(None, why="custom logit processors are not supported")
-NoStopTrim = off_only(False, why="radixrt always cuts the matched stop string off the output")
 NoHiddenStates = off_only(False, why="hidden states are not returned")
 NoRoutedExperts = off_only(False, why="radixrt serves no mixture-of-experts models")
 NoSessions = off_only(None, why="sessions are not supported")
@@ -97,18 +96,10 @@ class SGLangFields(StrictModel):
 
 def _sglang_sampling_params(d: dict[str, Any]) -> dict[str, Any]:
     """SGLang's sampling-parameter names that radixrt spells differently or does not have:
-    ``sampling_seed`` is ``seed``; ``no_stop_trim`` is accepted only as false."""
-    if "sampling_seed" not in d and "no_stop_trim" not in d:
+    ``sampling_seed`` is ``seed``."""
+    if "sampling_seed" not in d:
         return d
     d = dict(d)
-    trim = d.pop("no_stop_trim", None)
-    if trim is not None and trim is not False:
-        raise PydanticCustomError(
-            "unsupported",
-            "no_stop_trim: radixrt always cuts the matched stop "
-            "string off the output; only false is accepted (got {got})",
-            {"got": _shown(trim)},
-        )
     seed = d.pop("sampling_seed", None)
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -222,9 +213,9 @@ class OpenAISamplingFields(SGLangFields):
     regex: str | None = None
     json_schema: str | None = None
     ebnf: str | None = None
-    # SGLang's spellings: sampling_seed is seed; no_stop_trim only false.
+    # SGLang's spelling: sampling_seed is seed.
     sampling_seed: int | None = None
-    no_stop_trim: NoStopTrim = False
+    no_stop_trim: bool | None = None
     custom_params: NoCustomLogits = None
     routing_id: str | None = None  # ignored: sglang-router's key for its manual policy
 

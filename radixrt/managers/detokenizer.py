@@ -46,6 +46,7 @@ logger = logging.getLogger("radixrt.detokenizer")
 class _DetokState:
     detok: IncrementalDetokenizer
     stops: list[str]
+    trim: bool = True  # cut the matched stop string / drop the stop token's text at the end
     sent: int = 0  # characters of detok.text already emitted
 
 
@@ -75,10 +76,11 @@ class Detokenizer:
         st = self.states.get(o.rid)
         if st is None:
             st = _DetokState(IncrementalDetokenizer(self.tokenizer, o.skip_special_tokens,
-                                                    o.spaces_between_special_tokens), list(o.stop))
+                                                    o.spaces_between_special_tokens), list(o.stop),
+                             trim=not o.no_stop_trim)
             self.states[o.rid] = st
         reason = o.meta.finish_reason
-        matched = reason.matched if reason is not None else None
+        matched = reason.matched if reason is not None and st.trim else None
         text_ids = o.new_ids[:-1] if isinstance(matched, int) and o.new_ids else o.new_ids
         before = len(st.detok.text)
         if text_ids:

@@ -74,6 +74,7 @@ class TokenIDOut(Message):
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     stop: list[str] = []
+    no_stop_trim: bool = False  # keep the matched stop string / stop token's text at the end
     stream: bool = False  # text is wanted before the end
     error: str | None = None  # the request failed; error_code is the HTTP status to answer
     error_code: int = 0

@@ -54,6 +54,7 @@ class ProgressTracker:
                          cached_tokens=req.cached_tokens, finish_reason=req.finished),
             skip_special_tokens=p.skip_special_tokens,
             spaces_between_special_tokens=p.spaces_between_special_tokens, stop=list(p.stop),
+            no_stop_trim=p.no_stop_trim,
             stream=sent.stream)
         sent.ids = len(req.output_ids)
         if req.return_logprob:

@@ -128,6 +128,19 @@ def test_stop_strings_not_emitted(engine):
     assert_no_leak(engine)
 
 
+def test_no_stop_trim_keeps_the_matched_stop_string(engine):
+    base = engine.generate(input_ids=[11, 22, 33], sampling_params=GREEDY)
+    text = base["text"]
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    if not stop.strip():
+        pytest.skip("generated text has no usable stop string")
+    r = engine.generate(input_ids=[11, 22, 33],
+                        sampling_params={**GREEDY, "stop": [stop], "no_stop_trim": True})
+    assert r["text"].endswith(stop) and text.startswith(r["text"])
+    assert r["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}
+    assert_no_leak(engine)
+
+
 def test_stop_regex_cuts_at_first_match(engine):
     base = engine.generate(input_ids=[11, 22, 33], sampling_params=GREEDY)
     text = base["text"]

@@ -121,6 +121,24 @@ def test_stop_token_is_not_text(tokenizer):
     assert "".join(pieces) == "The end"
 
 
+def test_no_stop_trim_keeps_the_stop_string_and_token(tokenizer):
+    text = "one two three STOP"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    detok = Detokenizer(tokenizer)
+    pieces = [detok.process(TokenIDOut(
+        rid="r", new_ids=[t], stop=["STOP"], stream=True, no_stop_trim=True,
+        meta=ReqMeta(3, i + 1, 0, FinishReason("stop", matched="STOP") if i == len(ids) - 1 else None))).text
+        for i, t in enumerate(ids)]
+    assert "".join(pieces) == text
+    assert "ST" not in "".join(pieces[:-1])  # still held back while it could be a stop string
+    stop_tok = tokenizer.encode(" again", add_special_tokens=False)[-1]
+    ids = tokenizer.encode("The end", add_special_tokens=False) + [stop_tok]
+    last = Detokenizer(tokenizer).process(TokenIDOut(
+        rid="t", new_ids=ids, stream=True, no_stop_trim=True,
+        meta=ReqMeta(3, len(ids), 0, FinishReason("stop", matched=stop_tok))))
+    assert last.text == tokenizer.decode(ids)
+
+
 def test_error_output_finishes(tokenizer):
     o = ProgressTracker().fail("e", "bad", 400)
     s = Detokenizer(tokenizer).process(o)

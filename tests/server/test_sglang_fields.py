@@ -61,13 +61,11 @@ REJECTED = [
     (GenerateRequest, {"text": "a", "priority": "high"}, "priority", ["integer"]),
     (GenerateRequest, {"text": "a", "custom_labels": {"a": 1}}, "custom_labels", ["string"]),
     (GenerateRequest, {"text": "a", "no_log": False}, "no_log", ["Extra inputs"]),  # typo
-    (GenerateRequest, {"text": "a", "sampling_params": {"no_stop_trim": True}}, "sampling_params",
-     ["no_stop_trim", "only false"]),
     (GenerateRequest, {"text": "a", "sampling_params": {"sampling_seed": 1.5}}, "sampling_params",
      ["sampling_seed", "integer"]),
     (GenerateRequest, {"text": "a", "sampling_params": {"sampling_seed": 1, "seed": 2}}, "sampling_params",
      ["sampling_seed", "differs"]),
-    (ChatCompletionRequest, {"messages": CHAT, "no_stop_trim": True}, "no_stop_trim", ["stop string"]),
+    (ChatCompletionRequest, {"messages": CHAT, "no_stop_trim": "yes"}, "no_stop_trim", ["boolean"]),
     (ChatCompletionRequest, {"messages": CHAT, "return_hidden_states": True}, "return_hidden_states",
      ["hidden states"]),
     (ChatCompletionRequest, {"messages": CHAT, "separate_reasoning": "no"}, "separate_reasoning", ["boolean"]),
@@ -108,7 +106,7 @@ def test_unsupported_values_and_typos_rejected(model, body, field, words):
 def test_sampling_seed_is_seed():
     req = GenerateRequest.model_validate({"text": "a", "sampling_params": [
         {"sampling_seed": 7, "no_stop_trim": False}, {"seed": 7, "sampling_seed": 7}]})
-    assert req.sampling_params == [{"seed": 7}, {"seed": 7}]
+    assert req.sampling_params == [{"seed": 7, "no_stop_trim": False}, {"seed": 7}]
     assert ChatCompletionRequest.model_validate({"messages": CHAT, "sampling_seed": 7}).seed == 7
     assert CompletionRequest.model_validate({"prompt": "a", "seed": 7, "sampling_seed": 7}).seed == 7
 
@@ -132,8 +130,23 @@ def test_unsupported_value_is_a_400_naming_the_field(client):
     r = client.post("/generate", json={**ROUTER_GENERATE, "return_hidden_states": True})
     assert r.status_code == 400
     assert r.json()["error"]["message"].startswith("return_hidden_states: hidden states are not returned")
-    r = client.post("/v1/chat/completions", json={**ROUTER_CHAT, "no_stop_trim": True})
+    r = client.post("/v1/chat/completions", json={**ROUTER_CHAT, "no_stop_trim": "yes"})
     assert r.status_code == 400 and "no_stop_trim" in r.json()["error"]["message"]
+
+
+def test_no_stop_trim_keeps_the_stop_string(client):
+    body = {"prompt": "Count: 1, 2, 3,", "max_tokens": 8, "temperature": 0}
+    base = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    stop = base[2:4]
+    if not stop.strip():
+        pytest.skip("generated text has no usable stop string")
+    cut = client.post("/v1/completions", json={**body, "stop": [stop]}).json()["choices"][0]["text"]
+    kept = client.post("/v1/completions", json={**body, "stop": [stop], "no_stop_trim": True})
+    kept = kept.json()["choices"][0]["text"]
+    assert kept == cut + stop and base.startswith(kept)
+    r = client.post("/generate", json={"text": "Count: 1, 2, 3,", "sampling_params": {
+        "max_new_tokens": 8, "temperature": 0, "stop": [stop], "no_stop_trim": True}})
+    assert r.json()["text"] == kept
 
 
 def test_routes_the_router_calls(client):

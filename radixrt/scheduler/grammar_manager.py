@@ -127,7 +127,7 @@ class GrammarManager:
         context both count); None when budget closing is off for it."""
         if not self.budget_closing or req.params.no_budget_closing:
             return None
-        return min(req.params.max_new_tokens - len(req.output_ids), context_len - req.seq_len)
+        return min(req.remaining_new_tokens(), context_len - req.seq_len)
 
     def apply_masks(self, reqs: list[Req], logits: torch.Tensor, context_len: int | None = None) -> None:
         """Mask each constrained row of ``logits`` (row i is ``reqs[i]``'s next token). With

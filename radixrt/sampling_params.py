@@ -41,6 +41,9 @@ class SamplingParams(msgspec.Struct, omit_defaults=True):
     regex: str | None = None
     json_schema: str | None = None
     ebnf: str | None = None
+    # SGLang's: free text in which a trigger opens a tagged JSON section (begin, a value of
+    # the schema, end); JSON text (radixrt/scheduler/structural_tag.py, docs/openai.md).
+    structural_tag: str | None = None
     no_jump_forward: bool = False
     # Keep the output free to run out of max_new_tokens mid-document (see docs/structured.md).
     no_budget_closing: bool = False
@@ -127,19 +130,22 @@ class SamplingParams(msgspec.Struct, omit_defaults=True):
                      "no_jump_forward", "no_budget_closing", "no_stop_trim"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be a boolean")
-        constraints = [k for k in ("regex", "json_schema", "ebnf") if getattr(self, k) is not None]
+        constraints = [k for k in ("regex", "json_schema", "ebnf", "structural_tag")
+                       if getattr(self, k) is not None]
         if len(constraints) > 1:
             raise SamplingParamsError(
-                f"sampling_params: only one of regex/json_schema/ebnf may be set (got {constraints})"
+                "sampling_params: only one of regex/json_schema/ebnf/structural_tag may be set "
+                f"(got {constraints})"
             )
         for k in constraints:
             if not isinstance(getattr(self, k), str):
                 raise bad(k, "must be a string")
-        if self.json_schema is not None:
-            try:
-                json.loads(self.json_schema)
-            except ValueError as e:
-                raise SamplingParamsError(f"sampling_params.json_schema: not valid JSON ({e})") from None
+        for k in ("json_schema", "structural_tag"):
+            if getattr(self, k) is not None:
+                try:
+                    json.loads(getattr(self, k))
+                except ValueError as e:
+                    raise SamplingParamsError(f"sampling_params.{k}: not valid JSON ({e})") from None
 
     @property
     def is_greedy(self) -> bool:

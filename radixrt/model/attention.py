@@ -9,6 +9,9 @@ batches (new tokens after a cached prefix, causal) take different kernels.
 - ``torch``: gather each request's K/V by slot index and run SDPA (GQA kept grouped, never
   expanded in memory). Always available; the reference the native kernel is tested against.
   Extend batches take this path under both backends.
+- ``triton``: paged Triton kernels (``radixrt/model/triton_attention.py``): split-KV decode,
+  causal extend, mixed batches in one launch plan; the GPU backend (``auto`` on CUDA). On CPU it
+  runs only under Triton's interpreter (``TRITON_INTERPRET=1``, tests).
 """
 
 from __future__ import annotations
@@ -62,7 +65,15 @@ class NativeAttentionBackend(TorchAttentionBackend):
 
 def make_attention_backend(name: str, scale: float, device: torch.device | str = "cpu",
                            dtype: torch.dtype = torch.float32):
-    """``auto``: native on CPU with float32 when the kernels build, else torch."""
+    """``auto``: triton on CUDA (when triton imports), native on CPU with float32 when the
+    kernels build, else torch."""
+    if name == "auto" and torch.device(device).type == "cuda":
+        try:
+            import triton  # noqa: F401
+            name = "triton"
+        except ImportError:
+            logger.warning("triton is not installed; CUDA attention uses the torch backend")
+            name = "torch"
     if name == "auto":
         usable = torch.device(device).type == "cpu" and dtype == torch.float32
         if usable and native.native_available():
@@ -76,4 +87,8 @@ def make_attention_backend(name: str, scale: float, device: torch.device | str =
         return NativeAttentionBackend(scale)
     if name == "torch":
         return TorchAttentionBackend(scale)
-    raise ValueError(f"unknown attention backend {name!r} (choose auto, native, torch)")
+    if name == "triton":
+        from radixrt.model.triton_attention import TritonAttentionBackend
+
+        return TritonAttentionBackend(scale, device)
+    raise ValueError(f"unknown attention backend {name!r} (choose auto, native, torch, triton)")

@@ -61,10 +61,11 @@ class ServerArgs:
         default=None,
     )
     attention_backend: str = _flag(
-        "Attention kernels: auto (native C++ kernels on CPU when they build, else torch), "
-        "native, torch.",
+        "Attention kernels: auto (triton on CUDA; native C++ kernels on CPU when they build, "
+        "else torch), native, torch, triton (paged Triton kernels; on CPU only under "
+        "TRITON_INTERPRET=1, for tests).",
         default="auto",
-        choices=["auto", "native", "torch"],
+        choices=["auto", "native", "torch", "triton"],
     )
     seed: int = _flag("Global random seed for unseeded sampling.", default=0)
     num_threads: int | None = _flag(
@@ -78,6 +79,22 @@ class ServerArgs:
     kv_cache_memory_gb: float = _flag(
         "Memory budget for the KV pool in GiB when --max-total-tokens is not given.",
         default=1.0,
+    )
+    mem_fraction_static: float | None = _flag(
+        "CUDA only: fraction of the GPU's memory for static allocations (weights + KV pool); "
+        "the KV pool takes what of it the loaded weights leave, minus what is already in use "
+        "by others. Default 0.85. Ignored on CPU (--kv-cache-memory-gb) and when "
+        "--max-total-tokens is given.",
+        default=None,
+    )
+    cuda_graph_max_bs: int | None = _flag(
+        "CUDA only: largest decode batch replayed from a CUDA graph (graphs are captured for "
+        "batch-size buckets 1, 2, 4, 8, 16, 24, ... up to it; bigger batches run eagerly). "
+        "Default: min(--max-running-requests, 256).",
+        default=None,
+    )
+    disable_cuda_graph: bool = _flag(
+        "CUDA only: run every decode step eagerly (no CUDA graphs).", default=False
     )
     page_size: int = _flag(
         "KV page size in tokens; the radix cache matches and inserts whole pages.", default=1
@@ -147,6 +164,10 @@ class ServerArgs:
             raise ValueError("max_running_requests must be >= 1")
         if self.max_total_tokens is not None and self.max_total_tokens < 1:
             raise ValueError("max_total_tokens must be >= 1")
+        if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static < 1:
+            raise ValueError("mem_fraction_static must be in (0, 1)")
+        if self.cuda_graph_max_bs is not None and self.cuda_graph_max_bs < 1:
+            raise ValueError("cuda_graph_max_bs must be >= 1")
 
     # ------------------------------------------------------------------ argparse
     @staticmethod

@@ -84,6 +84,14 @@ class LlamaModel:
         self.attn = attn_backend
         use_fused = torch.device(device).type == "cpu" and dtype == torch.float32
         self.fused = native.fused_ops() if use_fused else None
+        # --- GPU (CUDA) path: with the Triton attention backend, the layer's element-wise work
+        # runs as the Triton fused ops (radixrt/model/triton_ops.py: the same four ops, same
+        # signatures as the native ones, so _forward_fused runs either). On CPU this happens
+        # only under TRITON_INTERPRET=1 (tests). ---
+        if getattr(attn_backend, "name", "") == "triton":
+            from radixrt.model import triton_ops
+
+            self.fused = triton_ops
 
     def linears(self) -> dict[str, Linear | Int8Linear]:
         """Every linear layer by name: ``layers.{i}.{qkv,o,gate_up,down}`` and ``lm_head``."""

@@ -46,6 +46,8 @@ def grammar_spec(req: Req) -> tuple[str, str] | None:
         return "json_schema", p.json_schema
     if p.ebnf is not None:
         return "ebnf", p.ebnf
+    if p.structural_tag is not None:
+        return "structural_tag", p.structural_tag
     return None
 
 
@@ -61,6 +63,7 @@ class GrammarManager:
         self.canonical_tokens = canonical_tokens
         self.budget_closing = budget_closing
         self._compiler = None
+        self._structural_tags = None
         self.pending: list[Req] = []
         # Per compiled grammar (shared by every request with the same constraint, dropped with
         # it): DFA state -> the tokens the model produced for the text forced there.
@@ -81,7 +84,14 @@ class GrammarManager:
         """Start compiling; raises ValueError at once if the spec is rejected up front."""
         if kind == "ebnf":
             raise ValueError("sampling_params.ebnf: EBNF grammars are not supported; use regex or json_schema")
-        fut = self.compiler.compile_async(kind, spec)
+        if kind == "structural_tag":  # radixrt/scheduler/structural_tag.py
+            if self._structural_tags is None:
+                from radixrt.scheduler.structural_tag import StructuralTagCompiler
+
+                self._structural_tags = StructuralTagCompiler(self.compiler)
+            fut = self._structural_tags.compile_async(spec)
+        else:
+            fut = self.compiler.compile_async(kind, spec)
         if fut.done() and fut.exception() is not None:
             raise ValueError(f"sampling_params.{kind}: {fut.exception()}")
         req.grammar_future = fut
@@ -251,3 +261,5 @@ class GrammarManager:
     def close(self) -> None:
         if self._compiler is not None:
             self._compiler.close()
+        if self._structural_tags is not None:
+            self._structural_tags.close()

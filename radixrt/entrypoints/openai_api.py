@@ -35,8 +35,10 @@ _SAMPLING_FIELDS = {
     "min_tokens": "min_new_tokens", "repetition_penalty": "repetition_penalty",
     "stop_token_ids": "stop_token_ids", "stop_regex": "stop_regex", "ignore_eos": "ignore_eos",
     "skip_special_tokens": "skip_special_tokens", "no_jump_forward": "no_jump_forward",
-    "no_budget_closing": "no_budget_closing", "no_stop_trim": "no_stop_trim", "regex": "regex", "json_schema": "json_schema", "ebnf": "ebnf",
+    "no_budget_closing": "no_budget_closing", "no_stop_trim": "no_stop_trim", "regex": "regex",
+    "json_schema": "json_schema", "ebnf": "ebnf", "structural_tag": "structural_tag",
 }
+_CONSTRAINTS = ("regex", "json_schema", "ebnf", "structural_tag")
 
 
 def list_models(tm: TokenizerManager) -> dict[str, Any]:
@@ -58,8 +60,9 @@ def _sampling_params(req: OpenAISamplingFields, max_new_tokens: int) -> Sampling
         d["stop"] = [req.stop] if isinstance(req.stop, str) else req.stop
     rf = req.response_format
     if rf is not None and rf.type != "text":
-        if any(d.get(k) is not None for k in ("regex", "json_schema", "ebnf")):
-            raise RequestFailed("response_format: cannot be combined with regex, json_schema or ebnf")
+        if any(d.get(k) is not None for k in _CONSTRAINTS):
+            raise RequestFailed("response_format: cannot be combined with regex, json_schema, ebnf or "
+                                "structural_tag")
         if rf.type == "json_object":
             d["json_schema"] = json.dumps({"type": "object"})
         else:

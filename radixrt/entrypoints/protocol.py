@@ -213,6 +213,7 @@ class OpenAISamplingFields(SGLangFields):
     regex: str | None = None
     json_schema: str | None = None
     ebnf: str | None = None
+    structural_tag: str | None = None
     # SGLang's spelling: sampling_seed is seed.
     sampling_seed: int | None = None
     no_stop_trim: bool | None = None

@@ -102,6 +102,32 @@ class ServerArgs:
     disable_radix_cache: bool = _flag(
         "Disable prefix sharing: every request computes its whole prompt.", default=False
     )
+    disable_hierarchical_cache: bool = _flag(
+        "Turn off the host-memory and disk tiers below the KV pool: evicted KV is dropped and "
+        "nothing survives a restart (docs/hicache.md).", default=False
+    )
+    enable_hierarchical_cache: bool = _flag(
+        "Accepted for SGLang compatibility; the hierarchical cache is on by default.",
+        default=False,
+    )
+    hicache_ratio: float = _flag(
+        "Host-memory tier size as a multiple of the KV pool (ignored when --hicache-size is "
+        "set).", default=2.0
+    )
+    hicache_size: float = _flag(
+        "Host-memory tier size in GiB; overrides --hicache-ratio when > 0.", default=0.0
+    )
+    hicache_storage_backend: str = _flag(
+        "Tier below host memory: file (KV blocks in --hicache-dir, reused after a restart) or "
+        "none.", default="file", choices=["file", "none"]
+    )
+    hicache_dir: str | None = _flag(
+        "Directory of the disk tier (a subfolder per model fingerprint). Default: "
+        "$RADIXRT_HICACHE_DIR, else <radixrt cache dir>/hicache.", default=None
+    )
+    hicache_disk_size_gb: float = _flag(
+        "Disk tier size in GiB; least recently used blocks are deleted beyond it.", default=8.0
+    )
     # --- scheduling ---
     max_running_requests: int = _flag(
         "Maximum number of requests decoding at once.", default=64
@@ -164,6 +190,10 @@ class ServerArgs:
             raise ValueError("max_running_requests must be >= 1")
         if self.max_total_tokens is not None and self.max_total_tokens < 1:
             raise ValueError("max_total_tokens must be >= 1")
+        if self.hicache_ratio <= 0:
+            raise ValueError("hicache_ratio must be > 0")
+        if self.hicache_size < 0 or self.hicache_disk_size_gb < 0:
+            raise ValueError("hicache_size and hicache_disk_size_gb must be >= 0")
         if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static < 1:
             raise ValueError("mem_fraction_static must be in (0, 1)")
         if self.cuda_graph_max_bs is not None and self.cuda_graph_max_bs < 1:

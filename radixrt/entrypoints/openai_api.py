@@ -9,6 +9,7 @@ indexed prompt-major; usage counts each prompt once and every choice's completio
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Any
@@ -21,10 +22,19 @@ from radixrt.entrypoints.protocol import (
     OpenAISamplingFields,
 )
 from radixrt.entrypoints.serving import SSE_DONE, sse, sse_response, start_call, stream_samples
+from radixrt.entrypoints.tool_calls import (
+    TRIGGER,
+    ToolCallError,
+    ToolCallParser,
+    ToolPlan,
+    parse_tools,
+    render_messages,
+)
 from radixrt.managers.inputs import normalize_prompts
 from radixrt.managers.results import ReqState
 from radixrt.managers.tokenizer_manager import Call, RequestFailed, TokenizerManager
 from radixrt.sampling_params import SamplingParams
+from radixrt.tokenizer import chat_template_renders_tools
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
@@ -48,7 +58,8 @@ def list_models(tm: TokenizerManager) -> dict[str, Any]:
     }]}
 
 
-def _sampling_params(req: OpenAISamplingFields, max_new_tokens: int) -> SamplingParams:
+def _sampling_params(req: OpenAISamplingFields, max_new_tokens: int,
+                     tool_constraint: str | None = None) -> SamplingParams:
     if req.logit_bias:
         raise RequestFailed("logit_bias: not supported")
     d: dict[str, Any] = {"max_new_tokens": max_new_tokens, "n": req.n}
@@ -56,6 +67,12 @@ def _sampling_params(req: OpenAISamplingFields, max_new_tokens: int) -> Sampling
         value = getattr(req, src)
         if value is not None:
             d[dst] = value
+    if tool_constraint is not None:
+        if req.response_format is not None and req.response_format.type != "text" or any(
+                d.get(k) is not None for k in _CONSTRAINTS):
+            raise RequestFailed("tools: cannot be combined with response_format, regex, json_schema, "
+                                "ebnf or structural_tag unless tool_choice is 'none'")
+        d["structural_tag"] = tool_constraint
     if req.stop is not None:
         d["stop"] = [req.stop] if isinstance(req.stop, str) else req.stop
     rf = req.response_format
@@ -196,22 +213,44 @@ async def _stream_completions(tm: TokenizerManager, call: Call, req: CompletionR
 
 
 # ----------------------------------------------------------------- /v1/chat/completions
-def _chat_messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
-    if req.tools:
-        raise RequestFailed("tools: tool calling is not supported")
-    if req.tool_choice not in (None, "none", "auto"):
-        raise RequestFailed("tool_choice: tool calling is not supported")
-    out = []
-    for m in req.messages:
-        content = m.content
-        if isinstance(content, list):
-            content = "\n".join(part.text for part in content)
-        msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role,
-                               "content": content or ""}
-        if m.name is not None:
-            msg["name"] = m.name
-        out.append(msg)
-    return out
+def _chat_prompt(tm: TokenizerManager, req: ChatCompletionRequest) -> tuple[str, ToolPlan | None]:
+    """The rendered prompt and the request's tool plan (docs/openai.md, "Tool calling")."""
+    try:
+        plan = parse_tools(req.tools, req.tool_choice, req.parallel_tool_calls)
+        native = plan is not None and chat_template_renders_tools(tm.tokenizer, TRIGGER)
+        messages, tool_kwargs = render_messages(req.messages, plan, native)
+    except ToolCallError as e:
+        raise RequestFailed(str(e)) from None
+    kwargs = dict(req.chat_template_kwargs or {})
+    kwargs.update(tool_kwargs)
+    if req.continue_final_message:
+        kwargs.update(add_generation_prompt=False, continue_final_message=True)
+    else:
+        kwargs.setdefault("add_generation_prompt", True)
+    return tm.apply_chat_template(messages, **kwargs), plan
+
+
+_STRUCTURE_ERROR = re.compile(r"^sampling_params\.structural_tag: structures\[(\d+)\]\.schema: ")
+
+
+def _tool_error(err: RequestFailed, plan: ToolPlan) -> RequestFailed:
+    """A tool schema the constraint compiler rejected, named as the request's field."""
+    m = _STRUCTURE_ERROR.match(err.message)
+    if m is None:
+        return err
+    where = f"tools[{plan.tool_of_structure(int(m.group(1)))}].function.parameters: "
+    return RequestFailed(where + err.message[m.end():], err.status)
+
+
+def _tool_parsers(plan: ToolPlan | None, k: int) -> list[ToolCallParser] | None:
+    return [ToolCallParser() for _ in range(k)] if plan is not None and plan.calls_expected else None
+
+
+def _tool_reason(parser: ToolCallParser, reason: str | None) -> str | None:
+    """finish_reason "tool_calls" when the output holds calls, all of them complete."""
+    if reason == "stop" or (reason == "length" and parser.all_complete):
+        return "tool_calls" if parser.calls else reason
+    return reason
 
 
 def _chat_logprobs(tm: TokenizerManager, pairs, tops) -> dict[str, Any]:
@@ -230,35 +269,43 @@ def _chat_logprobs(tm: TokenizerManager, pairs, tops) -> dict[str, Any]:
 async def chat_completions(tm: TokenizerManager, req: ChatCompletionRequest, request: Request):
     if req.top_logprobs and not req.logprobs:
         raise RequestFailed("top_logprobs: requires logprobs to be true")
-    messages = _chat_messages(req)
-    kwargs = dict(req.chat_template_kwargs or {})
-    if req.continue_final_message:
-        kwargs.update(add_generation_prompt=False, continue_final_message=True)
-    else:
-        kwargs.setdefault("add_generation_prompt", True)
-    text = tm.apply_chat_template(messages, **kwargs)
+    text, plan = _chat_prompt(tm, req)
     ids = await tm.tokenize(text, "messages", add_special_tokens=False)
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     if max_tokens is None:
         max_tokens = tm.context_len - len(ids)
-    params = _sampling_params(req, max_tokens)
-    call = await _run(tm, request, [ids], params, req.stream, req.rid, req.logprobs, req.top_logprobs or 0)
+    params = _sampling_params(req, max_tokens, plan.structural_tag() if plan is not None else None)
+    try:
+        call = await _run(tm, request, [ids], params, req.stream, req.rid, req.logprobs,
+                          req.top_logprobs or 0)
+    except RequestFailed as e:
+        raise (e if plan is None else _tool_error(e, plan)) from None
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": tm.served_model_name}
+    parsers = _tool_parsers(plan, len(call.states))
     if req.stream:
-        return sse_response(_stream_chat(tm, call, req, meta))
+        return sse_response(_stream_chat(tm, call, req, meta, parsers))
     call.close()
     choices = []
     for i, st in enumerate(call.states):
         reason, matched = _finish(st)
+        message: dict[str, Any] = {"role": "assistant", "content": st.text}
+        if parsers is not None:
+            parsers[i].feed(st.text, final=True)
+            content, calls = parsers[i].result()
+            if calls:
+                message = {"role": "assistant", "content": content,
+                           "tool_calls": [c.openai() for c in calls]}
+                reason = _tool_reason(parsers[i], reason)
         choices.append({
-            "index": i, "message": {"role": "assistant", "content": st.text},
+            "index": i, "message": message,
             "logprobs": _chat_logprobs(tm, st.output_token_logprobs, st.output_top_logprobs)
             if req.logprobs else None,
             "finish_reason": reason, "matched_stop": matched})
     return {**meta, "object": "chat.completion", "choices": choices, "usage": _usage(call.states, req.n)}
 
 
-async def _stream_chat(tm: TokenizerManager, call: Call, req: ChatCompletionRequest, meta: dict[str, Any]):
+async def _stream_chat(tm: TokenizerManager, call: Call, req: ChatCompletionRequest, meta: dict[str, Any],
+                       parsers: list[ToolCallParser] | None):
     k = len(call.states)
     sent_chars, sent_lps, started = [0] * k, [0] * k, [False] * k
     include_usage = req.stream_options is not None and req.stream_options.include_usage
@@ -274,16 +321,22 @@ async def _stream_chat(tm: TokenizerManager, call: Call, req: ChatCompletionRequ
         if not started[i]:
             started[i] = True
             events.append(chunk(i, {"role": "assistant", "content": ""}))
-        text = st.text[sent_chars[i]:]
-        if text:
+        reason, matched = _finish(st)
+        if parsers is None:
+            text = st.text[sent_chars[i]:]
+            sent_chars[i] = len(st.text)
+            deltas = [{"content": text}] if text else []
+        else:
+            deltas = [_tool_delta(parsers[i], e) for e in parsers[i].feed(st.text, final=reason is not None)]
+            if reason is not None:
+                reason = _tool_reason(parsers[i], reason)
+        for j, delta in enumerate(deltas):
             lp = None
-            if req.logprobs:
+            if req.logprobs and j == 0:  # the new tokens' logprobs ride on the first delta
                 lp = _chat_logprobs(tm, st.output_token_logprobs[sent_lps[i]:],
                                     st.output_top_logprobs[sent_lps[i]:])
                 sent_lps[i] = len(st.output_token_logprobs)
-            sent_chars[i] = len(st.text)
-            events.append(chunk(i, {"content": text}, logprobs=lp))
-        reason, matched = _finish(st)
+            events.append(chunk(i, delta, logprobs=lp))
         if reason is not None:
             lp = None
             if req.logprobs and sent_lps[i] < len(st.output_token_logprobs):
@@ -301,3 +354,16 @@ async def _stream_chat(tm: TokenizerManager, call: Call, req: ChatCompletionRequ
         yield SSE_DONE
     finally:
         call.close()
+
+
+def _tool_delta(parser: ToolCallParser, event: tuple) -> dict[str, Any]:
+    """A streamed parser event as an OpenAI chat delta: content, or a tool call's first chunk
+    (index, id, type, name, empty arguments), or a fragment of its arguments."""
+    if event[0] == "content":
+        return {"content": event[1]}
+    c = event[1]
+    index = parser.calls.index(c)
+    if event[0] == "start":
+        return {"tool_calls": [{"index": index, "id": c.id, "type": "function",
+                                "function": {"name": c.name, "arguments": ""}}]}
+    return {"tool_calls": [{"index": index, "function": {"arguments": event[2]}}]}

@@ -12,8 +12,9 @@ Same signatures and semantics as the native CPU ops (``radixrt/csrc/fused_ops.cp
 
 Every kernel computes in float32 and rounds once on store (the torch references round after
 each op in the tensor dtype, so bf16 results differ by a rounding step; float32 agrees to
-float32 rounding). One program per token row (per (token, head) for RoPE): at decode sizes
-these ops are launch-bound, and one launch replaces 3-8 torch kernels. On CPU the kernels run
+float32 rounding). One program per token row on a GPU (``rows_per_program``; RoPE handles all
+heads of a token in one program): at decode sizes these ops are launch-bound, and one launch
+replaces 3-8 torch kernels. On CPU the kernels run
 only under ``TRITON_INTERPRET=1`` (tests).
 """
 
@@ -25,22 +26,31 @@ import triton
 import triton.language as tl
 
 
+def rows_per_program(num_rows: int, device: torch.device) -> int:
+    """Token rows per program: one on a GPU (thousands of programs in flight hide the rest);
+    up to 16 under the interpreter, where every program costs ~0.4 ms of Python."""
+    if device.type == "cuda":
+        return 1
+    return min(16, triton.next_power_of_2(max(1, num_rows)))
+
+
 @triton.jit
-def _rms_norm_kernel(x_ptr, d_ptr, w_ptr, out_ptr, n, x_stride, d_stride, out_stride, eps,
-                     HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
+def _rms_norm_kernel(x_ptr, d_ptr, w_ptr, out_ptr, T, n, x_stride, d_stride, out_stride, eps,
+                     HAS_DELTA: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     offs = tl.arange(0, BLOCK)
-    m = offs < n
-    x = tl.load(x_ptr + row * x_stride + offs, mask=m, other=0.0).to(tl.float32)
+    m = (rows < T)[:, None] & (offs < n)[None, :]
+    r64 = rows.to(tl.int64)[:, None]
+    x = tl.load(x_ptr + r64 * x_stride + offs[None, :], mask=m, other=0.0).to(tl.float32)
     if HAS_DELTA:
-        x += tl.load(d_ptr + row * d_stride + offs, mask=m, other=0.0).to(tl.float32)
+        x += tl.load(d_ptr + r64 * d_stride + offs[None, :], mask=m, other=0.0).to(tl.float32)
         xr = x.to(x_ptr.dtype.element_ty)
-        tl.store(x_ptr + row * x_stride + offs, xr, mask=m)
+        tl.store(x_ptr + r64 * x_stride + offs[None, :], xr, mask=m)
         x = xr.to(tl.float32)  # normalise what the residual stream holds (its rounding), as torch
-    var = tl.sum(x * x, axis=0) / n
-    w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
-    y = x * tl.rsqrt(var + eps) * w
-    tl.store(out_ptr + row * out_stride + offs, y.to(out_ptr.dtype.element_ty), mask=m)
+    var = tl.reduce(x * x, 1, tl.standard._sum_combine) / n  # = tl.sum (see triton_attention)
+    w = tl.load(w_ptr + offs, mask=offs < n, other=0.0).to(tl.float32)
+    y = x * tl.rsqrt(var + eps)[:, None] * w[None, :]
+    tl.store(out_ptr + r64 * out_stride + offs[None, :], y.to(out_ptr.dtype.element_ty), mask=m)
 
 
 def _check_rows(name: str, x: torch.Tensor) -> None:
@@ -48,41 +58,48 @@ def _check_rows(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} expects a row-major 2-D tensor, got shape {tuple(x.shape)}")
 
 
-def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    _check_rows("rms_norm", x)
+def _norm(x: torch.Tensor, delta: torch.Tensor | None, w: torch.Tensor, eps: float,
+          rows: int | None) -> torch.Tensor:
     T, N = x.shape
     out = torch.empty_like(x)
     if T:
-        _rms_norm_kernel[(T,)](x, x, w, out, N, x.stride(0), 0, out.stride(0), eps,
-                               HAS_DELTA=False, BLOCK=triton.next_power_of_2(N))
+        rows = rows or rows_per_program(T, x.device)
+        _rms_norm_kernel[(triton.cdiv(T, rows),)](
+            x, x if delta is None else delta, w, out, T, N, x.stride(0),
+            0 if delta is None else delta.stride(0), out.stride(0), eps,
+            HAS_DELTA=delta is not None, ROWS=rows, BLOCK=triton.next_power_of_2(N))
     return out
 
 
-def add_rms_norm_(h: torch.Tensor, delta: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float, rows: int | None = None) -> torch.Tensor:
+    _check_rows("rms_norm", x)
+    return _norm(x, None, w, eps, rows)
+
+
+def add_rms_norm_(h: torch.Tensor, delta: torch.Tensor, w: torch.Tensor, eps: float,
+                  rows: int | None = None) -> torch.Tensor:
     _check_rows("add_rms_norm_", h)
     _check_rows("add_rms_norm_", delta)
     if delta.shape != h.shape:
         raise ValueError(f"add_rms_norm_: delta {tuple(delta.shape)} != h {tuple(h.shape)}")
-    T, N = h.shape
-    out = torch.empty_like(h)
-    if T:
-        _rms_norm_kernel[(T,)](h, delta, w, out, N, h.stride(0), delta.stride(0), out.stride(0), eps,
-                               HAS_DELTA=True, BLOCK=triton.next_power_of_2(N))
-    return out
+    return _norm(h, delta, w, eps, rows)
 
 
 @triton.jit
-def _silu_mul_kernel(gu_ptr, out_ptr, inter, gu_stride, out_stride, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
+def _silu_mul_kernel(gu_ptr, out_ptr, T, inter, gu_stride, out_stride, ROWS: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < inter
-    g = tl.load(gu_ptr + row * gu_stride + offs, mask=m, other=0.0).to(tl.float32)
-    u = tl.load(gu_ptr + row * gu_stride + inter + offs, mask=m, other=0.0).to(tl.float32)
+    m = (rows < T)[:, None] & (offs < inter)[None, :]
+    src = gu_ptr + rows.to(tl.int64)[:, None] * gu_stride + offs[None, :]
+    g = tl.load(src, mask=m, other=0.0).to(tl.float32)
+    u = tl.load(src + inter, mask=m, other=0.0).to(tl.float32)
     y = g / (1.0 + tl.exp(-g)) * u
-    tl.store(out_ptr + row * out_stride + offs, y.to(out_ptr.dtype.element_ty), mask=m)
+    tl.store(out_ptr + rows.to(tl.int64)[:, None] * out_stride + offs[None, :],
+             y.to(out_ptr.dtype.element_ty), mask=m)
 
 
-def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+def silu_mul(gate_up: torch.Tensor, rows: int | None = None) -> torch.Tensor:
     _check_rows("silu_mul", gate_up)
     T, two_i = gate_up.shape
     if two_i % 2:
@@ -90,53 +107,67 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     inter = two_i // 2
     out = torch.empty((T, inter), dtype=gate_up.dtype, device=gate_up.device)
     if T:
-        block = min(1024, triton.next_power_of_2(inter))
-        _silu_mul_kernel[(T, triton.cdiv(inter, block))](gate_up, out, inter, gate_up.stride(0),
-                                                         out.stride(0), BLOCK=block)
+        rows = rows or rows_per_program(T, gate_up.device)
+        block = triton.next_power_of_2(inter)
+        if gate_up.device.type == "cuda":
+            block = min(1024, block)
+        _silu_mul_kernel[(triton.cdiv(T, rows), triton.cdiv(inter, block))](
+            gate_up, out, T, inter, gate_up.stride(0), out.stride(0), ROWS=rows, BLOCK=block)
     return out
 
 
 @triton.jit
+def _rotate(src_ptr, dst_ptr, t_src, t_dst, head_src, head_dst, nh, mrow, c1, c2, s1, s2,
+            half, HEADS: tl.constexpr, HALF: tl.constexpr):
+    # rows of [ROWS, HEADS, HALF]: token t, head h, first/second half of the head dim
+    offs_h = tl.arange(0, HEADS)
+    offs_d = tl.arange(0, HALF)
+    m = mrow[:, None, None] & (offs_h < nh)[None, :, None] & (offs_d < half)[None, None, :]
+    src = src_ptr + t_src[:, None, None] + (offs_h * head_src)[None, :, None] + offs_d[None, None, :]
+    x1 = tl.load(src, mask=m, other=0.0).to(tl.float32)
+    x2 = tl.load(src + half, mask=m, other=0.0).to(tl.float32)
+    dst = dst_ptr + t_dst[:, None, None] + (offs_h * head_dst)[None, :, None] + offs_d[None, None, :]
+    tl.store(dst, (x1 * c1 - x2 * s1).to(dst_ptr.dtype.element_ty), mask=m)
+    tl.store(dst + half, (x2 * c2 + x1 * s2).to(dst_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
 def _rope_store_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, q_out_ptr, k_buf_ptr, v_buf_ptr, loc_ptr,
-                       qkv_stride, cs_stride, q_stride_t, q_stride_h, kb_stride_s, kb_stride_h,
+                       T, qkv_stride, cs_stride, q_stride_t, q_stride_h, kb_stride_s, kb_stride_h,
                        vb_stride_s, vb_stride_h, H: tl.constexpr, KV: tl.constexpr,
-                       D: tl.constexpr, HALF_BLOCK: tl.constexpr):
-    t = tl.program_id(0)
-    head = tl.program_id(1)  # 0..H-1: q heads; H..H+KV-1: k heads (each also copies its v head)
+                       D: tl.constexpr, ROWS: tl.constexpr, HP: tl.constexpr, KVP: tl.constexpr,
+                       HALF: tl.constexpr):
     half = D // 2
-    offs = tl.arange(0, HALF_BLOCK)
-    m = offs < half
-    pos = tl.load(pos_ptr + t)
-    c1 = tl.load(cos_ptr + pos * cs_stride + offs, mask=m, other=0.0).to(tl.float32)
-    c2 = tl.load(cos_ptr + pos * cs_stride + half + offs, mask=m, other=0.0).to(tl.float32)
-    s1 = tl.load(sin_ptr + pos * cs_stride + offs, mask=m, other=0.0).to(tl.float32)
-    s2 = tl.load(sin_ptr + pos * cs_stride + half + offs, mask=m, other=0.0).to(tl.float32)
-    src = qkv_ptr + t * qkv_stride + head * D
-    x1 = tl.load(src + offs, mask=m, other=0.0).to(tl.float32)
-    x2 = tl.load(src + half + offs, mask=m, other=0.0).to(tl.float32)
-    y1 = x1 * c1 - x2 * s1
-    y2 = x2 * c2 + x1 * s2
-    if head < H:
-        dst = q_out_ptr + t * q_stride_t + head * q_stride_h
-        tl.store(dst + offs, y1.to(q_out_ptr.dtype.element_ty), mask=m)
-        tl.store(dst + half + offs, y2.to(q_out_ptr.dtype.element_ty), mask=m)
-    else:
-        kh = head - H
-        slot = tl.load(loc_ptr + t).to(tl.int64)
-        kdst = k_buf_ptr + slot * kb_stride_s + kh * kb_stride_h
-        tl.store(kdst + offs, y1.to(k_buf_ptr.dtype.element_ty), mask=m)
-        tl.store(kdst + half + offs, y2.to(k_buf_ptr.dtype.element_ty), mask=m)
-        vsrc = qkv_ptr + t * qkv_stride + (H + KV + kh) * D
-        vdst = v_buf_ptr + slot * vb_stride_s + kh * vb_stride_h
-        v1 = tl.load(vsrc + offs, mask=m, other=0.0)
-        v2 = tl.load(vsrc + half + offs, mask=m, other=0.0)
-        tl.store(vdst + offs, v1.to(v_buf_ptr.dtype.element_ty), mask=m)
-        tl.store(vdst + half + offs, v2.to(v_buf_ptr.dtype.element_ty), mask=m)
+    t = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    mt = t < T
+    t64 = t.to(tl.int64)
+    offs_d = tl.arange(0, HALF)
+    mc = mt[:, None] & (offs_d < half)[None, :]
+    pos = tl.load(pos_ptr + t, mask=mt, other=0).to(tl.int64)
+    cs = pos[:, None] * cs_stride + offs_d[None, :]
+    c1 = tl.load(cos_ptr + cs, mask=mc, other=0.0).to(tl.float32)[:, None, :]
+    c2 = tl.load(cos_ptr + cs + half, mask=mc, other=0.0).to(tl.float32)[:, None, :]
+    s1 = tl.load(sin_ptr + cs, mask=mc, other=0.0).to(tl.float32)[:, None, :]
+    s2 = tl.load(sin_ptr + cs + half, mask=mc, other=0.0).to(tl.float32)[:, None, :]
+    row = t64 * qkv_stride
+    _rotate(qkv_ptr, q_out_ptr, row, t64 * q_stride_t, D, q_stride_h, H, mt, c1, c2, s1, s2, half,
+            HP, HALF)
+    slot = tl.load(loc_ptr + t, mask=mt, other=0).to(tl.int64)
+    _rotate(qkv_ptr + H * D, k_buf_ptr, row, slot * kb_stride_s, D, kb_stride_h, KV, mt, c1, c2,
+            s1, s2, half, KVP, HALF)
+    # v: copied to its slot unrotated
+    offs_h = tl.arange(0, KVP)
+    offs_full = tl.arange(0, 2 * HALF)
+    mv = mt[:, None, None] & (offs_h < KV)[None, :, None] & (offs_full < D)[None, None, :]
+    v = tl.load(qkv_ptr + (H + KV) * D + row[:, None, None] + (offs_h * D)[None, :, None]
+                + offs_full[None, None, :], mask=mv, other=0.0)
+    tl.store(v_buf_ptr + (slot * vb_stride_s)[:, None, None] + (offs_h * vb_stride_h)[None, :, None]
+             + offs_full[None, None, :], v.to(v_buf_ptr.dtype.element_ty), mask=mv)
 
 
 def rope_store(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                k_buf: torch.Tensor, v_buf: torch.Tensor, loc: torch.Tensor, num_heads: int,
-               num_kv_heads: int) -> torch.Tensor:
+               num_kv_heads: int, rows: int | None = None) -> torch.Tensor:
     _check_rows("rope_store", qkv)
     T = qkv.shape[0]
     D = k_buf.shape[2]
@@ -147,11 +178,13 @@ def rope_store(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, si
         raise ValueError("rope_store expects contiguous head rows and matching cos/sin tables")
     q = torch.empty((T, num_heads, D), dtype=qkv.dtype, device=qkv.device)
     if T:
-        _rope_store_kernel[(T, num_heads + num_kv_heads)](
-            qkv, positions, cos, sin, q, k_buf, v_buf, loc, qkv.stride(0), cos.stride(0),
+        rows = rows or rows_per_program(T, qkv.device)
+        _rope_store_kernel[(triton.cdiv(T, rows),)](
+            qkv, positions, cos, sin, q, k_buf, v_buf, loc, T, qkv.stride(0), cos.stride(0),
             q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), v_buf.stride(0),
-            v_buf.stride(1), H=num_heads, KV=num_kv_heads, D=D,
-            HALF_BLOCK=triton.next_power_of_2(D // 2))
+            v_buf.stride(1), H=num_heads, KV=num_kv_heads, D=D, ROWS=rows,
+            HP=triton.next_power_of_2(num_heads), KVP=triton.next_power_of_2(num_kv_heads),
+            HALF=triton.next_power_of_2(D // 2))
     return q
 
 

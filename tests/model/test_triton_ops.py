@@ -10,15 +10,19 @@ pytest.importorskip("triton")
 from radixrt.model import triton_ops as to  # noqa: E402
 from radixrt.model.rope import RotaryEmbedding  # noqa: E402
 
+# rows=1: one token per program (the GPU launch); None: several (the interpreter's default)
+ROWS = [1, None]
 
-def test_rms_norm_and_residual_add():
+
+@pytest.mark.parametrize("rows", ROWS)
+def test_rms_norm_and_residual_add(rows):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5, 48, generator=g) * 3
     w = torch.randn(48, generator=g)
-    torch.testing.assert_close(to.rms_norm(x, w, 1e-5), to.rms_norm_ref(x, w, 1e-5))
+    torch.testing.assert_close(to.rms_norm(x, w, 1e-5, rows=rows), to.rms_norm_ref(x, w, 1e-5))
     h1, h2 = x.clone(), x.clone()
     delta = torch.randn(5, 48, generator=g)
-    out = to.add_rms_norm_(h1, delta, w, 1e-6)
+    out = to.add_rms_norm_(h1, delta, w, 1e-6, rows=rows)
     ref = to.add_rms_norm_ref_(h2, delta, w, 1e-6)
     torch.testing.assert_close(h1, h2)  # the residual stream is updated in place
     torch.testing.assert_close(out, ref)
@@ -26,15 +30,16 @@ def test_rms_norm_and_residual_add():
         to.add_rms_norm_(h1, delta[:, :8].contiguous(), w, 1e-6)
 
 
-def test_silu_mul():
+@pytest.mark.parametrize("rows", ROWS)
+def test_silu_mul(rows):
     gu = torch.randn(3, 2 * 40, generator=torch.Generator().manual_seed(1)) * 4
-    torch.testing.assert_close(to.silu_mul(gu), to.silu_mul_ref(gu))
+    torch.testing.assert_close(to.silu_mul(gu, rows=rows), to.silu_mul_ref(gu))
     with pytest.raises(ValueError, match="even"):
         to.silu_mul(torch.randn(2, 7))
 
 
-@pytest.mark.parametrize("kv_heads", [1, 3])
-def test_rope_store(kv_heads):
+@pytest.mark.parametrize(("kv_heads", "rows"), [(1, 1), (3, None)])
+def test_rope_store(kv_heads, rows):
     H, D, T = 3, 16, 4
     g = torch.Generator().manual_seed(2)
     rope = RotaryEmbedding(D, 10000.0, None, 64, torch.float32, "cpu")
@@ -42,7 +47,7 @@ def test_rope_store(kv_heads):
     positions = torch.tensor([0, 5, 17, 63])
     loc = torch.tensor([3, 9, 4, 1])
     bufs = [torch.zeros(12, kv_heads, D) for _ in range(4)]
-    q = to.rope_store(qkv, positions, rope.cos, rope.sin, bufs[0], bufs[1], loc, H, kv_heads)
+    q = to.rope_store(qkv, positions, rope.cos, rope.sin, bufs[0], bufs[1], loc, H, kv_heads, rows=rows)
     q_ref = to.rope_store_ref(qkv, positions, rope.cos, rope.sin, bufs[2], bufs[3], loc, H, kv_heads)
     torch.testing.assert_close(q, q_ref)
     torch.testing.assert_close(bufs[0], bufs[2])

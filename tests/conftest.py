@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 
@@ -16,6 +19,19 @@ try:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 except ImportError:  # pragma: no cover - torch is a hard dependency
     pass
+
+# The hierarchical cache's disk tier is on by default: KV goes to a temporary folder, never
+# into the user's cache. Engines and servers built by session- or module-scoped fixtures use
+# this session folder; each test gets its own (autouse fixture below), so no test finds KV
+# that another one left.
+_HICACHE_SESSION_DIR = tempfile.mkdtemp(prefix="radixrt-hicache-")
+os.environ["RADIXRT_HICACHE_DIR"] = _HICACHE_SESSION_DIR
+atexit.register(shutil.rmtree, _HICACHE_SESSION_DIR, True)
+
+
+@pytest.fixture(autouse=True)
+def _hicache_dir(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("RADIXRT_HICACHE_DIR", str(tmp_path_factory.mktemp("hicache")))
 
 
 @pytest.fixture(scope="session")

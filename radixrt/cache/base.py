@@ -18,10 +18,14 @@ class MatchResult:
     ``indices`` are the KV slots of the matched prefix (int64, length = matched tokens, always
     a multiple of page_size); ``last_node`` is an opaque handle that the caller locks while the
     request runs and passes back to `cache_finished_req` / `cache_unfinished_req`.
+    ``host_tokens`` / ``disk_tokens``: how many of them `fetch` just brought back from the
+    host and disk tiers (the rest were on the device).
     """
 
     indices: torch.Tensor
     last_node: Any
+    host_tokens: int = 0
+    disk_tokens: int = 0
 
 
 class BasePrefixCache(ABC):
@@ -84,3 +88,31 @@ class BasePrefixCache(ABC):
         freed and replaced by the cache's own; returns the new prefix (its ``indices`` replace
         the request's first ``len(indices)`` slots) with ``last_node`` locked in place of the
         old one."""
+
+    # ------------------------------------------------------------------ lower tiers
+    # A cache without lower tiers (radix, none) keeps these defaults.
+    def fetch(self, token_ids: Sequence[int], match: MatchResult) -> MatchResult | None:
+        """Bring the part of ``token_ids``' cached prefix that lives below the device back to
+        it. Returns the (possibly longer) match, or None while it is being read: the request
+        waits and asks again at a later step."""
+        return match
+
+    def note_hit(self, match: MatchResult) -> None:
+        """An admitted request used ``match`` (per-tier hit counters)."""
+        return None
+
+    def io_pending(self) -> bool:
+        """Background transfers are in flight."""
+        return False
+
+    def wait_io(self, timeout: float | None = None) -> None:
+        """Block until a background transfer finishes (or ``timeout``)."""
+        return None
+
+    def close(self) -> None:
+        """Finish background work and stop its threads."""
+        return None
+
+    def tier_stats(self) -> dict[str, Any]:
+        """Per-tier sizes, hits, bytes and timings (empty without lower tiers)."""
+        return {}

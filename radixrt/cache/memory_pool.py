@@ -125,15 +125,18 @@ class TokenToKVPool:
     """Per-layer K and V buffers indexed by slot: ``[size + page_size, kv_heads, head_dim]``."""
 
     def __init__(self, size: int, num_layers: int, num_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: str | torch.device = "cpu", page_size: int = 1):
+                 dtype: torch.dtype, device: str | torch.device = "cpu", page_size: int = 1,
+                 pin_memory: bool = False):
         self.size = size
+        self.device = torch.device(device)
         rows = size + page_size
         self.num_layers = num_layers
         # Uninitialised memory: every slot is written before it is read, except the padding
         # slot 0, which padded gathers read and which must hold finite values.
-        self.k_buffers = [torch.empty((rows, num_kv_heads, head_dim), dtype=dtype, device=device)
+        shape = (rows, num_kv_heads, head_dim)
+        self.k_buffers = [torch.empty(shape, dtype=dtype, device=device, pin_memory=pin_memory)
                           for _ in range(num_layers)]
-        self.v_buffers = [torch.empty((rows, num_kv_heads, head_dim), dtype=dtype, device=device)
+        self.v_buffers = [torch.empty(shape, dtype=dtype, device=device, pin_memory=pin_memory)
                           for _ in range(num_layers)]
         for buf in self.k_buffers + self.v_buffers:
             buf[0].zero_()
@@ -145,3 +148,35 @@ class TokenToKVPool:
     def set_kv(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         self.k_buffers[layer][slots] = k
         self.v_buffers[layer][slots] = v
+
+
+def copy_kv(src: TokenToKVPool, src_slots: torch.Tensor, dst: TokenToKVPool,
+            dst_slots: torch.Tensor) -> None:
+    """Copy the K and V rows ``src_slots`` of ``src`` into rows ``dst_slots`` of ``dst`` (the
+    pools may live on different devices)."""
+    s = src_slots.to(src.device, torch.int64)
+    d = dst_slots.to(dst.device, torch.int64)
+    for bufs_s, bufs_d in ((src.k_buffers, dst.k_buffers), (src.v_buffers, dst.v_buffers)):
+        for bs, bd in zip(bufs_s, bufs_d):
+            bd.index_copy_(0, d, bs.index_select(0, s).to(dst.device, non_blocking=True))
+
+
+def gather_kv(pool: TokenToKVPool, slots: torch.Tensor) -> torch.Tensor:
+    """Rows ``slots`` of every layer as one CPU tensor ``[layers, 2, len(slots), heads, dim]``."""
+    s = slots.to(pool.device, torch.int64)
+    k0 = pool.k_buffers[0]
+    out = torch.empty((pool.num_layers, 2, len(s), *k0.shape[1:]), dtype=k0.dtype)
+    for layer in range(pool.num_layers):
+        out[layer, 0].copy_(pool.k_buffers[layer].index_select(0, s))
+        out[layer, 1].copy_(pool.v_buffers[layer].index_select(0, s))
+    return out
+
+
+def scatter_kv(pool: TokenToKVPool, slots: torch.Tensor, data: torch.Tensor) -> None:
+    """Inverse of `gather_kv`: write ``data [layers, 2, len(slots), heads, dim]`` into rows
+    ``slots``."""
+    s = slots.to(pool.device, torch.int64)
+    data = data.to(pool.device)
+    for layer in range(pool.num_layers):
+        pool.k_buffers[layer].index_copy_(0, s, data[layer, 0])
+        pool.v_buffers[layer].index_copy_(0, s, data[layer, 1])

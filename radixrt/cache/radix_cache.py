@@ -33,17 +33,26 @@ _CHUNK = 256  # tokens compared per list-equality step while narrowing a mismatc
 
 
 class TreeNode:
-    __slots__ = ("id", "key", "value", "children", "parent", "lock_ref", "last_access_time")
+    __slots__ = ("id", "key", "value", "children", "parent", "lock_ref", "last_access_time",
+                 "start", "host_value", "disk_end", "loading", "dead")
     _ids = itertools.count()
 
-    def __init__(self, key: list[int], value: torch.Tensor, parent: TreeNode | None, time: int):
+    def __init__(self, key: list[int], value: torch.Tensor | None, parent: TreeNode | None,
+                 time: int):
         self.id = next(TreeNode._ids)  # tie-breaker in the eviction heap
         self.key = key
-        self.value = value
+        self.value = value  # KV slots on the device; None when the run lives on a lower tier
         self.children: dict = {}
         self.parent = parent
         self.lock_ref = 0
         self.last_access_time = time
+        self.start = parent.start + len(parent.key) if parent is not None else 0  # position
+        # Lower tiers (hicache.HiRadixCache only): host-pool slots, absolute end of the part
+        # of the run that is on disk, the read job filling host_value, removed from the tree.
+        self.host_value: torch.Tensor | None = None
+        self.disk_end = 0
+        self.loading = None
+        self.dead = False
 
     def __repr__(self) -> str:
         head = self.key[:8]
@@ -105,6 +114,8 @@ class RadixCache(BasePrefixCache):
         parent = node.parent
         upper = TreeNode(node.key[:k], node.value[:k].clone(), parent, node.last_access_time)
         upper.lock_ref = node.lock_ref
+        upper.start = node.start
+        node.start += k
         node.key = node.key[k:]
         node.value = node.value[k:].clone()
         node.parent = upper

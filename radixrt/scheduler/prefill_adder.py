@@ -9,7 +9,9 @@ so the prefix is computed once and then served from the cache.
 The adder works on the KV bookkeeping and the policy it is given, never on the scheduler: it
 returns what it admitted and the scheduler updates its queues. Each waiting request is matched
 against the prefix cache once per step: the policy's match (taken to order the queue) is
-reused unless an eviction since then may have freed its slots.
+reused unless an eviction since then may have freed its slots. With the hierarchical cache
+the match is first completed from the lower tiers (`BasePrefixCache.fetch`); a request whose
+prefix is still being read from disk is skipped this step and waits.
 """
 
 from __future__ import annotations
@@ -125,7 +127,10 @@ class PrefillAdder:
         return self.kv.cache.match_prefix(req.fill_ids[: match_len_limit(req)])
 
     def _admit(self, req: Req, match: MatchResult | None) -> bool | None:
-        match = self._fresh_match(req, match)
+        match = self.kv.cache.fetch(req.fill_ids[: match_len_limit(req)],
+                                    self._fresh_match(req, match))
+        if match is None:
+            return None  # its cached prefix is being read back from disk: wait
         m = len(match.indices)
         for other in self.out.reqs:
             if common_prefix_len(req.fill_ids, other.fill_ids) >= m + IN_BATCH_SHARE_THRESHOLD:
@@ -143,6 +148,7 @@ class PrefillAdder:
         if req.num_retractions == 0 and req.num_chunks == 0:
             req.cached_tokens = m
             self.out.cached_tokens += m
+            self.kv.cache.note_hit(match)
         self._add(req, take, future)
         return True
 

@@ -24,7 +24,7 @@ from collections import deque
 import torch
 
 from radixrt.cache.base import BasePrefixCache
-from radixrt.cache.no_cache import NoPrefixCache
+from radixrt.cache.factory import make_prefix_cache
 from radixrt.config import ServerArgs
 from radixrt.model.runner import ModelRunner
 from radixrt.model.sampler import RequestPenalty
@@ -59,12 +59,7 @@ class Scheduler:
         self.tokenizer = tokenizer
         self.vocab_size = runner.config.vocab_size
         self.context_len = runner.context_len
-        if args.disable_radix_cache:
-            self.cache: BasePrefixCache = NoPrefixCache(runner.allocator)
-        else:
-            from radixrt.cache.radix_cache import RadixCache
-
-            self.cache = RadixCache(runner.allocator, args.page_size)
+        self.cache: BasePrefixCache = make_prefix_cache(args, runner)
         self.kv = RunningKV(runner.allocator, runner.req_to_token_pool, self.cache, args.page_size)
         self.policy = SchedulePolicy(args.schedule_policy, self.cache, args.seed)
         self.limits = PrefillLimits(args.max_prefill_tokens, args.chunked_prefill_size,
@@ -141,8 +136,10 @@ class Scheduler:
         return self.kv.accounting(self.running + ([self.chunked] if self.chunked else []))
 
     def close(self) -> None:
-        """Stop the grammar compiler's threads (pending compiles are cancelled)."""
+        """Stop the grammar compiler's threads (pending compiles are cancelled) and the
+        cache's I/O threads (after their queued disk writes)."""
         self.grammars.close()
+        self.cache.close()
 
     # ------------------------------------------------------------------ step
     def step(self) -> list[Req]:
@@ -164,6 +161,8 @@ class Scheduler:
             touched = self._run_decode()
         else:
             touched = []
+            if self.waiting and self.cache.io_pending():
+                self.cache.wait_io(0.05)  # the waiting requests' KV is being read back
         if self._aborted:
             touched = self._aborted + touched
             self._aborted = []

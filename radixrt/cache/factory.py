@@ -1,0 +1,76 @@
+"""Builds the prefix cache a server's flags ask for: none (``--disable-radix-cache``), the
+radix cache (``--disable-hierarchical-cache``), or by default the hierarchical radix cache with
+a host-memory tier and, unless ``--hicache-storage-backend none``, a disk tier."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+from radixrt.cache.base import BasePrefixCache
+from radixrt.cache.memory_pool import KVAllocator, TokenToKVPool
+
+logger = logging.getLogger("radixrt.hicache")
+
+# Tokens per disk block (rounded up to a whole number of pages): small enough that a prompt
+# shares most of its blocks with its neighbours, large enough that a 2,000-token prefix is a
+# few dozen files.
+BLOCK_TOKENS = 64
+
+
+def hicache_root(args) -> Path:
+    """``--hicache-dir``, else ``$RADIXRT_HICACHE_DIR``, else ``<cache dir>/hicache``."""
+    if args.hicache_dir:
+        return Path(args.hicache_dir)
+    env = os.environ.get("RADIXRT_HICACHE_DIR")
+    if env:
+        return Path(env)
+    from radixrt.model.loader import default_cache_dir
+
+    return default_cache_dir() / "hicache"
+
+
+def host_pool_tokens(args, device_tokens: int, bytes_per_token: int) -> int:
+    if args.hicache_size > 0:
+        n = int(args.hicache_size * 2**30 // bytes_per_token)
+    else:
+        n = int(args.hicache_ratio * device_tokens)
+    ps = args.page_size
+    return max(ps, n // ps * ps)
+
+
+def make_prefix_cache(args, runner) -> BasePrefixCache:
+    if args.disable_radix_cache:
+        from radixrt.cache.no_cache import NoPrefixCache
+
+        return NoPrefixCache(runner.allocator)
+    if args.disable_hierarchical_cache:
+        from radixrt.cache.radix_cache import RadixCache
+
+        return RadixCache(runner.allocator, args.page_size)
+    from radixrt.cache.disk_store import DiskKVStore, model_fingerprint
+    from radixrt.cache.hiradix_cache import HiRadixCache
+    from radixrt.version import __version__
+
+    c, pool = runner.config, runner.kv_pool
+    per_tok = TokenToKVPool.bytes_per_token(c.num_layers, c.num_kv_heads, c.head_dim, runner.dtype)
+    n_host = host_pool_tokens(args, runner.max_total_tokens, per_tok)
+    host_pool = TokenToKVPool(n_host, c.num_layers, c.num_kv_heads, c.head_dim, runner.dtype,
+                              "cpu", args.page_size, pin_memory=runner.device.type == "cuda")
+    host_alloc = KVAllocator(n_host, args.page_size)
+    disk = None
+    if args.hicache_storage_backend == "file":
+        block = -(-BLOCK_TOKENS // args.page_size) * args.page_size
+        fp = model_fingerprint(
+            runner.model_dir, dtype=str(runner.dtype), quantization=runner.quantization,
+            quantization_plan=runner.quantization_plan.describe(), page_size=args.page_size,
+            block_tokens=block, config=dataclasses.asdict(c),
+            attention=runner.attn_backend.name, device=runner.device.type, radixrt=__version__)
+        disk = DiskKVStore(hicache_root(args), fp, block, c.num_layers, c.num_kv_heads,
+                           c.head_dim, runner.dtype, int(args.hicache_disk_size_gb * 2**30))
+    logger.info("hierarchical cache: host tier %d tokens (%.1f MiB)%s", n_host,
+                n_host * per_tok / 2**20,
+                f", disk tier {disk.dir} ({args.hicache_disk_size_gb:g} GiB)" if disk else "")
+    return HiRadixCache(runner.allocator, pool, host_pool, host_alloc, disk, args.page_size)

@@ -13,6 +13,12 @@ from radixrt.config import ServerArgs
 from radixrt.model.attention import make_attention_backend
 from radixrt.model.config import ModelConfig
 from radixrt.model.cpu_features import detect_cpu_features
+from radixrt.model.cuda_graph import (
+    DEFAULT_MEM_FRACTION_STATIC,
+    gpu_memory,
+    make_graph_runner,
+    plan_kv_pool_tokens,
+)
 from radixrt.model.forward_batch import ForwardBatch
 from radixrt.model.llama import LlamaModel
 from radixrt.model.loader import ModelLoadError, load_state_dict, prepare_model_dir
@@ -131,6 +137,10 @@ class ModelRunner:
         per_tok = TokenToKVPool.bytes_per_token(c.num_layers, c.num_kv_heads, c.head_dim, self.dtype)
         if a.max_total_tokens is not None:
             total = a.max_total_tokens
+        elif self.device.type == "cuda":  # GPU memory plan: radixrt/model/cuda_graph.py
+            free, gpu_total = gpu_memory(self.device)
+            total = plan_kv_pool_tokens(gpu_total, free, a.mem_fraction_static or DEFAULT_MEM_FRACTION_STATIC,
+                                        per_tok, a.page_size)
         else:
             total = int(a.kv_cache_memory_gb * 2**30 // per_tok)
         total = max(a.page_size, total // a.page_size * a.page_size)
@@ -140,6 +150,9 @@ class ModelRunner:
         self.req_to_token_pool = ReqToTokenPool(a.max_running_requests + 8, self.context_len + 8)
         self.kv_pool = TokenToKVPool(total, c.num_layers, c.num_kv_heads, c.head_dim, self.dtype, self.device,
                                      a.page_size)
+        self.graph_runner = make_graph_runner(self, a)  # decode CUDA graphs (None off CUDA)
 
     def forward(self, fb: ForwardBatch) -> torch.Tensor:
+        if self.graph_runner is not None and self.graph_runner.can_run(fb):
+            return self.graph_runner.replay(fb)
         return self.model.forward(fb, self.kv_pool)

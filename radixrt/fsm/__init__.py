@@ -15,6 +15,8 @@ Map (one line per module):
 - ``jump_forward``: forced text → tokens consistent with canonical tokenization.
 - ``bitmask``: allocate / apply packed bitmasks to logits.
 - ``compiler``: GrammarCompiler with cache and async compile.
+- ``gbnf`` → ``cfg_lark`` → ``cfg``: GBNF grammars (``ebnf``) → Lark with provably safe lexemes →
+  llguidance's Earley matcher (``CfgGrammar``, ``CfgMatcher``); ``new_matcher`` picks the matcher.
 - ``dtypes``: regex constants for the frontend DSL.
 """
 
@@ -27,6 +29,16 @@ from radixrt.fsm.grammar import CompiledGrammar
 from radixrt.fsm.jump_forward import JumpForward
 from radixrt.fsm.matcher import GrammarMatcher
 
+
+def new_matcher(compiled):
+    """A fresh per-request matcher for a compiled grammar (a DFA one, or a CFG one)."""
+    if getattr(compiled, "kind", None) == "ebnf":
+        from radixrt.fsm.cfg import CfgMatcher
+
+        return CfgMatcher(compiled)
+    return GrammarMatcher(compiled)
+
+
 __all__ = [
     "CompiledGrammar",
     "GrammarCompiler",
@@ -35,5 +47,6 @@ __all__ = [
     "JumpForward",
     "allocate_token_bitmask",
     "apply_token_bitmask_",
+    "new_matcher",
     "unpack_bitmask",
 ]

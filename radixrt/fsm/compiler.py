@@ -1,7 +1,8 @@
 """GrammarCompiler: request constraints → CompiledGrammar, cached, optionally off-thread.
 
 Kinds: ``"regex"`` (a Python-style regex, full match), ``"json_schema"`` (JSON text or dict),
-``"json_object"`` (any JSON object), ``"choices"`` (a JSON list of strings, or a list).
+``"json_object"`` (any JSON object), ``"choices"`` (a JSON list of strings, or a list), and
+``"ebnf"`` (a GBNF grammar, compiled by ``radixrt.fsm.cfg`` to a CfgGrammar, not a DFA).
 ``compile_async`` runs in a small thread pool so the scheduler never blocks on a compile; equal
 requests share one in-flight compile and one cache entry (LRU, keyed by kind, spec and the
 tokenizer's vocabulary key). Every failure is a ``GrammarError`` naming the keyword or field.
@@ -24,7 +25,7 @@ from radixrt.fsm.regex_parser import parse_regex
 from radixrt.fsm.token_index import TokenTrie
 from radixrt.fsm.vocabulary import get_vocabulary
 
-KINDS = ("regex", "json_schema", "json_object", "choices")
+KINDS = ("regex", "json_schema", "json_object", "choices", "ebnf")
 
 
 class GrammarCompiler:
@@ -94,9 +95,9 @@ class GrammarCompiler:
             raise GrammarError(f"unknown grammar kind {kind!r} (supported: {', '.join(KINDS)})")
         if kind == "json_object":
             text = ""
-        elif kind == "regex":
+        elif kind in ("regex", "ebnf"):
             if not isinstance(spec, str):
-                raise GrammarError("regex must be a string")
+                raise GrammarError(f"{kind} must be a string")
             text = spec
         elif isinstance(spec, str):
             text = spec
@@ -120,6 +121,12 @@ class GrammarCompiler:
                 self._inflight.pop(key, None)
 
     def _build(self, kind: str, text: str) -> CompiledGrammar:
+        if kind == "ebnf":
+            from radixrt.fsm.cfg import compile_ebnf
+
+            return compile_ebnf(text, self.vocab, self.vocab_size, self.eos_token_ids,
+                                encode=self._encode, encode_batch=self._encode_batch,
+                                canonical=self.canonical_tokens)
         try:
             dfa = compile_regex_ast(self._ast(kind, text))
         except RecursionError:

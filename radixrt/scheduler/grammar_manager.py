@@ -1,9 +1,9 @@
 """Constrained decoding inside the scheduler: grammar compilation off the hot loop, token
 masks, and jump-forward over text the grammar forces.
 
-A request with ``regex`` / ``json_schema`` waits here (not in the scheduler's queue) while its
-grammar compiles in the compiler's thread pool; other requests keep running. A compile error
-finishes that request alone with a 400-class error.
+A request with ``regex`` / ``json_schema`` / ``ebnf`` waits here (not in the scheduler's queue)
+while its grammar compiles in the compiler's thread pool; other requests keep running. A compile
+error finishes that request alone with a 400-class error.
 
 Jump-forward is verified, never imposed. After a sampled token is accepted, the text the
 grammar forces next is tokenized into a draft (``propose_draft``). The next decode step feeds
@@ -82,8 +82,6 @@ class GrammarManager:
 
     def submit(self, req: Req, kind: str, spec: str) -> None:
         """Start compiling; raises ValueError at once if the spec is rejected up front."""
-        if kind == "ebnf":
-            raise ValueError("sampling_params.ebnf: EBNF grammars are not supported; use regex or json_schema")
         if kind == "structural_tag":  # radixrt/scheduler/structural_tag.py
             if self._structural_tags is None:
                 from radixrt.scheduler.structural_tag import StructuralTagCompiler
@@ -117,9 +115,9 @@ class GrammarManager:
                 req.finished = FinishReason("abort", message=req.error)
                 failed.append(req)
             else:
-                from radixrt.fsm import GrammarMatcher
+                from radixrt.fsm import new_matcher
 
-                req.grammar = GrammarMatcher(fut.result())
+                req.grammar = new_matcher(fut.result())
                 ready.append(req)
         self.pending = still
         return ready, failed

@@ -1,11 +1,13 @@
-"""The GPU worker's path (Triton attention + Triton fused ops) end to end through the Engine, on
-CPU under Triton's interpreter: greedy tokens equal the torch backend's."""
+"""The GPU worker's path (Triton attention + Triton fused ops) end to end through the Engine:
+greedy tokens equal the torch backend's. On CPU under Triton's interpreter; on a CUDA machine
+compiled, with decode CUDA graphs (float32 there too, so the two backends can agree exactly)."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
+import torch
 
 pytest.importorskip("triton")
 
@@ -13,7 +15,8 @@ from radixrt import Engine  # noqa: E402
 from radixrt.model.triton_attention import interpreted  # noqa: E402
 from tests.engine.conftest import assert_no_leak  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not interpreted(), reason="CPU run of Triton needs TRITON_INTERPRET=1")
+pytestmark = pytest.mark.skipif(not (interpreted() or torch.cuda.is_available()),
+                                reason="CPU run of Triton needs TRITON_INTERPRET=1")
 
 
 def _outputs(eng: Engine, prompts, params) -> list[list[int]]:
@@ -32,7 +35,7 @@ def test_tiny_model_triton_equals_torch(tiny_model_dir, page_size):
     results = {}
     for backend in ("torch", "triton"):
         eng = Engine(model_path=str(tiny_model_dir), attention_backend=backend, page_size=page_size,
-                     max_total_tokens=1024, max_running_requests=8, quantization="none")
+                     max_total_tokens=1024, max_running_requests=8, quantization="none", dtype="float32")
         try:
             assert eng.runner.attn_backend.name == backend
             first = eng.generate(input_ids=prompts[0], sampling_params=params)["output_ids"]
@@ -50,7 +53,7 @@ def test_default_model_triton_equals_torch(default_model_dir):
     outs = {}
     for backend in ("torch", "triton"):
         eng = Engine(attention_backend=backend, max_total_tokens=512, max_running_requests=4,
-                     quantization="none")
+                     quantization="none", dtype="float32")
         try:
             outs[backend] = [r["output_ids"] for r in eng.generate(prompts, params)]
         finally:

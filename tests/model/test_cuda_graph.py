@@ -75,7 +75,7 @@ class _Requests:
 def runner(tiny_model_dir):
     from radixrt.model.runner import ModelRunner
 
-    return ModelRunner(ServerArgs(model_path=str(tiny_model_dir), attention_backend="torch",
+    return ModelRunner(ServerArgs(model_path=str(tiny_model_dir), attention_backend="torch", device="cpu",
                                   max_total_tokens=512, page_size=16, quantization="none",
                                   max_running_requests=8, context_length=256))
 
@@ -141,7 +141,7 @@ def test_triton_split_count_is_pinned_while_stepping(tiny_model_dir):
 
     if not interpreted():
         pytest.skip("CPU run of Triton needs TRITON_INTERPRET=1")
-    r = ModelRunner(ServerArgs(model_path=str(tiny_model_dir), attention_backend="triton",
+    r = ModelRunner(ServerArgs(model_path=str(tiny_model_dir), attention_backend="triton", device="cpu",
                                max_total_tokens=256, quantization="none", max_running_requests=4,
                                context_length=600))
     reqs = _Requests(r, [3, 6], seed=1)

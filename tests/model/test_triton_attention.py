@@ -1,5 +1,6 @@
-"""Triton paged attention vs the torch reference (``native.torch_paged_*``), interpreted on CPU
-(``TRITON_INTERPRET=1``, set by tests/conftest.py when there is no CUDA)."""
+"""Triton paged attention vs the torch reference (``native.torch_paged_*``): compiled on a CUDA
+device when there is one, else interpreted on CPU (``TRITON_INTERPRET=1``, set by
+tests/conftest.py when there is no CUDA)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from radixrt.model.forward_batch import ForwardBatch  # noqa: E402
 from radixrt.model.native import torch_paged_decode_attention, torch_paged_extend_attention  # noqa: E402
 
 D = 16  # small head dim: the interpreter's cost grows with block sizes
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _pool(seq_lens: list[int], page_size: int, kv_heads: int, seed: int = 0):
@@ -36,7 +38,7 @@ def _pool(seq_lens: list[int], page_size: int, kv_heads: int, seed: int = 0):
     kv_indices = torch.zeros(len(seq_lens), lmax, dtype=torch.int64)
     for b, sl in enumerate(slots):
         kv_indices[b, :len(sl)] = torch.tensor(sl)
-    return k_buf, v_buf, kv_indices
+    return k_buf.to(DEV), v_buf.to(DEV), kv_indices.to(DEV)
 
 
 @pytest.mark.parametrize("page_size", [1, 16])
@@ -45,8 +47,8 @@ def test_decode_matches_torch(page_size, group):
     kv_heads = 2
     seq_lens = [1, 17, 40]
     k_buf, v_buf, kv_indices = _pool(seq_lens, page_size, kv_heads)
-    q = torch.randn(len(seq_lens), kv_heads * group, D)
-    sl = torch.tensor(seq_lens)
+    q = torch.randn(len(seq_lens), kv_heads * group, D, device=DEV)
+    sl = torch.tensor(seq_lens, device=DEV)
     ref = torch_paged_decode_attention(q, k_buf, v_buf, kv_indices, sl, 0.3)
     out = ta.decode_attention(q, k_buf, v_buf, kv_indices, sl, 0.3, num_splits=1, block_n=16)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
@@ -58,8 +60,8 @@ def test_decode_split_boundaries():
     kv_heads, group = 1, 3
     seq_lens = [1, 2, 15, 16, 17, 63, 64, 65, 80]
     k_buf, v_buf, kv_indices = _pool(seq_lens, 16, kv_heads, seed=1)
-    q = torch.randn(len(seq_lens), kv_heads * group, D)
-    sl = torch.tensor(seq_lens)
+    q = torch.randn(len(seq_lens), kv_heads * group, D, device=DEV)
+    sl = torch.tensor(seq_lens, device=DEV)
     ref = torch_paged_decode_attention(q, k_buf, v_buf, kv_indices, sl, 0.25)
     for splits in (2, 4):
         out = ta.decode_attention(q, k_buf, v_buf, kv_indices, sl, 0.25, num_splits=splits, block_n=16)
@@ -75,11 +77,13 @@ def test_extend_matches_torch(page_size, group):
     extends = [5, 9, 20, 1]
     seq_lens = [p + e for p, e in zip(prefixes, extends)]
     k_buf, v_buf, kv_indices = _pool(seq_lens, page_size, kv_heads, seed=2)
-    q = torch.randn(sum(extends), kv_heads * group, D)
-    q_starts = torch.tensor([sum(extends[:b]) for b in range(len(extends))])
-    sl, el = torch.tensor(seq_lens), torch.tensor(extends)
+    q = torch.randn(sum(extends), kv_heads * group, D, device=DEV)
+    q_starts = torch.tensor([sum(extends[:b]) for b in range(len(extends))], device=DEV)
+    sl, el = torch.tensor(seq_lens, device=DEV), torch.tensor(extends, device=DEV)
     ref = torch_paged_extend_attention(q, k_buf, v_buf, kv_indices, sl, el, q_starts, 0.3)
-    out = ta.extend_attention(q, k_buf, v_buf, kv_indices, sl, el, q_starts, 0.3, block_m=8, block_n=8)
+    # 16 query rows (4 tokens x 4 padded heads at GQA 3; 16 tokens at GQA 1), 16-key blocks: several
+    # blocks each way, and the smallest tl.dot tiles a GPU compiles
+    out = ta.extend_attention(q, k_buf, v_buf, kv_indices, sl, el, q_starts, 0.3, block_m=16, block_n=16)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
 
 
@@ -87,9 +91,9 @@ def _forward_batch(prefixes: list[int], extends: list[int], page_size: int, kv_h
     seq_lens = [p + e for p, e in zip(prefixes, extends)]
     k_buf, v_buf, kv_indices = _pool(seq_lens, page_size, kv_heads, seed=3)
     req_to_token = torch.zeros(len(seq_lens), max(seq_lens), dtype=torch.int64)
-    req_to_token[:, :kv_indices.shape[1]] = kv_indices
+    req_to_token[:, :kv_indices.shape[1]] = kv_indices.cpu()
     fb = ForwardBatch.build([0] * sum(extends), seq_lens, extends, torch.zeros(sum(extends), dtype=torch.int64),
-                            req_to_token, list(range(len(seq_lens))))
+                            req_to_token, list(range(len(seq_lens))), device=DEV)
     return fb, k_buf, v_buf
 
 
@@ -100,8 +104,8 @@ def test_backend_mixed_batches(extends):
     kv_heads, group = 1, 3
     prefixes = [30, 2, 0, 11, 70][:len(extends)]
     fb, k_buf, v_buf = _forward_batch(prefixes, extends, 16, kv_heads)
-    q = torch.randn(sum(extends), kv_heads * group, D)
-    be = ta.TritonAttentionBackend(0.3)
+    q = torch.randn(sum(extends), kv_heads * group, D, device=DEV)
+    be = ta.TritonAttentionBackend(0.3, DEV)
     plan = be.plan(fb, kv_heads)
     assert plan.decode_rows == sum(e == 1 for e in extends)
     assert plan.extend_rows == sum(e > 1 for e in extends)

@@ -112,7 +112,6 @@ class HiRadixCache(RadixCache):
         self._jobs: dict[str, queue.Queue] = {}
         self._threads: list[threading.Thread] = []
         self._in_flight = {"read": 0, "write": 0}
-        self._writing: set[str] = set()  # keys of blocks queued for writing
         self._from_disk: set[TreeNode] = set()  # host nodes that were read from disk
         if disk is not None:
             self._restore(disk.scan())
@@ -444,28 +443,52 @@ class HiRadixCache(RadixCache):
 
     # ------------------------------------------------------------------ disk I/O
     def _whole_blocks(self, nodes: list[TreeNode]) -> list[TreeNode]:
-        """The leading ``nodes`` up to the last one that ends at a block boundary (the blocks
-        of a run ending inside a block hold tokens the path does not name)."""
+        """``nodes`` (disk nodes along a path) up to the last block boundary: the blocks of a
+        run that ends inside a block hold tokens the path does not name. A node across that
+        boundary is split there."""
         if self.disk is None:
             return []
         b = self.disk.block_tokens
-        n = len(nodes)
-        while n and (nodes[n - 1].start + len(nodes[n - 1].key)) % b:
-            n -= 1
-        return nodes[:n]
+        out = list(nodes)
+        while out:
+            last = out[-1]
+            end = last.start + len(last.key)
+            if end % b == 0:
+                break
+            cut = end // b * b
+            if cut > last.start:
+                out[-1] = self._split(last, cut - last.start)
+                break
+            out.pop()
+        return out
+
+    def _within(self, nodes: list[TreeNode], limit: int) -> list[TreeNode]:
+        """The leading ``nodes`` that hold at most ``limit`` tokens (a multiple of the block),
+        the last one split at a block boundary if needed."""
+        out, total = [], 0
+        for x in nodes:
+            if total + len(x.key) > limit:
+                if limit - total > 0:
+                    out.append(self._split(x, limit - total))
+                break
+            out.append(x)
+            total += len(x.key)
+        return out
 
     def _start_read(self, tokens: list[int], nodes: list[TreeNode]) -> bool:
         """Queue a read of disk nodes ``nodes`` (consecutive on one path, the last ending at a
         block boundary) into host slots. False when nothing could be queued (no host room)."""
+        b = self.disk.block_tokens
+        limit = self.host_allocator.size // b * b
         slots = None
-        while nodes:
-            slots = self._host_alloc(sum(len(x.key) for x in nodes))
+        while nodes and limit >= b:
+            nodes = self._within(nodes, limit)
+            slots = self._host_alloc(sum(len(x.key) for x in nodes)) if nodes else None
             if slots is not None:
                 break
-            nodes = self._whole_blocks(nodes[:-1])
-        if not nodes:
+            limit = limit // 2 // b * b
+        if slots is None:
             return False
-        b = self.disk.block_tokens
         start, end = nodes[0].start, nodes[-1].start + len(nodes[-1].key)
         first, last = start // b, end // b
         keys = self.disk.chain_keys(tokens, last)[first:]
@@ -514,6 +537,13 @@ class HiRadixCache(RadixCache):
             elif x.start + len(x.key) <= job.ok_end:
                 self._host_nodes.add(x)
                 self._from_disk.add(x)
+            elif x.start < job.ok_end:  # read up to a damaged block: keep what was read
+                upper = self._split(x, job.ok_end - x.start)
+                self._host_nodes.add(upper)
+                self._from_disk.add(upper)
+                self.host_allocator.free(x.host_value)
+                x.host_value = None
+                self._drop(x)
             else:
                 self.host_allocator.free(x.host_value)
                 x.host_value = None
@@ -533,7 +563,9 @@ class HiRadixCache(RadixCache):
         if nb == 0:
             return
         keys = disk.chain_keys(tokens, nb)
-        todo = [i for i, k in enumerate(keys) if k not in self._writing and not disk.contains(k)]
+        # Blocks another queued job also writes are written (skipped) again: jobs run in order
+        # on one thread, so this job's completion sees all of its blocks on disk.
+        todo = [i for i, k in enumerate(keys) if not disk.contains(k)]
         if not todo:
             self._mark_disk(tokens, keys)
             return
@@ -542,7 +574,6 @@ class HiRadixCache(RadixCache):
         while lock.start >= nb * b:  # the node that ends the last whole block
             lock = lock.parent
         job = _WriteJob(tokens[:nb * b], lock, keys, [(i, slots[i * b:(i + 1) * b]) for i in todo])
-        self._writing.update(keys[i] for i in todo)
         self.inc_lock_ref(lock)
         self._submit("write", job)
 
@@ -560,7 +591,6 @@ class HiRadixCache(RadixCache):
             job.seconds += time.perf_counter() - t0
 
     def _finish_write(self, job: _WriteJob) -> None:
-        self._writing.difference_update(job.keys[i] for i, _ in job.blocks)
         self.dec_lock_ref(job.lock_node)
         self.stats.disk_write_bytes += job.nbytes
         self.stats.disk_write_seconds += job.seconds

@@ -1,0 +1,506 @@
+"""HiRadixCache: tier moves, disk persistence and failure handling, plus stateful property
+tests against a reference (what was inserted) with the KV contents checked on every match.
+
+Every KV row written here is a function of the whole token prefix it belongs to, so a row
+served for the wrong prefix, from a stale slot or a wrong block shows up as a mismatch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from radixrt.cache import disk_store
+from radixrt.cache.base import MatchResult
+from radixrt.cache.disk_store import DiskKVStore
+from radixrt.cache.hiradix_cache import HiRadixCache
+from radixrt.cache.memory_pool import KVAllocator, TokenToKVPool
+
+LAYERS, HEADS, DIM = 2, 1, 2
+FP = "test-fingerprint"
+
+
+def prefix_code(tokens: list[int], i: int) -> float:
+    """A number that names ``tokens[:i + 1]`` (exact in float32)."""
+    h = 0
+    for t in tokens[:i + 1]:
+        h = (h * 1000003 + t + 1) % (1 << 22)
+    return float(h)
+
+
+class Rig:
+    """A HiRadixCache over small pools, driven like the scheduler drives it."""
+
+    def __init__(self, root: Path, device: int = 64, host: int = 128, ps: int = 1,
+                 block: int = 4, disk: bool = True, disk_bytes: int = 1 << 30, fp: str = FP):
+        self.root, self.device, self.host, self.ps = root, device, host, ps
+        self.block, self.use_disk, self.disk_bytes, self.fp = block, disk, disk_bytes, fp
+        self.build()
+
+    def build(self) -> None:
+        ps = self.ps
+        self.alloc = KVAllocator(self.device, ps)
+        self.pool = TokenToKVPool(self.device, LAYERS, HEADS, DIM, torch.float32, page_size=ps)
+        self.halloc = KVAllocator(self.host, ps)
+        self.hpool = TokenToKVPool(self.host, LAYERS, HEADS, DIM, torch.float32, page_size=ps)
+        self.disk = (DiskKVStore(self.root, self.fp, self.block, LAYERS, HEADS, DIM, torch.float32,
+                                 self.disk_bytes) if self.use_disk else None)
+        self.cache = HiRadixCache(self.alloc, self.pool, self.hpool, self.halloc, self.disk, ps)
+
+    def restart(self) -> None:
+        self.cache.close()
+        self.build()
+
+    def expected(self, tokens: list[int], start: int, end: int) -> torch.Tensor:
+        codes = torch.tensor([prefix_code(tokens, i) for i in range(start, end)])
+        return codes
+
+    def write_kv(self, tokens: list[int], slots: torch.Tensor, start: int) -> None:
+        codes = self.expected(tokens, start, len(slots))
+        for layer in range(LAYERS):
+            self.pool.k_buffers[layer][slots[start:], 0, 0] = codes
+            self.pool.k_buffers[layer][slots[start:], 0, 1] = layer
+            self.pool.v_buffers[layer][slots[start:], 0, 0] = -codes
+            self.pool.v_buffers[layer][slots[start:], 0, 1] = layer + 0.5
+
+    def check_rows(self, tokens: list[int], match: MatchResult) -> None:
+        n = len(match.indices)
+        codes = self.expected(tokens, 0, n)
+        for layer in range(LAYERS):
+            k = self.pool.k_buffers[layer][match.indices, 0]
+            v = self.pool.v_buffers[layer][match.indices, 0]
+            assert torch.equal(k[:, 0], codes), f"layer {layer}: K rows of another prefix"
+            assert torch.equal(v[:, 0], -codes) and (k[:, 1] == layer).all()
+            assert (v[:, 1] == layer + 0.5).all()
+
+    def lookup(self, tokens: list[int], wait: bool = True) -> MatchResult | None:
+        c = self.cache
+        while True:
+            m = c.fetch(tokens, c.match_prefix(tokens))
+            if m is not None:
+                self.check_rows(tokens, m)
+                return m
+            if not wait:
+                return None
+            c.wait_io(10)
+
+    def request(self, tokens: list[int], wait: bool = True) -> int | None:
+        """Run ``tokens`` as a request: reuse the cached prefix, 'compute' the rest, donate
+        it. Returns the cached length, or None (waiting for disk, or no room)."""
+        c = self.cache
+        m = self.lookup(tokens, wait)
+        if m is None:
+            return None
+        n = len(m.indices)
+        c.inc_lock_ref(m.last_node)
+        last = int(m.indices[-1]) if n else None
+        own = self.alloc.alloc(len(tokens) - n, last)
+        if own is None:
+            c.evict(len(tokens) - n + self.ps)
+            own = self.alloc.alloc(len(tokens) - n, last)
+        if own is None:
+            c.dec_lock_ref(m.last_node)
+            return None
+        slots = torch.cat([m.indices, own])
+        self.write_kv(tokens, slots, n)
+        c.cache_finished_req(tokens, slots, n, m.last_node)
+        return n
+
+
+def tier(node) -> int:
+    return 0 if node.value is not None else 1 if node.host_value is not None else 2
+
+
+def check_tree(rig: Rig, locks: int = 0) -> None:
+    """Structure, tiers, counters and (with no I/O in flight) slot accounting."""
+    c, ps = rig.cache, rig.ps
+    dev_tokens = host_tokens = evictable = protected = 0
+    leaves, hosted = set(), set()
+    stack = [c.root]
+    while stack:
+        node = stack.pop()
+        for key, child in node.children.items():
+            assert child.parent is node and not child.dead
+            assert c._child_key(child.key, 0) == key
+            assert child.start == node.start + len(node.key)
+            assert len(child.key) > 0 and len(child.key) % ps == 0
+            assert tier(child) >= (tier(node) if node is not c.root else 0), "tiers go down a path"
+            stack.append(child)
+        if node is c.root:
+            continue
+        if node.value is not None:
+            assert len(node.value) == len(node.key)
+            dev_tokens += len(node.key)
+            if node.lock_ref:
+                protected += len(node.key)
+            else:
+                evictable += len(node.key)
+            if not any(ch.value is not None for ch in node.children.values()):
+                leaves.add(node)
+        if node.host_value is not None:
+            assert len(node.host_value) == len(node.key)
+            if node.loading is None:
+                hosted.add(node)
+                host_tokens += len(node.key)
+        if tier(node) == 2:
+            assert node.disk_end >= node.start + len(node.key), "a disk node must be on disk"
+            assert (node.start + len(node.key)) % rig.block == 0 or node.children
+    assert c._evictable == evictable and c._protected == protected
+    assert c._leaves == leaves
+    assert c._host_nodes == hosted
+    assert rig.alloc.available_size() + dev_tokens == rig.alloc.size
+    if not c.io_pending():
+        assert rig.halloc.available_size() + host_tokens == rig.halloc.size
+    if locks == 0:
+        assert protected == 0 or c.io_pending()
+
+
+# ---------------------------------------------------------------------------- unit tests
+def test_evicted_run_moves_to_host_and_comes_back(tmp_path):
+    rig = Rig(tmp_path, device=32, host=64, disk=False)
+    a, b = list(range(1, 25)), list(range(100, 124))
+    assert rig.request(a) == 0
+    assert rig.request(b) == 0  # evicts a to the host
+    assert rig.cache.tier_tokens()["host"] >= 16
+    assert rig.request(a) == 24  # back from the host: nothing recomputed
+    assert rig.cache.stats.host_to_device_bytes > 0
+    check_tree(rig)
+
+
+def test_fetch_counts_hits_by_tier(tmp_path):
+    rig = Rig(tmp_path, device=32, host=64, disk=False)
+    a = list(range(1, 25))
+    rig.request(a)
+    rig.cache.evict(32)
+    m = rig.lookup(a)
+    assert len(m.indices) == 24 and m.host_tokens == 24 and m.disk_tokens == 0
+    rig.cache.note_hit(m)
+    assert rig.cache.stats.hit_tokens_host == 24 and rig.cache.stats.hit_tokens_device == 0
+
+
+def test_host_full_demotes_to_disk_then_reads_back(tmp_path):
+    rig = Rig(tmp_path, device=32, host=32, block=4)
+    seqs = [[s * 100 + i for i in range(1, 21)] for s in range(1, 6)]
+    for s in seqs:
+        assert rig.request(s) == 0
+    rig.cache.drain_io()
+    assert rig.disk.num_blocks() == 5 * 5
+    assert rig.cache.tier_tokens()["disk"] > 0
+    assert rig.request(seqs[0]) == 20  # from disk, through the host
+    assert rig.cache.stats.disk_blocks_read == 5
+    check_tree(rig)
+
+
+def test_restart_reuses_prefix_from_disk(tmp_path):
+    rig = Rig(tmp_path, block=4)
+    a = list(range(1, 19))  # 4 whole blocks + 2 tokens
+    rig.request(a)
+    rig.restart()
+    assert rig.cache.tier_tokens() == {"device": 0, "host": 0, "disk": 16}
+    assert rig.request(a + [7, 7]) == 16
+    assert rig.cache.stats.disk_blocks_read == 4
+    check_tree(rig)
+
+
+def test_restart_branches_inside_a_block(tmp_path):
+    rig = Rig(tmp_path, block=4)
+    a, b = [1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6, 9, 9]  # share 1.5 blocks
+    rig.request(a)
+    rig.request(b)
+    rig.restart()
+    check_tree(rig)
+    assert rig.request([1, 2, 3, 4, 5, 6, 0, 0]) == 4  # the shared half block is not readable
+    assert rig.request(b) == 8 and rig.request(a) == 8
+    check_tree(rig)
+
+
+def test_paged_restart(tmp_path):
+    rig = Rig(tmp_path, ps=4, block=8)
+    a = list(range(1, 31))
+    rig.request(a)
+    rig.restart()
+    assert rig.request(a) == 24
+    check_tree(rig)
+
+
+def test_foreign_fingerprint_never_served(tmp_path, caplog):
+    rig = Rig(tmp_path, block=4)
+    rig.request(list(range(1, 13)))
+    rig.cache.close()
+    (d,) = [p for p in tmp_path.iterdir()]
+    other = Rig(tmp_path, block=4, fp="another-model")
+    assert other.cache.tier_tokens()["disk"] == 0
+    # The same files under the other model's folder: skipped at start-up with a warning.
+    target = other.disk.dir
+    for f in d.iterdir():
+        os.replace(f, target / f.name)
+    with caplog.at_level(logging.WARNING, logger="radixrt.hicache"):
+        other.restart()
+    assert other.cache.tier_tokens()["disk"] == 0
+    assert "invalid or foreign" in caplog.text
+    assert other.request(list(range(1, 13))) == 0
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "header", "tokens", "delete"])
+def test_damaged_block_is_recomputed(tmp_path, caplog, damage):
+    rig = Rig(tmp_path, block=4)
+    a = list(range(1, 17))
+    rig.request(a)
+    rig.cache.close()
+    keys = rig.disk.chain_keys(a, 4)
+    path = rig.disk.dir / f"{keys[2]}.kv"
+    raw = bytearray(path.read_bytes())
+    if damage == "flip":
+        raw[-3] ^= 0xFF
+        path.write_bytes(raw)
+    elif damage == "truncate":
+        path.write_bytes(raw[:-5])
+    elif damage == "header":
+        path.write_bytes(raw[:10] + b"garbage" + raw[17:])
+    elif damage == "tokens":  # a block that claims the key of other tokens
+        path.write_bytes(raw.replace(b"[9, 10, 11, 12]", b"[9, 10, 11, 13]"))
+    rig.build()
+    if damage == "delete":
+        path.unlink()
+    with caplog.at_level(logging.WARNING, logger="radixrt.hicache"):
+        n = rig.request(a)
+    assert n == 8  # the blocks before the damaged one; the rest is recomputed
+    assert "hicache" in caplog.text
+    check_tree(rig)
+    rig.cache.drain_io()
+    rig.restart()
+    assert rig.request(a) == 16  # written again, whole
+
+
+def test_tiny_quota_writes_nothing_and_keeps_serving(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="radixrt.hicache"):
+        rig = Rig(tmp_path, device=32, host=16, block=4, disk_bytes=100)
+        a, b = list(range(1, 25)), list(range(100, 124))
+        rig.request(a)
+        rig.request(b)
+        rig.cache.drain_io()
+    assert "exceeds the disk tier's size" in caplog.text
+    assert rig.disk.num_blocks() == 0 and rig.cache.stats.disk_blocks_written == 0
+    assert rig.request(b) == 24
+    check_tree(rig)
+
+
+def test_quota_keeps_disk_bounded_lru(tmp_path):
+    rig = Rig(tmp_path, block=4)
+    rig.request(list(range(1, 9)))
+    rig.cache.drain_io()
+    rig.disk.capacity_bytes = 5 * rig.disk.used_bytes // 2 + 10  # room for 5 blocks
+    for s in range(1, 5):
+        rig.request([s * 100 + i for i in range(1, 9)])
+        rig.cache.drain_io()
+    assert rig.disk.used_bytes <= rig.disk.capacity_bytes
+    assert len(list(rig.disk.dir.glob("*.kv"))) == rig.disk.num_blocks() <= 5
+
+
+def test_failing_writer_warns_and_keeps_serving(tmp_path, caplog, monkeypatch):
+    def full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(disk_store.os, "replace", full)
+    rig = Rig(tmp_path, device=32, host=16, block=4)
+    a, b = list(range(1, 25)), list(range(100, 124))
+    with caplog.at_level(logging.WARNING, logger="radixrt.hicache"):
+        rig.request(a)
+        rig.request(b)
+        rig.cache.drain_io()
+    assert "No space left" in caplog.text
+    assert rig.cache.stats.disk_write_errors > 0 and rig.disk.num_blocks() == 0
+    assert not [p for p in rig.disk.dir.iterdir()]  # no temporary files left behind
+    assert rig.request(a) == 0 and rig.request(b) in (0, 24)
+    check_tree(rig)
+
+
+def test_read_only_dir_serves_without_disk(caplog):
+    with caplog.at_level(logging.WARNING, logger="radixrt.hicache"):
+        rig = Rig(Path("/proc/radixrt-hicache-test"), device=32, host=16, block=4)
+    assert not rig.disk.writable and "read-only or unavailable" in caplog.text
+    a, b = list(range(1, 25)), list(range(100, 124))
+    assert rig.request(a) == 0 and rig.request(b) == 0
+    assert rig.request(b) == 24
+    check_tree(rig)
+
+
+def test_files_deleted_under_running_cache(tmp_path, caplog):
+    rig = Rig(tmp_path, device=32, host=16, block=4)
+    seqs = [[s * 100 + i for i in range(1, 21)] for s in range(1, 5)]
+    for s in seqs:
+        rig.request(s)
+    rig.cache.drain_io()
+    for f in rig.disk.dir.iterdir():
+        f.unlink()
+    with caplog.at_level(logging.WARNING, logger="radixrt.hicache"):
+        assert rig.request(seqs[0]) == 0
+    assert "disappeared" in caplog.text and rig.cache.stats.disk_read_errors >= 1
+    check_tree(rig)
+
+
+def test_evict_and_insert_while_a_read_is_in_flight(tmp_path):
+    rig = Rig(tmp_path, device=32, host=32, block=4)
+    seqs = [[s * 100 + i for i in range(1, 21)] for s in range(1, 5)]
+    for s in seqs:
+        rig.request(s)
+    rig.cache.drain_io()
+    rig.restart()
+    c = rig.cache
+    assert rig.lookup(seqs[0], wait=False) is None  # read queued
+    assert c.io_pending()
+    # A request computed the same tokens without the cache meanwhile: on insert, the loading
+    # nodes take its device slots.
+    tokens = seqs[0][:12] + [5, 5]
+    slots = rig.alloc.alloc(len(tokens))
+    rig.write_kv(tokens, slots, 0)
+    c.cache_finished_req(tokens, slots, 0, c.root)
+    rig.request(seqs[1], wait=False)
+    c.evict(64)
+    c.drain_io()
+    check_tree(rig)
+    assert rig.request(seqs[0]) >= 12
+    assert rig.request(seqs[2]) == 20
+    check_tree(rig)
+
+
+def test_flush_clears_every_tier(tmp_path):
+    rig = Rig(tmp_path, device=32, host=16, block=4)
+    for s in range(3):
+        rig.request([s * 100 + i for i in range(1, 21)])
+    rig.cache.reset()
+    assert rig.cache.tier_tokens() == {"device": 0, "host": 0, "disk": 0}
+    assert rig.disk.num_blocks() == 0 and not list(rig.disk.dir.glob("*.kv"))
+    assert rig.alloc.available_size() == 32 and rig.halloc.available_size() == 16
+    rig.restart()
+    assert rig.cache.tier_tokens()["disk"] == 0
+
+
+def test_writes_hold_their_nodes_until_done(tmp_path):
+    rig = Rig(tmp_path, device=32, host=16, block=4)
+    rig.request(list(range(1, 25)))
+    # Whatever the writer's progress, evict() waits for it rather than fail to free.
+    assert rig.cache.evict(24) == 24
+    check_tree(rig)
+
+
+# ---------------------------------------------------------------------------- property tests
+TOKENS = st.lists(st.integers(1, 4), min_size=1, max_size=14)
+
+
+class HiCacheMachine(RuleBasedStateMachine):
+    """Random requests, evictions, locks, I/O completions and restarts; after each step the
+    tree and pools are consistent, and every match serves the KV of its own prefix."""
+
+    device, host, ps, block, disk = 48, 64, 1, 4, True
+
+    def __init__(self):
+        super().__init__()
+        import tempfile
+
+        self.tmp = tempfile.TemporaryDirectory()
+        self.rig = Rig(Path(self.tmp.name), self.device, self.host, self.ps, self.block,
+                       self.disk)
+        self.seqs: list[list[int]] = []
+        self.holds: list = []
+
+    def teardown(self):
+        self.rig.cache.close()
+        self.tmp.cleanup()
+
+    def lcp(self, tokens: list[int]) -> int:
+        best = 0
+        for s in self.seqs:
+            n = 0
+            while n < min(len(s), len(tokens)) and s[n] == tokens[n]:
+                n += 1
+            best = max(best, n)
+        return best - best % self.ps
+
+    @initialize()
+    def start(self):
+        pass
+
+    @rule(base=st.integers(0, 1000), cut=st.integers(0, 40), tail=TOKENS, wait=st.booleans())
+    def request(self, base, cut, tail, wait):
+        prefix = self.seqs[base % len(self.seqs)][:cut] if self.seqs else []
+        tokens = prefix + tail
+        expect = self.lcp(tokens)
+        n = self.rig.request(tokens, wait)
+        if n is None:
+            return
+        assert n <= expect, "served tokens that were never inserted"
+        if not self.disk and not self.holds and self.rig.cache.stats.dropped_tokens == 0:
+            assert n == expect, "an in-memory tier lost a run it had room for"
+        self.seqs.append(tokens[:len(tokens) - len(tokens) % self.ps])
+
+    @rule(n=st.integers(1, 64))
+    def evict(self, n):
+        self.rig.cache.evict(n)
+
+    @rule(i=st.integers(0, 1000))
+    def hold(self, i):
+        if not self.seqs or len(self.holds) >= 2:
+            return
+        m = self.rig.lookup(self.seqs[i % len(self.seqs)], wait=False)
+        if m is not None:
+            self.rig.cache.inc_lock_ref(m.last_node)
+            self.holds.append(m.last_node)
+
+    @precondition(lambda self: self.holds)
+    @rule()
+    def release(self):
+        self.rig.cache.dec_lock_ref(self.holds.pop(0))
+
+    @rule()
+    def poll(self):
+        self.rig.cache.poll_io()
+
+    @rule()
+    def drain(self):
+        self.rig.cache.drain_io()
+        check_tree(self.rig, len(self.holds))
+
+    @precondition(lambda self: self.disk)
+    @rule(i=st.integers(0, 1000))
+    def restart(self, i):
+        while self.holds:
+            self.rig.cache.dec_lock_ref(self.holds.pop())
+        self.rig.restart()
+        check_tree(self.rig)
+        if self.seqs:
+            s = self.seqs[i % len(self.seqs)]
+            m = self.rig.lookup(s)
+            b = self.block
+            assert len(m.indices) >= len(s) // b * b, "a written block was not found"
+
+    @invariant()
+    def consistent(self):
+        check_tree(self.rig, len(self.holds))
+
+
+class HiCacheMemoryMachine(HiCacheMachine):
+    """Host tier large enough for everything, no disk: nothing is ever lost."""
+
+    device, host, disk = 32, 4096, False
+
+
+class HiCachePagedMachine(HiCacheMachine):
+    device, host, ps, block = 48, 32, 2, 4
+
+
+_settings = settings(max_examples=25, stateful_step_count=30, deadline=None,
+                     suppress_health_check=[HealthCheck.too_slow])
+TestHiCacheMachine = HiCacheMachine.TestCase
+TestHiCacheMachine.settings = _settings
+TestHiCacheMemoryMachine = HiCacheMemoryMachine.TestCase
+TestHiCacheMemoryMachine.settings = _settings
+TestHiCachePagedMachine = HiCachePagedMachine.TestCase
+TestHiCachePagedMachine.settings = _settings

@@ -134,6 +134,7 @@ class Engine:
             "cache_hit_rate": s.cache_hit_rate,
             **dataclasses.asdict(s),
             "kv": self.kv_accounting(),
+            "hicache": self._ask("hicache"),
             "quantization": self.runner.quantization,
             "cpu_features": (self.runner.cpu_features.as_dict()
                              if self.runner.device.type == "cpu" else None),
@@ -142,6 +143,12 @@ class Engine:
     def kv_accounting(self) -> dict[str, int]:
         done: queue.Queue = queue.Queue()
         self._intake.put(("accounting", done))
+        return done.get()
+
+    def _ask(self, kind: str) -> Any:
+        """An answer computed on the scheduler thread (which owns the cache)."""
+        done: queue.Queue = queue.Queue()
+        self._intake.put((kind, done))
         return done.get()
 
     def shutdown(self) -> None:
@@ -200,6 +207,8 @@ class Engine:
             payload.put(s.flush_cache())
         elif kind == "accounting":
             payload.put(s.kv_accounting())
+        elif kind == "hicache":
+            payload.put(s.cache.tier_stats())
         elif kind == "stop":
             return False
         return True

@@ -61,6 +61,40 @@ class _SchedulerCollector:
              "redraw.", "num_noncanonical_kept"),
         ):
             yield CounterMetricFamily(name, doc, value=stats.get(key, 0))
+        yield from _hicache_metrics(info.get("hicache") or {})
+
+
+def _hicache_metrics(hc: dict[str, Any]):
+    """Per-tier numbers of the hierarchical cache (absent when it is off)."""
+    if not hc:
+        return
+    hits = CounterMetricFamily("radixrt_hicache_hit_tokens", "Prompt tokens admitted requests "
+                               "found in the cache, by the tier they came from.", labels=["tier"])
+    for tier in ("device", "host", "disk"):
+        hits.add_metric([tier], hc.get(f"hit_tokens_{tier}", 0))
+    yield hits
+    tokens = GaugeMetricFamily("radixrt_hicache_tokens", "Tokens of KV the radix tree holds on "
+                               "each tier.", labels=["tier"])
+    for tier, n in (hc.get("tree_tokens") or {}).items():
+        tokens.add_metric([tier], n)
+    yield tokens
+    moved = CounterMetricFamily("radixrt_hicache_transfer_bytes", "KV bytes moved between tiers.",
+                                labels=["path"])
+    secs = CounterMetricFamily("radixrt_hicache_transfer_seconds", "Time spent moving KV "
+                               "between tiers (disk paths: on the I/O threads).", labels=["path"])
+    for path in ("device_to_host", "host_to_device", "disk_write", "disk_read"):
+        moved.add_metric([path], hc.get(f"{path}_bytes", 0))
+        secs.add_metric([path], hc.get(f"{path}_seconds", 0.0))
+    yield moved
+    yield secs
+    yield CounterMetricFamily("radixrt_hicache_disk_errors", "Disk blocks that could not be "
+                              "written or read (full, read-only, missing, corrupt, foreign).",
+                              value=hc.get("disk_write_errors", 0) + hc.get("disk_read_errors", 0))
+    disk = hc.get("disk") or {}
+    yield GaugeMetricFamily("radixrt_hicache_disk_used_bytes", "Bytes of KV blocks on disk.",
+                            value=disk.get("used_bytes", 0))
+    yield GaugeMetricFamily("radixrt_hicache_host_used_tokens", "Host-tier slots in use.",
+                            value=hc.get("host_used_tokens", 0))
 
 
 class ServerMetrics:

@@ -187,5 +187,7 @@ class SchedulerLoop:
             "num_waiting_tokens": sum(len(r.prompt_ids) for r in s.waiting),
             "cache_hit_rate": s.stats.cache_hit_rate,
             "stats": stats,
+            # Hierarchical cache (docs/hicache.md): per-tier sizes, hits, bytes, timings.
+            "hicache": s.cache.tier_stats(),
         }
 

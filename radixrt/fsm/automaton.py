@@ -11,13 +11,14 @@ compiled once to a minimal DFA and copied into the NFA, which keeps nested JSON 
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections import OrderedDict
 
 import numpy as np
 
 from radixrt.fsm import regex_ast as ra
-from radixrt.fsm.dfa import MAX_DFA_STATES, ByteDFA, finish, product
+from radixrt.fsm.dfa import MAX_DFA_STATES, ByteDFA, byte_bounds, finish, product
 from radixrt.fsm.errors import GrammarError
 from radixrt.fsm.utf8 import utf8_sequences
 
@@ -28,7 +29,15 @@ SHARE_MIN_SIZE = 24  # NFA states above which a reused subtree is compiled once 
 
 
 def compile_regex_ast(node: ra.Node) -> ByteDFA:
-    return _Builder(node).dfa_of(node)
+    # The builder allocates many small lists; with a large heap (a loaded tokenizer and
+    # model) the cyclic collector's passes cost more than the build, and it frees nothing.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _Builder(node).dfa_of(node)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 # Sub-DFAs of shared subtrees, reused across compiles while the same node object is used
@@ -71,11 +80,15 @@ def _store_dfa(node: ra.Node, dfa: ByteDFA) -> None:
 
 
 class _NFA:
-    __slots__ = ("eps", "edges")
+    """Byte-range NFA. Embedded DFAs (``blocks``) keep their table instead of per-state edges:
+    block ``k`` holds NFA states ``first .. first + n - 2`` for the DFA's states ``1 .. n-1``."""
+
+    __slots__ = ("eps", "edges", "blocks")
 
     def __init__(self):
         self.eps: list[list[int]] = []
         self.edges: list[list[tuple[int, int, int]]] = []
+        self.blocks: list[tuple[int, ByteDFA]] = []
 
     def new(self) -> int:
         self.eps.append([])
@@ -84,6 +97,17 @@ class _NFA:
         if n > MAX_NFA_STATES:
             raise GrammarError(f"grammar too large (more than {MAX_NFA_STATES} NFA states)")
         return n - 1
+
+    def new_block(self, dfa: ByteDFA) -> int:
+        """Room for the live states of ``dfa``; returns the NFA state of DFA state 1."""
+        first = len(self.eps)
+        k = dfa.num_states - 1
+        if first + k > MAX_NFA_STATES:
+            raise GrammarError(f"grammar too large (more than {MAX_NFA_STATES} NFA states)")
+        self.eps.extend([] for _ in range(k))
+        self.edges.extend([] for _ in range(k))
+        self.blocks.append((first, dfa))
+        return first
 
 
 class _Builder:
@@ -253,32 +277,71 @@ def _children(n: ra.Node) -> list[ra.Node]:
 
 
 def embed(nfa: _NFA, dfa: ByteDFA) -> tuple[int, int]:
-    """Copy a DFA into the NFA; returns (start, end) with end reached from accepting states."""
+    """Place a DFA in the NFA as a block; returns (start, end) with end reached from its
+    accepting states."""
     if dfa.is_empty():
         return nfa.new(), nfa.new()
-    base = len(nfa.eps) - 1
-    for _ in range(1, dfa.num_states):
-        nfa.new()
+    first = nfa.new_block(dfa)
     end = nfa.new()
-    for src, lo, hi, dst in dfa.edges():
-        nfa.edges[base + src].append((lo, hi, base + dst))
     for s in np.flatnonzero(dfa.accepting).tolist():
-        nfa.eps[base + s].append(end)
-    return base + dfa.start, end
+        nfa.eps[first + s - 1].append(end)
+    return first + dfa.start - 1, end
 
 
 # ---------------------------------------------------------------- subset construction
 
 
-def determinize(nfa: _NFA, start: int, accept: int) -> ByteDFA:
-    bounds = sorted({0, 256} | {lo for es in nfa.edges for lo, _, _ in es}
-                    | {hi + 1 for es in nfa.edges for _, hi, _ in es})
-    cls_of = {b: i for i, b in enumerate(bounds)}
-    # Edges as (first class, last class + 1, target).
-    cedges = [[(cls_of[lo], cls_of[hi + 1], t) for lo, hi, t in es] for es in nfa.edges]
-    num_classes = len(bounds) - 1
+_BLOCK_STATE = frozenset((-1,))  # placeholder member set of a DFA state copied from a block
 
-    eps = nfa.eps
+
+def determinize(nfa: _NFA, start: int, accept: int) -> ByteDFA:
+    """Subset construction over byte classes. A block (an embedded DFA) entered as a single
+    state is copied whole: its non-accepting states become DFA states with their rows taken
+    from its table in one step; only subsets that mix states are built one by one."""
+    eps, edges, blocks = nfa.eps, nfa.edges, nfa.blocks
+    bound_set = {0, 256}
+    for es in edges:
+        for lo, hi, _ in es:
+            bound_set.add(lo)
+            bound_set.add(hi + 1)
+    for _, dfa in blocks:
+        bound_set.update(byte_bounds(dfa).tolist())
+    bounds = sorted(bound_set)
+    cls_of = {b: i for i, b in enumerate(bounds)}
+    rep = np.asarray(bounds[:-1], np.int64)  # one byte of each class
+    num_classes = len(bounds) - 1
+    # Edges as (first class, last class + 1, target); block states get theirs on demand.
+    cedges: list[list[tuple[int, int, int]]] = [
+        sorted((cls_of[lo], cls_of[hi + 1], t) for lo, hi, t in es) if es else es for es in edges]
+    has_edges = [bool(e) for e in cedges]
+    # Glue states whose edges have pairwise disjoint class ranges (one target per class).
+    disjoint = [len(es) < 2 or all(es[k][1] <= es[k + 1][0] for k in range(len(es) - 1))
+                for es in cedges]
+    owner = [-1] * len(eps)
+    class_tables: list[np.ndarray] = []
+    for k, (first, dfa) in enumerate(blocks):
+        n = dfa.num_states - 1
+        owner[first:first + n] = [k] * n
+        ct = dfa.table[:, rep]
+        class_tables.append(ct)
+        has_edges[first:first + n] = (ct[1:] != 0).any(axis=1).tolist()
+    block_ids: list[np.ndarray | None] = [None] * len(blocks)
+    block_rows: list[tuple[int, np.ndarray]] = []
+
+    def edges_of(x: int) -> list[tuple[int, int, int]]:
+        k = owner[x]
+        if k < 0 or cedges[x]:
+            return cedges[x]
+        first, _ = blocks[k]
+        row = class_tables[k][x - first + 1]
+        cut = np.flatnonzero(np.diff(row)) + 1
+        starts = np.concatenate(([0], cut))
+        ends = np.concatenate((cut, [num_classes]))
+        out = [(a, b, first + t - 1) for a, b, t in zip(
+            starts.tolist(), ends.tolist(), row[starts].tolist(), strict=True) if t]
+        cedges[x] = out
+        return out
+
     closure_memo: dict[frozenset, frozenset] = {}
 
     def closure(seed: frozenset) -> frozenset:
@@ -292,24 +355,38 @@ def determinize(nfa: _NFA, start: int, accept: int) -> ByteDFA:
                         seen.add(t)
                         stack.append(t)
             # Only states with byte edges (or the accept state) matter for identity.
-            got = frozenset(s for s in seen if cedges[s] or s == accept)
+            got = frozenset(s for s in seen if has_edges[s] or s == accept)
             closure_memo[seed] = got
         return got
 
-    dead = frozenset()
-    index: dict[frozenset, int] = {dead: 0}
-    states: list[frozenset] = [dead]
-    rows: list[list[int]] = [[0] * num_classes]
-    s0 = closure(frozenset((start,)))
-    if s0 not in index:
-        index[s0] = 1
-        states.append(s0)
-    # Edges of one NFA state with pairwise disjoint class ranges (DFA copies, most Chars).
-    disjoint = [all(es[k][1] <= es[k + 1][0] for k in range(len(es) - 1))
-                for es in (sorted(e) for e in cedges)]
-    cedges = [sorted(e) for e in cedges]
+    index: dict[frozenset, int] = {frozenset(): 0}
+    states: list[frozenset] = [frozenset()]
+
+    def copy_block(k: int) -> None:
+        first, dfa = blocks[k]
+        acc = dfa.accepting
+        inner = np.flatnonzero(~acc)[1:]  # non-accepting live states (state 0 is dead)
+        base = len(states)
+        if base + len(inner) > MAX_DFA_STATES:
+            raise GrammarError(f"grammar too large (more than {MAX_DFA_STATES} DFA states)")
+        ids = np.zeros(dfa.num_states, np.int64)
+        ids[inner] = base + np.arange(len(inner))
+        states.extend([_BLOCK_STATE] * len(inner))
+        block_ids[k] = ids
+        for u in np.flatnonzero(acc).tolist():
+            ids[u] = state_id(closure(frozenset((first + u - 1,))))
+        block_rows.append((base, ids[class_tables[k][inner]]))
 
     def state_id(cl: frozenset) -> int:
+        if len(cl) == 1:
+            (x,) = cl
+            k = owner[x]
+            if k >= 0:
+                first, dfa = blocks[k]
+                if not dfa.accepting[x - first + 1]:
+                    if block_ids[k] is None:
+                        copy_block(k)
+                    return int(block_ids[k][x - first + 1])
         j = index.get(cl)
         if j is None:
             j = len(states)
@@ -319,29 +396,85 @@ def determinize(nfa: _NFA, start: int, accept: int) -> ByteDFA:
             states.append(cl)
         return j
 
+    start_id = state_id(closure(frozenset((start,))))
+    rows: dict[int, list[int]] = {}
     single: dict[int, int] = {}
     i = 1
     while i < len(states):
         members = states[i]
+        if members is _BLOCK_STATE:
+            i += 1
+            continue
         row = [0] * num_classes
-        if len(members) == 1 and disjoint[next(iter(members))]:
+        if len(members) == 1 and owner[next(iter(members))] < 0 and disjoint[next(iter(members))]:
             for a, b, t in cedges[next(iter(members))]:
                 j = single.get(t)
                 if j is None:
                     j = single[t] = state_id(closure(frozenset((t,))))
                 row[a:b] = [j] * (b - a)
         else:
-            es = [e for s in members for e in cedges[s]]
+            es = [e for s in members for e in edges_of(s)]
             cuts = sorted({c for a, b, _ in es for c in (a, b)})
             for k in range(len(cuts) - 1):
                 c0, c1 = cuts[k], cuts[k + 1]
                 targets = frozenset(t for a, b, t in es if a <= c0 < b)
                 if targets:
                     row[c0:c1] = [state_id(closure(targets))] * (c1 - c0)
-        rows.append(row)
+        rows[i] = row
         i += 1
-    table = np.asarray(rows, dtype=np.int32).reshape(len(states), num_classes)
+    table = np.zeros((len(states), num_classes), np.int32)
+    if rows:
+        keys = np.fromiter(rows, np.int64, len(rows))
+        table[keys] = np.asarray(list(rows.values()), np.int32).reshape(len(rows), num_classes)
+    for base, block in block_rows:
+        table[base:base + len(block)] = block
     accepting = np.fromiter((accept in st for st in states), dtype=bool, count=len(states))
-    start_id = 1 if len(states) > 1 else 0
     byte_class = np.searchsorted(np.asarray(bounds), np.arange(256), side="right") - 1
-    return finish(table, accepting, start_id, byte_class)
+    live_nfa = _co_reachable(nfa, accept, owner)
+    live = np.ones(len(states), np.bool_)
+    live[0] = False
+    for j, st in enumerate(states):
+        if st is not _BLOCK_STATE and j and not any(live_nfa[m] for m in st):
+            live[j] = False
+    for k, ids in enumerate(block_ids):
+        if ids is not None and not live_nfa[blocks[k][0]]:
+            inner = ids[(~blocks[k][1].accepting) & (ids > 0)]
+            live[inner] = False
+    return finish(table, accepting, start_id, byte_class, live=live)
+
+
+def _co_reachable(nfa: _NFA, accept: int, owner: list[int]) -> list[bool]:
+    """NFA states from which ``accept`` can be reached (a block's states all can, or none:
+    each reaches an accepting state of its DFA, and those all lead to the same end)."""
+    n = len(nfa.eps)
+    preds: list[list[int]] = [[] for _ in range(n)]
+    for s, ts in enumerate(nfa.eps):
+        for t in ts:
+            preds[t].append(s)
+    for s, es in enumerate(nfa.edges):
+        for _, _, t in es:
+            preds[t].append(s)
+    live = [False] * n
+    live[accept] = True
+    stack = [accept]
+    blocks_done: set[int] = set()
+    while stack:
+        x = stack.pop()
+        k = owner[x]
+        if k >= 0:  # a block state: the whole block is live; it is entered at its start
+            if k in blocks_done:
+                continue
+            blocks_done.add(k)
+            first, dfa = nfa.blocks[k]
+            m = dfa.num_states - 1
+            live[first:first + m] = [True] * m
+            entry = first + dfa.start - 1
+            stack.extend(p for p in preds[entry] if not live[p])
+            for p in preds[entry]:
+                live[p] = True
+            continue
+        for p in preds[x]:
+            if not live[p]:
+                live[p] = True
+                stack.append(p)
+    return live

@@ -26,6 +26,7 @@ class ByteDFA:
     accepting: np.ndarray  # [num_states] bool
     start: int
     _edges: list | None = field(default=None, repr=False)
+    _bounds: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def num_states(self) -> int:
@@ -85,16 +86,38 @@ class ByteDFA:
 
 
 def finish(table: np.ndarray, accepting: np.ndarray, start: int,
-           byte_class: np.ndarray | None = None) -> ByteDFA:
+           byte_class: np.ndarray | None = None, live: np.ndarray | None = None) -> ByteDFA:
     """Prune states that cannot reach acceptance, minimize, expand classes to 256 bytes.
 
     ``table`` is [S, C] over byte classes (``byte_class`` maps byte → class; None = identity).
+    ``live``, when the caller knows it: which states can reach acceptance (state 0 excluded).
+    DFAs above ``MINIMIZE_MAX_STATES`` are kept unminimized: they are compositions of minimal
+    parts, and measured on real schemas minimizing them removed no state.
     """
-    table, accepting, start = _prune(table, accepting, start)
-    table, accepting, start = _minimize(table, accepting, start)
+    if live is None:
+        table, accepting, start = _prune(table, accepting, start)
+    elif not live[1:].all():
+        table, accepting, start = _drop_dead(table, accepting, start, live)
+    if table.shape[0] <= MINIMIZE_MAX_STATES:
+        table, accepting, start = _minimize(table, accepting, start)
     if byte_class is not None:
         table = table[:, byte_class]
     return ByteDFA(np.ascontiguousarray(table, dtype=np.int32), accepting, start)
+
+
+def _drop_dead(table: np.ndarray, accepting: np.ndarray, start: int, live: np.ndarray):
+    """Map the states that cannot reach acceptance (``live`` false) to the dead state."""
+    live = live.copy()
+    live[0] = True  # keep the dead state as state 0
+    remap = (np.cumsum(live) - 1).astype(np.int32)
+    remap[~live] = 0
+    t = remap[table[live]]
+    acc = accepting[live]
+    acc[0] = False
+    new_start = int(remap[start]) if live[start] and start != 0 else 0
+    if new_start == 0 or not acc.any():
+        return np.zeros((1, table.shape[1]), np.int32), np.zeros(1, bool), 0
+    return t, acc, new_start
 
 
 def _prune(table: np.ndarray, accepting: np.ndarray, start: int):
@@ -128,6 +151,7 @@ def _prune(table: np.ndarray, accepting: np.ndarray, start: int):
     return t, acc, new_start
 
 
+MINIMIZE_MAX_STATES = 4096
 MINIMIZE_WORK_LIMIT = 5_000_000  # rounds * states * classes before we keep the DFA as is
 _HASH_WEIGHTS = np.random.default_rng(0x5EED).integers(1, 2**63, size=4096, dtype=np.uint64)
 
@@ -143,7 +167,7 @@ def _minimize(table: np.ndarray, accepting: np.ndarray, start: int):
     if table.shape[0] <= 2:
         return table, accepting, start
     full_table = table
-    table = np.unique(table, axis=1)  # identical columns (byte classes) refine nothing
+    table = _distinct_columns(table)  # identical columns (byte classes) refine nothing
     n, c = table.shape
     weights = _HASH_WEIGHTS[: c + 1] if c + 1 <= len(_HASH_WEIGHTS) else np.random.default_rng(
         c).integers(1, 2**63, size=c + 1, dtype=np.uint64)
@@ -177,6 +201,21 @@ def _minimize(table: np.ndarray, accepting: np.ndarray, start: int):
     return new_table, accepting[rep], int(order[block[start]])
 
 
+def _distinct_columns(table: np.ndarray) -> np.ndarray:
+    """``table`` without repeated columns (hashed, then checked exactly)."""
+    n = table.shape[0]
+    w = _HASH_WEIGHTS[:n] if n <= len(_HASH_WEIGHTS) else np.random.default_rng(n).integers(
+        1, 2**63, size=n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        h = (table.astype(np.uint64) * w[:, None]).sum(axis=0, dtype=np.uint64)
+    _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+    if len(first) == table.shape[1]:
+        return table
+    if not (table == table[:, first[inv.reshape(-1)]]).all():  # a collision: keep all
+        return table
+    return table[:, np.sort(first)]
+
+
 def _is_congruence(table: np.ndarray, accepting: np.ndarray, block: np.ndarray) -> bool:
     """Every state agrees with its block's representative on acceptance and successor blocks."""
     num = int(block.max()) + 1
@@ -190,15 +229,26 @@ def _is_congruence(table: np.ndarray, accepting: np.ndarray, block: np.ndarray) 
 # ---------------------------------------------------------------- products
 
 
+def byte_bounds(dfa: ByteDFA) -> np.ndarray:
+    """Bytes (> 0) where some row of ``dfa`` changes target: its byte class boundaries."""
+    b = dfa._bounds
+    if b is None:
+        t = dfa.table
+        b = dfa._bounds = 1 + np.flatnonzero((t[:, 1:] != t[:, :-1]).any(axis=0))
+    return b
+
+
 def product(a: ByteDFA, b: ByteDFA, mode: str) -> ByteDFA:
     """``mode`` "and": both accept; "diff": ``a`` accepts and ``b`` does not."""
     if mode not in ("and", "diff"):
         raise ValueError(mode)
     nb = b.num_states
-    ta, tb = a.table.astype(np.int64), b.table.astype(np.int64)
+    bounds = np.union1d(np.union1d(byte_bounds(a), byte_bounds(b)), [0])
+    byte_class = np.searchsorted(bounds, np.arange(256), side="right") - 1
+    ta, tb = a.table[:, bounds].astype(np.int64), b.table[:, bounds].astype(np.int64)
     index = {a.start * nb + b.start: 1}
     pairs = [0, a.start * nb + b.start]
-    rows = [np.zeros(256, np.int64)]
+    rows = [np.zeros(len(bounds), np.int64)]
     i = 1
     while i < len(pairs):
         p = pairs[i]
@@ -229,4 +279,4 @@ def product(a: ByteDFA, b: ByteDFA, mode: str) -> ByteDFA:
     acc_b = b.accepting[np.asarray(pairs) % nb]
     accepting = (acc_a & acc_b) if mode == "and" else (acc_a & ~acc_b)
     accepting[0] = False
-    return finish(table, accepting, 1)
+    return finish(table, accepting, 1, byte_class)

@@ -86,6 +86,8 @@ class TypeCompiler:
         hi = read_count(schema, "maxLength", ptr, None, self.opts.max_length_bound)
         if hi is not None and lo > hi:
             raise Unsatisfiable(f"minLength > maxLength at {ptr}")
+        if hi is not None and hi > self.opts.max_string_length:
+            hi = max(lo, self.opts.max_string_length)
         bodies = []
         if lo or hi is not None:
             bodies.append(length_body(lo, hi))
@@ -156,6 +158,8 @@ class TypeCompiler:
                 hi = len(nodes)
         if hi is not None and lo > hi:
             raise Unsatisfiable(f"array at {ptr} cannot have minItems={lo} items")
+        if hi is not None and hi - max(lo, len(nodes)) > self.opts.max_optional_items:
+            hi = max(lo, len(nodes)) + self.opts.max_optional_items
 
         def rest(i: int) -> Node:  # elements i.. after element i-1 was written
             if hi is not None and i >= hi:

@@ -752,6 +752,7 @@ class HiRadixCache(RadixCache):
         return out
 
     def tier_stats(self) -> dict[str, object]:
+        self.poll_io()
         bpt = self._bytes_per_token()
         out: dict[str, object] = asdict(self.stats)
         out.update({

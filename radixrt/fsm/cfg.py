@@ -30,6 +30,19 @@ from radixrt.fsm.token_index import pack_token_ids, unpack_token_ids
 from radixrt.fsm.vocabulary import Vocabulary
 
 
+# llguidance's per-mask work limits, raised from its defaults (50k Earley items, 200k lexer fuel):
+# a grammar that must stay one character per lexeme where many tokens can start (``word "s"``
+# with ``word ::= [a-z]+``) walks ~20k trie nodes with Earley steps at the first mask. A limit
+# hit is an error for that request, so they are set where only a pathological grammar gets
+# (about 50 ms per mask).
+STEP_MAX_ITEMS = 1_000_000
+STEP_LEXER_FUEL = 2_000_000
+
+
+def _limits():
+    return _llguidance().LLParserLimits(step_max_items=STEP_MAX_ITEMS, step_lexer_fuel=STEP_LEXER_FUEL)
+
+
 def _llguidance():
     try:
         import llguidance
@@ -93,7 +106,7 @@ class CfgGrammar:
         self.canonical = canonical and encode_batch is not None
         self._token_bytes = vocab.token_bytes
         llg = _llguidance()
-        self._fresh = llg.LLMatcher(ll_tokenizer, ll_grammar, log_level=0)
+        self._fresh = llg.LLMatcher(ll_tokenizer, ll_grammar, log_level=0, limits=_limits())
         if self._fresh.is_error():
             raise GrammarError(f"ebnf grammar rejected: {self._fresh.get_error()}")
         self._eos_only = pack_token_ids(np.asarray(self.eos_token_ids, np.int64), self.num_words)
@@ -126,7 +139,7 @@ def compile_ebnf(text: str, vocab: Vocabulary, vocab_size: int, eos_token_ids: t
     llg = _llguidance()
     tok = llguidance_tokenizer(vocab, vocab_size, tuple(eos_token_ids), encode)
     ll_grammar = llg.LLMatcher.grammar_from_lark(lark.text)
-    is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(ll_grammar, tok)
+    is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(ll_grammar, tok, limits=_limits())
     if is_error:
         raise GrammarError(f"ebnf grammar rejected: {messages[0] if messages else 'invalid'}")
     grammar = CfgGrammar(text, lark, ll_grammar, tok, vocab, vocab_size, tuple(eos_token_ids),

@@ -15,9 +15,11 @@ The dialect is the one llama.cpp users write::
 - string literals ``"..."`` and character classes ``[a-z_]``, ``[^"\\\\]`` with escapes
   ``\\n \\r \\t \\\\ \\" \\[ \\] \\- \\^ \\xHH \\uHHHH \\UHHHHHHHH``; ``.`` is any character.
 
-Characters are Unicode code points (the output is UTF-8). The tree (``Grammar``) keeps only
-rules reachable from ``root``; every error is a ``GbnfError`` (a ``GrammarError``) whose text
-starts with ``line L, column C:``.
+Characters are Unicode code points (the output is UTF-8), except the surrogates (UTF-8 cannot
+encode them) and the unassigned planes 4-11 (U+40000-U+BFFFF, which llguidance's UTF-8 handling
+does not match): classes and ``.`` leave those out, and an escape naming one is an error. The
+tree (``Grammar``) keeps only rules reachable from ``root``; every error is a ``GbnfError`` (a
+``GrammarError``) whose text starts with ``line L, column C:``.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from dataclasses import dataclass, field
 from radixrt.fsm.errors import GrammarError
 
 MAX_CODE_POINT = 0x10FFFF
-# Characters UTF-8 can encode: everything but the surrogate block.
-ALL_CHARS: tuple[tuple[int, int], ...] = ((0, 0xD7FF), (0xE000, MAX_CODE_POINT))
+# Code points left out of every class (see the module docstring).
+EXCLUDED = ((0xD800, 0xDFFF), (0x40000, 0xBFFFF))
+ALL_CHARS: tuple[tuple[int, int], ...] = ((0, 0xD7FF), (0xE000, 0x3FFFF), (0xC0000, MAX_CODE_POINT))
 MAX_GRAMMAR_CHARS = 1 << 20
 MAX_REPEAT = 10_000  # the largest m or n in x{m,n}
 MAX_NESTING = 200  # brackets inside brackets
@@ -89,17 +92,31 @@ def literal(text: str) -> Seq:
 
 
 def normalize_ranges(ranges) -> tuple[tuple[int, int], ...]:
-    """Sort and merge ranges, and drop the surrogate block (UTF-8 cannot encode it)."""
+    """Sort and merge ranges, and drop the ``EXCLUDED`` code points."""
     out: list[list[int]] = []
     for lo, hi in sorted(ranges):
-        for a, b in ((lo, min(hi, 0xD7FF)), (max(lo, 0xE000), hi)):
-            if a > b:
-                continue
+        for a, b in _cut_excluded(lo, hi):
             if out and a <= out[-1][1] + 1:
                 out[-1][1] = max(out[-1][1], b)
             else:
                 out.append([a, b])
     return tuple((a, b) for a, b in out)
+
+
+def _cut_excluded(lo: int, hi: int) -> list[tuple[int, int]]:
+    pieces = [(lo, hi)]
+    for x_lo, x_hi in EXCLUDED:
+        nxt = []
+        for a, b in pieces:
+            if b < x_lo or a > x_hi:
+                nxt.append((a, b))
+                continue
+            if a < x_lo:
+                nxt.append((a, x_lo - 1))
+            if b > x_hi:
+                nxt.append((x_hi + 1, b))
+        pieces = nxt
+    return pieces
 
 
 def complement(ranges: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
@@ -337,6 +354,9 @@ class _Parser:
             raise self.error(f"unterminated {what} (missing {closing!r})")
         c = t[self.pos]
         if c != "\\":
+            if any(lo <= ord(c) <= hi for lo, hi in EXCLUDED):
+                raise self.error(f"character U+{ord(c):04X} is not supported (surrogates and the "
+                                 "unassigned planes U+40000-U+BFFFF are left out)")
             self.pos += 1
             return ord(c)
         start = self.pos
@@ -350,8 +370,9 @@ class _Parser:
             if len(digits) != n or any(d not in "0123456789abcdefABCDEF" for d in digits):
                 raise self.error(f"escape \\{e} needs {n} hex digits", start)
             value = int(digits, 16)
-            if value > MAX_CODE_POINT or 0xD800 <= value <= 0xDFFF:
-                raise self.error(f"escape \\{e}{digits} is not a character UTF-8 can encode", start)
+            if value > MAX_CODE_POINT or any(lo <= value <= hi for lo, hi in EXCLUDED):
+                raise self.error(f"escape \\{e}{digits} is not a supported character (surrogates "
+                                 "and the unassigned planes U+40000-U+BFFFF are left out)", start)
             self.pos += 2 + n
             return value
         raise self.error(f"unknown escape '\\{e}'" if e else "escape at the end of the grammar", start)

@@ -2,8 +2,10 @@
 
 Requests map onto the same samples as `/generate`: `n` becomes n samples (seed + i when
 seeded), `max_tokens` becomes max_new_tokens (completions default 16; chat defaults to the
-rest of the context), `response_format` becomes a json_schema constraint. Choices are
-indexed prompt-major; usage counts each prompt once and every choice's completion.
+rest of the context), `response_format` becomes a json_schema (or structural_tag)
+constraint. Choices are indexed prompt-major; usage counts each prompt once and every
+choice's completion. Chat `tools` become a structural_tag constraint and the output is parsed
+into `tool_calls` (`tool_calls.py`).
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ def _sampling_params(req: OpenAISamplingFields, max_new_tokens: int,
                                 "structural_tag")
         if rf.type == "json_object":
             d["json_schema"] = json.dumps({"type": "object"})
+        elif rf.type == "structural_tag":
+            if rf.structures is None or rf.triggers is None:
+                raise RequestFailed("response_format: structural_tag needs structures and triggers")
+            d["structural_tag"] = json.dumps({"structures": rf.structures, "triggers": rf.triggers})
         else:
             if rf.json_schema is None or rf.json_schema.schema_ is None:
                 raise RequestFailed("response_format.json_schema.schema: required for type json_schema")

@@ -190,6 +190,19 @@ def test_structural_tag_on_generate(client):
     jsonschema.validate(json.loads(text[3:-4]), ADD)
 
 
+def test_structural_tag_response_format(oai):
+    """SGLang's response_format form of the same constraint."""
+    msgs = [{"role": "user", "content": 'Repeat exactly: <w>{"city":"Rome"}</w>'}]
+    r = oai.chat.completions.create(model="m", messages=msgs, temperature=0, max_tokens=40, response_format={
+        "type": "structural_tag", "triggers": ["<w>"],
+        "structures": [{"begin": "<w>", "schema": WEATHER, "end": "</w>"}]})
+    parts = r.choices[0].message.content.split("<w>")[1:]
+    assert parts, r.choices[0].message.content
+    for part in parts:  # every section is complete and valid
+        assert "</w>" in part
+        jsonschema.validate(json.loads(part.split("</w>")[0]), WEATHER)
+
+
 @pytest.mark.parametrize("body, field", [
     ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice.function.name"),
     ({"tool_choice": "sometimes"}, "tool_choice"),

@@ -221,10 +221,10 @@ class DecodeGraphRunner:
         self.replays += 1
         if bucket in self.graphs:
             self.graphs[bucket].replay()
-            out = self.outputs[bucket]
-        else:  # capture=False: the same padded step, eagerly
-            out = self._forward(bucket)
-        return out[:bs]
+            # a copy: the graph's output buffer is overwritten by the next replay, and callers
+            # may keep logits (logprobs) as they keep an eager step's
+            return self.outputs[bucket][:bs].clone()
+        return self._forward(bucket)[:bs]  # capture=False: the same padded step, eagerly
 
     def stats(self) -> dict:
         return {"buckets": list(self.buckets), "captured": sorted(self.graphs), "replays": self.replays,

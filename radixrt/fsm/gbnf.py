@@ -202,6 +202,9 @@ class _Parser:
             raise self.error("the grammar is empty (it needs at least a 'root ::= ...' rule)")
         while self.pos < len(self.text):
             start = self.pos
+            if not _is_name_char(self.peek()):
+                raise self.error(f"expected a rule name, found {self.describe_here()} (a rule goes on "
+                                 "to the next line only inside brackets or after '|')")
             name = self.name("a rule name")
             self.skip_blanks(newlines=False)
             if self.peek(3) != "::=":
@@ -468,7 +471,19 @@ def parse_gbnf(text: str, root: str = "root") -> Grammar:
                 reachable.add(name)
                 todo.append(name)
     good = _productive(rules)
-    for name in sorted(reachable - good, key=lambda n: lines[n]):
+
+    def recursive(name: str) -> bool:  # can the rule reach itself? (the culprit to name)
+        seen, todo = set(), _refs_in(rules[name], [])
+        while todo:
+            n = todo.pop()
+            if n == name:
+                return True
+            if n not in seen:
+                seen.add(n)
+                todo.extend(_refs_in(rules[n], []))
+        return False
+
+    for name in sorted(reachable - good, key=lambda n: (not recursive(n), lines[n])):
         raise GbnfError(f"rule {name!r} can never finish: every alternative needs the rule "
                         "itself again (add a way out, e.g. an alternative without recursion)",
                         lines[name], 1)

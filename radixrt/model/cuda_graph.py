@@ -34,6 +34,7 @@ pool. The other ``1 - fraction`` stays free for activations, graph memory and th
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -203,7 +204,9 @@ class DecodeGraphRunner:
         return why is None
 
     def replay(self, fb: ForwardBatch) -> torch.Tensor:
-        """Logits [bs, vocab] of a decode batch (``can_run(fb)`` must hold)."""
+        """Logits [bs, vocab] of a decode batch (``can_run(fb)`` must hold): a view of the
+        graph's output buffer, overwritten by the next replay (``ModelRunner.forward`` copies it
+        to the CPU at once)."""
         bs = fb.batch_size
         bucket = bucket_for(bs, self.buckets)
         if bucket is None or not fb.is_decode:
@@ -221,14 +224,19 @@ class DecodeGraphRunner:
         self.replays += 1
         if bucket in self.graphs:
             self.graphs[bucket].replay()
-            # a copy: the graph's output buffer is overwritten by the next replay, and callers
-            # may keep logits (logprobs) as they keep an eager step's
-            return self.outputs[bucket][:bs].clone()
+            return self.outputs[bucket][:bs]  # the graph's buffer: valid until the next replay
         return self._forward(bucket)[:bs]  # capture=False: the same padded step, eagerly
 
     def stats(self) -> dict:
         return {"buckets": list(self.buckets), "captured": sorted(self.graphs), "replays": self.replays,
                 "fallbacks": dict(self.fallbacks), "num_splits": self.num_splits}
+
+
+def batch_to_device(fb: ForwardBatch, device: torch.device) -> ForwardBatch:
+    """``fb`` with its tensors on ``device`` (the scheduler builds batches on the CPU)."""
+    moved = {f.name: getattr(fb, f.name).to(device, non_blocking=True) for f in dataclasses.fields(fb)
+             if isinstance(getattr(fb, f.name), torch.Tensor)}
+    return dataclasses.replace(fb, **moved, _split=None)
 
 
 def make_graph_runner(runner, args) -> DecodeGraphRunner | None:

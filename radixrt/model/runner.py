@@ -15,6 +15,7 @@ from radixrt.model.config import ModelConfig
 from radixrt.model.cpu_features import detect_cpu_features
 from radixrt.model.cuda_graph import (
     DEFAULT_MEM_FRACTION_STATIC,
+    batch_to_device,
     gpu_memory,
     make_graph_runner,
     plan_kv_pool_tokens,
@@ -153,6 +154,13 @@ class ModelRunner:
         self.graph_runner = make_graph_runner(self, a)  # decode CUDA graphs (None off CUDA)
 
     def forward(self, fb: ForwardBatch) -> torch.Tensor:
+        if self.device.type == "cpu":
+            return self.model.forward(fb, self.kv_pool)
+        # GPU: the scheduler builds batches on the CPU and samples on the CPU (its sampling
+        # tensors and generators live there), so the batch goes over and the logits come back.
+        fb = batch_to_device(fb, self.device)
         if self.graph_runner is not None and self.graph_runner.can_run(fb):
-            return self.graph_runner.replay(fb)
-        return self.model.forward(fb, self.kv_pool)
+            logits = self.graph_runner.replay(fb)
+        else:
+            logits = self.model.forward(fb, self.kv_pool)
+        return logits.cpu()

@@ -39,16 +39,18 @@ class ServerArgs:
         choices=["auto", "float32", "bfloat16", "float16"],
     )
     quantization: str = _flag(
-        "Precision of the linear layers and the LM head on CPU: auto (int8 where perplexity stays "
-        "within 1.02x of fp32 and int8 gains: a CPU with AVX2 and VNNI on which torch's "
-        "fbgemm int8 kernels pass a check at start-up, for layers large enough to gain; fp32 "
-        "everywhere else, on GPU and for other dtypes), none (fp32, the reference), int8 "
-        "(every linear layer and the LM head: int8 weights per output channel, int8 "
-        "activations per token, 7-bit without VNNI; an error where it cannot run). "
-        "Embeddings, norms, attention and the KV cache stay fp32. Speed and accuracy: "
-        "docs/benchmarks.md.",
+        "Precision of the linear layers and the LM head on CPU: auto (gguf for a model loaded "
+        "from a .gguf file on a CPU with AVX2; else int8 where perplexity stays within 1.02x of "
+        "fp32 and int8 gains: a CPU with AVX2 and VNNI on which torch's fbgemm int8 kernels pass "
+        "a check at start-up, for layers large enough to gain; fp32 everywhere else, on GPU and "
+        "for other dtypes), none (fp32, the reference), int8 (every linear layer and the LM "
+        "head: int8 weights per output channel, int8 activations per token, 7-bit without "
+        "VNNI; an error where it cannot run), gguf (a .gguf model's own Q4_0/Q4_1/Q8_0 blocks "
+        "on radixrt's kernel, int8 activations per 32-block; other tensor types as Q8_0; an "
+        "error for other models). Embeddings, norms, attention and the KV cache stay fp32. "
+        "Speed and accuracy: docs/benchmarks.md.",
         default="auto",
-        choices=["auto", "none", "int8"],
+        choices=["auto", "none", "int8", "gguf"],
     )
     device: str = _flag(
         "Device to run on: auto (cuda if available, else cpu), cpu, cuda.",

@@ -22,6 +22,7 @@ from radixrt.cache.memory_pool import TokenToKVPool
 from radixrt.model import native, smoothing
 from radixrt.model.config import ModelConfig
 from radixrt.model.forward_batch import ForwardBatch
+from radixrt.model.gguf_weights import GGUFLinear, GGUFModelWeights
 from radixrt.model.linear import Int8Linear, Linear
 from radixrt.model.quantization import QuantizationPlan
 from radixrt.model.rope import RotaryEmbedding
@@ -32,11 +33,11 @@ LINEAR_NAMES = ("qkv", "o", "gate_up", "down")
 @dataclass
 class LayerWeights:
     input_norm: torch.Tensor
-    qkv: Linear | Int8Linear
-    o: Linear | Int8Linear
+    qkv: Linear | Int8Linear | GGUFLinear
+    o: Linear | Int8Linear | GGUFLinear
     post_norm: torch.Tensor
-    gate_up: Linear | Int8Linear
-    down: Linear | Int8Linear
+    gate_up: Linear | Int8Linear | GGUFLinear
+    down: Linear | Int8Linear | GGUFLinear
 
 
 class LlamaModel:
@@ -80,6 +81,8 @@ class LlamaModel:
         else:
             self.lm_head = lin("lm_head.weight")
         self.num_int8_linears = 0
+        self.num_gguf_linears = 0
+        self.gguf_requantized: list[str] = []  # gguf mode: tensors given Q8_0 blocks made here
         self.rope = RotaryEmbedding(c.head_dim, c.rope_theta, c.rope_scaling, max_positions, dtype, device)
         self.attn = attn_backend
         use_fused = torch.device(device).type == "cpu" and dtype == torch.float32
@@ -93,7 +96,7 @@ class LlamaModel:
 
             self.fused = triton_ops
 
-    def linears(self) -> dict[str, Linear | Int8Linear]:
+    def linears(self) -> dict[str, Linear | Int8Linear | GGUFLinear]:
         """Every linear layer by name: ``layers.{i}.{qkv,o,gate_up,down}`` and ``lm_head``."""
         out = {f"layers.{i}.{n}": getattr(L, n) for i, L in enumerate(self.layers) for n in LINEAR_NAMES}
         out["lm_head"] = self.lm_head
@@ -155,6 +158,34 @@ class LlamaModel:
             L.down = rebuild(L.down, w_down)
         self.lm_head = rebuild(self.lm_head, weight(self.lm_head), residual_pass=True)
         self.num_int8_linears = sum(isinstance(m, Int8Linear) for m in self.linears().values())
+
+    @torch.inference_mode()
+    def use_gguf_blocks(self, weights: GGUFModelWeights, isa: int = 0) -> None:
+        """Replace every linear layer and the LM head by ``GGUFLinear`` on the file's own blocks
+        (``--quantization gguf``); ``isa`` picks the kernel path. A tied LM head runs on the
+        embedding's blocks; the embedding lookup keeps its exact float32 table."""
+        c = self.config
+        p_attn = [f"self_attn.{n}_proj.weight" for n in "qkv"]
+        p_mlp = ["mlp.gate_proj.weight", "mlp.up_proj.weight"]
+
+        def weight(lin) -> torch.Tensor:  # [out, in] fp32 weight of a Linear (fallback blocks)
+            return lin.weight if lin.weight is not None else lin.weight_t.t()
+
+        def make(lin, names: list[str], sizes: list[int]) -> GGUFLinear:
+            parts = list(weight(lin).split(sizes)) if len(sizes) > 1 else [weight(lin)]
+            return GGUFLinear(weights.packed(names, parts), lin.bias, isa)
+
+        for i, L in enumerate(self.layers):
+            p = f"model.layers.{i}."
+            L.qkv = make(L.qkv, [p + n for n in p_attn], [self.q_size, self.kv_size, self.kv_size])
+            L.o = make(L.o, [p + "self_attn.o_proj.weight"], [c.hidden_size])
+            L.gate_up = make(L.gate_up, [p + n for n in p_mlp], [c.intermediate_size] * 2)
+            L.down = make(L.down, [p + "mlp.down_proj.weight"], [c.hidden_size])
+        tied = c.tie_word_embeddings or "lm_head.weight" not in weights.tensors
+        head = "model.embed_tokens.weight" if tied else "lm_head.weight"
+        self.lm_head = make(self.lm_head, [head], [c.vocab_size])
+        self.num_gguf_linears = sum(isinstance(m, GGUFLinear) for m in self.linears().values())
+        self.gguf_requantized = list(weights.requantized)
 
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch, kv_pool: TokenToKVPool) -> torch.Tensor:

@@ -17,6 +17,8 @@ int64 indices and no autograd; anything else silently takes the torch path):
 - ``native_available() -> bool``; ``load_native()`` returns the op namespace or ``None``.
 - ``fused_ops()``: ``torch.ops.radixrt_ops`` (``radixrt/csrc/fused_ops.cpp``: ``rms_norm``,
   ``add_rms_norm_``, ``silu_mul``, ``rope_store``; built into the same library) or ``None``.
+- ``quant_gemm_ops()``: ``torch.ops.radixrt_qg`` (``radixrt/csrc/quant_gemm.cpp``: dense layers
+  on a GGUF file's own Q4_0/Q4_1/Q8_0 blocks; see ``radixrt.model.gguf_weights``) or ``None``.
 - ``torch_paged_decode_attention``: the decode fallback, callable directly (tests and benchmarks
   compare it with the kernel).
 - ``torch_paged_extend_attention(q [T,H,D], k_buf, v_buf, kv_indices [B,Lmax], seq_lens [B],
@@ -42,6 +44,7 @@ logger = logging.getLogger("radixrt.native")
 _EXT_NAME = "radixrt_paged_attn"
 _SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "paged_attention.cpp"
 _FUSED_SOURCE = _SOURCE.with_name("fused_ops.cpp")
+_QGEMM_SOURCE = _SOURCE.with_name("quant_gemm.cpp")
 _HEADERS = [_SOURCE.with_name("fast_exp.h"), _SOURCE.with_name("team_size.h")]
 _CFLAGS = ["-O3", "-fopenmp"]
 _LDFLAGS = ["-fopenmp"]
@@ -84,7 +87,7 @@ def _clear_stale_lock(build_dir: Path) -> None:
 def _build():
     if sys.platform == "win32":
         raise RuntimeError("native kernels are only built on Linux/macOS")
-    sources = [_SOURCE, _FUSED_SOURCE]  # read at call time: tests point _SOURCE elsewhere
+    sources = [_SOURCE, _FUSED_SOURCE, _QGEMM_SOURCE]  # read at call time: tests point _SOURCE elsewhere
     files = [*sources, *_HEADERS]
     for src in files:
         if not src.is_file():
@@ -135,6 +138,12 @@ def load_native():
 def fused_ops():
     """The ``torch.ops.radixrt_ops`` namespace (fused element-wise ops), or ``None``."""
     return None if load_native() is None else torch.ops.radixrt_ops
+
+
+def quant_gemm_ops():
+    """The ``torch.ops.radixrt_qg`` namespace (GGUF-block GEMM, ``radixrt/csrc/quant_gemm.cpp``:
+    ``gemm``, ``isa``, ``supported``), or ``None``."""
+    return None if load_native() is None else torch.ops.radixrt_qg
 
 
 def native_available() -> bool:
@@ -219,6 +228,7 @@ def paged_decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Te
 
 __all__ = [
     "fused_ops",
+    "quant_gemm_ops",
     "load_native",
     "native_available",
     "native_unavailable_reason",

@@ -6,7 +6,15 @@
   ``smoothing.py``; the LM head with a residual pass; ``LlamaModel.quantize``). The embedding
   lookup, norms, attention and the KV cache stay fp32; a tied LM head quantizes its own copy
   of the embedding.
-- ``auto`` (the default): int8 where it is known to pay on this CPU and to stay within 2%
+- ``gguf`` (the name vLLM gives GGUF weights): for a model loaded from a ``.gguf`` file, every
+  linear layer and the LM head run on the file's own Q4_0/Q4_1/Q8_0 blocks with radixrt's kernel
+  (``radixrt.model.gguf_weights``, ``radixrt/csrc/quant_gemm.cpp``): the file's exact weights,
+  int8 activations per 32-block. Tensors of other types (Q4_K, Q6_K, F16, ...) take Q8_0 blocks
+  of their exact values. The kernel path follows the CPU features: AVX-512 VNNI, AVX2, else
+  scalar. A model from safetensors cannot run it (an error; ``auto`` moves on).
+- ``auto`` (the default): ``gguf`` for a model from a ``.gguf`` file on a CPU with AVX2 when the
+  native kernel builds (the fastest mode measured, and within 2% of fp32's perplexity:
+  docs/benchmarks.md); else int8 where it is known to pay on this CPU and to stay within 2%
   of fp32's perplexity, fp32 otherwise. Int8 needs the CPU device, float32, AVX2, a quantized
   engine that passes a numeric check here (torch's fbgemm; ``engine_works``) and VNNI (without
   it fbgemm's kernels need 7-bit activations, measured +3.7% perplexity on SmolLM2-135M); then
@@ -23,13 +31,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from radixrt.model.cpu_features import CpuFeatures, detect_cpu_features
 from radixrt.model.linear import Int8Linear, Linear
 
-MODES = ("auto", "none", "int8")
+MODES = ("auto", "none", "int8", "gguf")
 # Engines whose packed weights accept a float input with a given step (fbgemm's; "x86" packs
 # linear weights with fbgemm too). oneDNN's packed weights lack that entry point.
 ENGINES = ("fbgemm", "x86")
@@ -43,11 +52,13 @@ AUTO_MIN_WEIGHTS = 256 * 1024
 
 @dataclass(frozen=True)
 class QuantizationPlan:
-    mode: str  # "none" or "int8" ("auto" is resolved to one of them)
+    mode: str  # "none", "int8" or "gguf" ("auto" is resolved to one of them)
     reason: str  # why, for the start-up log
     engine: str | None = None  # torch quantized engine the int8 weights are packed for
     reduce_range: bool = False  # 7-bit activations (no VNNI: fbgemm's int16 pair sums)
     min_weights: int = 0  # layers with fewer weights stay fp32
+    gguf_path: Path | None = None  # gguf: the file whose blocks the layers run on
+    isa: int = 0  # gguf: the kernel path (radixrt.model.gguf_weights.ISA_*)
 
     def covers(self, weight: torch.Tensor) -> bool:
         """Whether a layer with this ``[out, in]`` weight runs in int8."""
@@ -62,6 +73,10 @@ class QuantizationPlan:
     def describe(self) -> str:
         if self.mode == "none":
             return f"none (fp32: {self.reason})"
+        if self.mode == "gguf":
+            from radixrt.model.gguf_weights import ISA_NAMES
+
+            return f"gguf ({ISA_NAMES.get(self.isa, 'auto')} kernel on the file's blocks: {self.reason})"
         bits = "7-bit" if self.reduce_range else "8-bit"
         return f"int8 ({self.engine}, {bits} activations: {self.reason})"
 
@@ -70,19 +85,27 @@ NONE = QuantizationPlan("none", "asked for")
 
 
 def plan_quantization(requested: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                      features: CpuFeatures | None = None, engines: tuple[str, ...] | None = None
-                      ) -> QuantizationPlan:
+                      features: CpuFeatures | None = None, engines: tuple[str, ...] | None = None,
+                      gguf_source: Path | None = None) -> QuantizationPlan:
     """Resolve ``--quantization`` for this machine.
 
     ``features`` defaults to the detected (or ``$RADIXRT_CPU_FEATURES``) ones, ``engines`` to
-    ``torch.backends.quantized.supported_engines``. ``int8`` that cannot run raises ValueError;
-    ``auto`` falls back to ``none``.
+    ``torch.backends.quantized.supported_engines``; ``gguf_source`` is the ``.gguf`` file the
+    model was converted from (None for safetensors). ``int8`` or ``gguf`` that cannot run
+    raises ValueError; ``auto`` falls back to the next mode.
     """
     if requested not in MODES:
         raise ValueError(f"unknown quantization {requested!r} (choose {', '.join(MODES)})")
     if requested == "none":
         return NONE
     features = features or detect_cpu_features()
+    if requested in ("gguf", "auto"):
+        isa, problem = gguf_kernel_path(device, dtype, features, gguf_source)
+        if problem is None and (requested == "gguf" or isa != _ISA_SCALAR):
+            why = "asked for" if requested == "gguf" else "auto: model from a GGUF file"
+            return QuantizationPlan("gguf", why, gguf_path=gguf_source, isa=isa)
+        if requested == "gguf":
+            raise ValueError(f"--quantization gguf cannot run here: {problem}")
     reduce_range = not features.vnni
     problem = None
     if torch.device(device).type != "cpu":
@@ -108,6 +131,32 @@ def plan_quantization(requested: str, device: torch.device | str = "cpu", dtype:
                                 "+3.7% perplexity over fp32 (the bar is 2%)")
     return QuantizationPlan("int8", f"auto: VNNI, layers of {AUTO_MIN_WEIGHTS} weights or more",
                             engine, reduce_range, AUTO_MIN_WEIGHTS)
+
+
+_ISA_SCALAR, _ISA_AVX2, _ISA_VNNI = 1, 2, 3  # radixrt.model.gguf_weights.ISA_*
+
+
+def gguf_kernel_path(device: torch.device | str, dtype: torch.dtype, features: CpuFeatures,
+                     gguf_source: Path | None) -> tuple[int, str | None]:
+    """The GGUF-block kernel path for these CPU ``features`` (VNNI, AVX2 or scalar), and why
+    the ``gguf`` mode cannot run (None when it can). ``auto`` skips the scalar path: without
+    AVX2 it is slower than fp32."""
+    if torch.device(device).type != "cpu":
+        return 0, f"gguf runs on the CPU only, the device is {torch.device(device).type}"
+    if dtype != torch.float32:
+        return 0, f"gguf replaces float32 layers, the dtype is {str(dtype).replace('torch.', '')}"
+    if gguf_source is None:
+        return 0, "the model was not loaded from a .gguf file"
+    from radixrt.model.native import native_unavailable_reason, quant_gemm_ops
+
+    ops = quant_gemm_ops()
+    if ops is None:
+        return 0, f"the native kernel is unavailable ({native_unavailable_reason()})"
+    if features.avx512 and features.vnni and ops.supported(_ISA_VNNI):
+        return _ISA_VNNI, None
+    if features.avx2 and ops.supported(_ISA_AVX2):
+        return _ISA_AVX2, None
+    return _ISA_SCALAR, None
 
 
 def int8_error_bound(x: torch.Tensor, weight: torch.Tensor, reduce_range: bool = False) -> torch.Tensor:

@@ -81,13 +81,15 @@ class ModelRunner:
         _on_fresh_thread(self._load, args)
 
     def _load(self, args: ServerArgs) -> None:
+        from radixrt.model.gguf_weights import source_gguf
+
         self.device = resolve_device(args.device)
         self.dtype = resolve_dtype(args.dtype, self.device)
         self.cpu_features = detect_cpu_features()
-        self.quantization_plan = plan_quantization(args.quantization, self.device, self.dtype,
-                                                   self.cpu_features)
         t0 = time.perf_counter()
         self.model_dir = prepare_model_dir(args.model_path)
+        self.quantization_plan = plan_quantization(args.quantization, self.device, self.dtype,
+                                                   self.cpu_features, gguf_source=source_gguf(self.model_dir))
         self.config = ModelConfig.from_dir(self.model_dir)
         from radixrt.model.loader import SUPPORTED_ARCHITECTURES
 
@@ -104,9 +106,11 @@ class ModelRunner:
         del state
         if self.quantization_plan.mode == "int8":
             self._quantize(args)
+        elif self.quantization_plan.mode == "gguf":
+            self._use_gguf_blocks()
         m = self.model
         # What actually runs: auto may leave every layer of a small model in fp32.
-        self.quantization = "int8" if m.num_int8_linears else "none"
+        self.quantization = "gguf" if m.num_gguf_linears else "int8" if m.num_int8_linears else "none"
         self._init_pools()
         logger.info(
             "loaded %s (%d layers, hidden %d, %s on %s) in %.2fs; KV pool: %d slots (page %d, %.1f MiB), "
@@ -114,9 +118,21 @@ class ModelRunner:
             self.model_dir, c.num_layers, c.hidden_size, str(self.dtype).replace("torch.", ""),
             self.device, time.perf_counter() - t0, self.max_total_tokens, args.page_size,
             self.kv_bytes / 2**20, self.attn_backend.name)
-        logger.info("quantization: %s; int8 linear layers: %d of %d; CPU: %s",
-                    self.quantization_plan.describe(), m.num_int8_linears, len(m.linears()),
-                    self.cpu_features.summary())
+        logger.info("quantization: %s; int8 linear layers: %d, gguf-block layers: %d, of %d; CPU: %s",
+                    self.quantization_plan.describe(), m.num_int8_linears, m.num_gguf_linears,
+                    len(m.linears()), self.cpu_features.summary())
+
+    def _use_gguf_blocks(self) -> None:
+        """Swap every linear layer for one on the source GGUF's own blocks."""
+        from radixrt.model.gguf_weights import GGUFModelWeights
+
+        t0 = time.perf_counter()
+        weights = GGUFModelWeights(self.quantization_plan.gguf_path)
+        self.model.use_gguf_blocks(weights, self.quantization_plan.isa)
+        types = sorted({t for n, t in weights.types().items() if n.endswith("proj.weight")})
+        logger.info("gguf-block layers ready in %.2fs (file types %s; requantized to Q8_0: %s)",
+                    time.perf_counter() - t0, ", ".join(types),
+                    ", ".join(self.model.gguf_requantized) or "none")
 
     def _quantize(self, args: ServerArgs) -> None:
         """Measure (or read from the cache) activation ranges, then swap in int8 layers."""

@@ -154,3 +154,14 @@ def test_triton_split_count_is_pinned_while_stepping(tiny_model_dir):
     out = gr.replay(fb)
     torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
     assert r.attn_backend.fixed_num_splits is None
+
+
+def test_batch_to_device(runner):
+    from radixrt.model.cuda_graph import batch_to_device
+
+    reqs = _Requests(runner, [4, 1, 3], seed=2)
+    fb = reqs._batch([0, 1, 2], [1, 2, 1], [5, 6, 7, 8])
+    assert fb.decode_split() is not None  # cached on the original
+    moved = batch_to_device(fb, torch.device("cpu"))
+    assert moved._split is None and moved.seq_lens_list == fb.seq_lens_list
+    assert torch.equal(moved.kv_indices, fb.kv_indices) and torch.equal(moved.q_starts, fb.q_starts)

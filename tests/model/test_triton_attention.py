@@ -129,3 +129,17 @@ def test_bad_shapes_are_rejected():
     k = torch.randn(10, 2, D)  # 3 query heads do not group over 2 KV heads
     with pytest.raises(ValueError, match="heads"):
         ta.decode_attention(q, k, k, torch.zeros(2, 4, dtype=torch.int64), torch.tensor([1, 2]), 1.0)
+
+
+def test_backend_selection(monkeypatch):
+    from radixrt.model.attention import make_attention_backend
+
+    monkeypatch.setattr(ta, "_num_sms", lambda device: 132 if torch.device(device).type == "cuda" else None)
+    be = make_attention_backend("auto", 0.125, device="cuda", dtype=torch.bfloat16)
+    assert be.name == "triton" and be.num_sms == 132  # auto on CUDA
+    assert make_attention_backend("auto", 0.125, device="cpu").name in ("native", "torch")
+    with pytest.raises(ValueError, match="triton"):
+        make_attention_backend("flash", 0.125)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # CPU without the interpreter: a clear error
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        make_attention_backend("triton", 0.125, device="cpu")

@@ -80,6 +80,25 @@ class _Info:
     terminal: bool  # no N inside
 
 
+@dataclass
+class _Auto:
+    """A lexeme's automaton over its own positions (a state: the positions just read; -1: the
+    start, nothing read)."""
+
+    first: int
+    last: int
+    own: int
+    local: dict[int, int]  # position -> the own positions that may follow it
+
+    def nexts(self, state: int) -> int:
+        if state == -1:
+            return self.first
+        out = 0
+        for p in _bits(state):
+            out |= self.local[p]
+        return out
+
+
 def _bits(x: int):
     while x:
         low = x & -x
@@ -423,38 +442,109 @@ class _Converter:
             self._candidates(body, cands)
         regex = {id(c): self._regex_nonempty(c) for c in cands}
         ends_ok = {id(c) for c in cands if regex[id(c)] is not None and self._ends_ok(c)}
-        competitors = {id(c): self._competitors(c) for c in cands if id(c) in ends_ok}
         by_id = {id(c): c for c in cands}
+        competitors: dict[int, int] = {}
+        autos: dict[int, _Auto] = {}
+        verdicts: dict[tuple[int, int], bool] = {}
         rejected: set[int] = set()
         while True:
-            twins: dict[str, int] = {}
-            for c in cands:
-                if id(c) in ends_ok and id(c) not in rejected:
-                    twins[regex[id(c)]] = twins.get(regex[id(c)], 0) | self.info[id(c)].first
             chosen: set[int] = set()
 
-            def pick(node, chosen=chosen, twins=twins, rejected=rejected):
+            def pick(node, chosen=chosen, rejected=rejected):
                 if isinstance(node, (P, N)):
                     return
-                k = id(node)
-                if k in ends_ok and k not in rejected and not (competitors[k] & ~twins[regex[k]]):
-                    chosen.add(k)
+                if id(node) in ends_ok and id(node) not in rejected:
+                    chosen.add(id(node))
                     return
                 for child in (node.items if isinstance(node, (S, A)) else [node.item]):
                     pick(child)
 
             for body in self.bodies.values():
                 pick(body)
-            entries: dict[str, int] = {}
+            owner: dict[int, int] = {}  # entry position -> chosen lexeme
+            inside = 0
             for k in chosen:
-                entries[regex[k]] = entries.get(regex[k], 0) | self.info[k].first
-            bad = {k for k in chosen if competitors[k] & ~entries[regex[k]]}
+                for e in _bits(self.info[k].first):
+                    owner[e] = k
+                inside |= self._positions(by_id[k])
+            bad = set()
+            for k in chosen:
+                if k not in competitors:
+                    competitors[k] = self._competitors(by_id[k])
+                for y in _bits(competitors[k] & ~self.info[k].first):
+                    other = owner.get(y)
+                    if other is not None and regex[other] == regex[k]:
+                        continue  # the lexer sees one lexeme
+                    if other is None and inside >> y & 1:
+                        continue  # starts earlier: checked at that lexeme's own start
+                    key = (k, other if other is not None else -1 - y)
+                    if key not in verdicts:
+                        a = autos.get(k) or autos.setdefault(k, self._auto(by_id[k]))
+                        b = (autos.get(other) or autos.setdefault(other, self._auto(by_id[other]))
+                             if other is not None else self._auto_char(y))
+                        verdicts[key] = self._compatible(a, b)
+                    if not verdicts[key]:
+                        bad.add(k)
+                        break
             if not bad:
                 self.regex = regex
                 self.chosen = chosen
                 self.chosen_positions = sum(len(list(_bits(self._positions(by_id[k])))) for k in chosen)
                 return chosen
             rejected |= bad
+
+    def _auto(self, node) -> _Auto:
+        local = [0] * len(self.classes)
+        self._link(node, local, self.info)
+        own = self._positions(node)
+        return _Auto(self.info[id(node)].first, self.info[id(node)].last, own,
+                     {p: local[p] & own for p in _bits(own)})
+
+    def _auto_char(self, p: int) -> _Auto:
+        return _Auto(1 << p, 1 << p, 1 << p, {p: 0})
+
+    def _compatible(self, a: _Auto, b: _Auto) -> bool:
+        """Check 2 for two lexemes that may start at the same point: on no common prefix is
+        one complete while the other can still go on (the greedy lexer would then drop the
+        complete one's parse)."""
+        seen: set[tuple[int, int]] = set()
+        todo = [(-1, -1)]
+        while todo:
+            sa, sb = todo.pop()
+            for ta, tb in self._split_pair(a.nexts(sa), b.nexts(sb)):
+                if (ta, tb) in seen:
+                    continue
+                seen.add((ta, tb))
+                if len(seen) > MAX_LEXEME_DFA_STATES:
+                    return False
+                if (ta & a.last and b.nexts(tb)) or (tb & b.last and a.nexts(ta)):
+                    return False
+                todo.append((ta, tb))
+        return True
+
+    def _split_pair(self, na: int, nb: int) -> list[tuple[int, int]]:
+        """For each character both sides can read next: the positions it reaches on each."""
+        if not na or not nb:
+            return []
+        ps = list(_bits(na | nb))
+        cuts = set()
+        for p in ps:
+            for lo, hi in self.classes[p]:
+                cuts.add(lo)
+                cuts.add(hi + 1)
+        cuts = sorted(cuts)
+        out = set()
+        for lo, hi in zip(cuts, cuts[1:]):
+            ta = tb = 0
+            for p in ps:
+                if any(a <= lo and hi - 1 <= b for a, b in self.classes[p]):
+                    if na >> p & 1:
+                        ta |= 1 << p
+                    if nb >> p & 1:
+                        tb |= 1 << p
+            if ta and tb:
+                out.add((ta, tb))
+        return list(out)
 
     # -------------------------------------------------------- regex text
     def _regex(self, node) -> str | None:

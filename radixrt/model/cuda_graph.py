@@ -21,8 +21,9 @@ What replays and what runs eagerly (``fallback_reason``):
 
 Graphs need the ``triton`` attention backend (the torch backend's gather would run over the
 static ``kv_indices`` width, the whole context, every step). Its decode kernel is captured with a
-fixed split count (``choose_num_splits`` for the longest context): a captured grid cannot follow
-the lengths of the batch it replays; splits past a short sequence end at once.
+fixed split count per bucket (``choose_num_splits`` for the longest context at that batch size:
+many splits for a lone request, one where the batch fills the GPU): a captured grid cannot
+follow the lengths of the batch it replays; splits past a short sequence end at once.
 
 **Memory plan** (``plan_kv_pool_tokens``): on CUDA, weights and KV are bf16 by default
 (``--dtype auto``); the KV pool is sized after the weights are loaded, SGLang's way: of the
@@ -133,12 +134,15 @@ class DecodeGraphRunner:
             out_cache_loc=torch.zeros(max_bs, **z), seq_lens=torch.ones(max_bs, **z),
             kv_indices=torch.zeros((max_bs, max_context_len), **z),
             logits_indices=torch.arange(max_bs, **z))
-        self.num_splits: int | None = None
+        # per bucket, the decode kernel's split count for the longest context (None: not triton)
+        self.num_splits: dict[int, int] | None = None
         if getattr(attn_backend, "name", "") == "triton":
             from radixrt.model.triton_attention import choose_num_splits
 
-            self.num_splits = choose_num_splits(max_context_len, 1, kv_pool.k_buffers[0].shape[1],
-                                                getattr(attn_backend, "num_sms", None))
+            kv_heads = kv_pool.k_buffers[0].shape[1]
+            self.num_splits = {bs: choose_num_splits(max_context_len, bs, kv_heads,
+                                                     getattr(attn_backend, "num_sms", None))
+                               for bs in self.buckets}
         self.batches = {bs: self._static_batch(bs) for bs in self.buckets}
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
@@ -159,7 +163,7 @@ class DecodeGraphRunner:
 
     def _forward(self, bs: int) -> torch.Tensor:
         if self.num_splits is not None:
-            self.attn.fixed_num_splits = self.num_splits
+            self.attn.fixed_num_splits = self.num_splits[bs]
         try:
             return self.model.forward(self.batches[bs], self.kv_pool)
         finally:

@@ -17,6 +17,20 @@ from radixrt.model.cuda_graph import (
 from radixrt.model.forward_batch import ForwardBatch
 
 
+def test_split_counts_per_bucket():
+    from types import SimpleNamespace
+
+    from radixrt.model.triton_attention import MAX_SPLITS
+
+    pool = SimpleNamespace(k_buffers=[torch.empty(1, 3, 8)])
+    attn = SimpleNamespace(name="triton", num_sms=132)
+    gr = DecodeGraphRunner(None, pool, attn, max_bs=256, max_context_len=8192, device="cpu", capture=False)
+    # a lone request splits its context across the GPU; 3 KV heads x 88+ requests fill 2 per SM
+    assert gr.num_splits[1] == MAX_SPLITS and gr.num_splits[256] == 1
+    assert gr.num_splits[24] == 4  # ceil(264 / 72)
+    assert all(a >= b for a, b in zip(list(gr.num_splits.values()), list(gr.num_splits.values())[1:]))
+
+
 def test_buckets():
     assert batch_size_buckets(1) == [1]
     assert batch_size_buckets(3) == [1, 2, 3]
@@ -147,7 +161,7 @@ def test_triton_split_count_is_pinned_while_stepping(tiny_model_dir):
     reqs = _Requests(r, [3, 6], seed=1)
     gr = DecodeGraphRunner(r.model, r.kv_pool, r.attn_backend, max_bs=2,
                            max_context_len=r.req_to_token_pool.max_context_len, device="cpu", capture=False)
-    assert gr.num_splits == 2  # 608 slots of context: two 256-token splits at most
+    assert gr.num_splits == {1: 2, 2: 2}  # 608 slots of context: two 256-token splits at most
     fb = reqs.decode_batch([0, 1])
     eager = r.model.forward(fb, r.kv_pool)
     assert r.attn_backend.plan(fb, 1).num_splits == 1  # eager: split by the batch's own lengths

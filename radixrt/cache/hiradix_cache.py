@@ -69,11 +69,12 @@ class _ReadJob:
     def __init__(self, lock_node: TreeNode, span_start: int, first: int, blocks: list,
                  slots: torch.Tensor):
         self.nodes: set[TreeNode] = set()
+        self.pending: dict[TreeNode, torch.Tensor] = {}  # each node's share of ``slots``
         self.lock_node = lock_node
         self.span_start = span_start  # absolute position of slots[0]
         self.first = first  # first block index
         self.blocks = blocks  # [(key, tokens)] for blocks first, first + 1, ...
-        self.slots = slots  # host slots for positions span_start ..
+        self.slots = slots  # device slots for positions span_start .. (read-only once queued)
         self.ok_end = span_start  # set by the reader: blocks read OK cover up to here
         self.nbytes = 0
         self.seconds = 0.0
@@ -112,14 +113,16 @@ class HiRadixCache(RadixCache):
         self._jobs: dict[str, queue.Queue] = {}
         self._threads: list[threading.Thread] = []
         self._in_flight = {"read": 0, "write": 0}
-        self._from_disk: set[TreeNode] = set()  # host nodes that were read from disk
+        # Device nodes brought back from a lower tier ("host" / "disk") that no admitted
+        # request has used yet: the hit counters attribute them to that tier.
+        self._origin: dict[TreeNode, str] = {}
         if disk is not None:
             self._restore(disk.scan())
 
     def _init_tree(self) -> None:
         super()._init_tree()
         self._host_nodes: set[TreeNode] = set()
-        self._from_disk = set()
+        self._origin = {}
 
     # ------------------------------------------------------------------ tier helpers
     @staticmethod
@@ -139,12 +142,12 @@ class HiRadixCache(RadixCache):
         self._leaves.discard(node.parent)
         if not self._has_device_child(node):
             self._leaves.add(node)
-        self._from_disk.discard(node)
 
     def _lose_device(self, node: TreeNode) -> torch.Tensor:
         """Take the device slots of an unlocked device node without device children."""
         slots = node.value
         node.value = None
+        self._origin.pop(node, None)
         self._evictable -= len(node.key)
         self._leaves.discard(node)
         parent = node.parent
@@ -154,7 +157,7 @@ class HiRadixCache(RadixCache):
 
     def _drop(self, node: TreeNode) -> None:
         """Remove ``node`` (no device slots, unlocked) and its subtree from the tree, freeing
-        their host slots (a loading node's slots are freed by its read job)."""
+        their host slots (a loading node's device slots are freed by its read job)."""
         parent = node.parent
         if parent.children.get(self._child_key(node.key, 0)) is node:
             del parent.children[self._child_key(node.key, 0)]
@@ -163,8 +166,8 @@ class HiRadixCache(RadixCache):
             n = stack.pop()
             n.dead = True
             self._host_nodes.discard(n)
-            self._from_disk.discard(n)
-            if n.host_value is not None and n.loading is None:
+            self._origin.pop(n, None)
+            if n.host_value is not None:
                 self.host_allocator.free(n.host_value)
                 n.host_value = None
             stack.extend(n.children.values())
@@ -186,11 +189,13 @@ class HiRadixCache(RadixCache):
             node.host_value = node.host_value[k:].clone()
             if node in self._host_nodes:
                 self._host_nodes.add(upper)
-            if node in self._from_disk:
-                self._from_disk.add(upper)
+        if node in self._origin:
+            self._origin[upper] = self._origin[node]
         if node.loading is not None:
-            upper.loading = node.loading
-            node.loading.nodes.add(upper)
+            job = upper.loading = node.loading
+            job.nodes.add(upper)
+            pending = job.pending[node]
+            job.pending[upper], job.pending[node] = pending[:k], pending[k:]
         node.start += k
         node.key = node.key[k:]
         node.parent = upper
@@ -256,7 +261,7 @@ class HiRadixCache(RadixCache):
             if n.value is not None:
                 dev_end = pos
                 continue
-            if n.host_value is not None and n.loading is None:
+            if n.host_value is not None:
                 self.host_allocator.free(n.host_value)
                 n.host_value = None
                 self._host_nodes.discard(n)
@@ -365,7 +370,6 @@ class HiRadixCache(RadixCache):
             self.host_allocator.free(x.host_value)
             x.host_value = None
             self._host_nodes.discard(x)
-            self._from_disk.discard(x)
             self._to_disk_or_drop(x)
             if parent in self._host_nodes and self._host_evictable(parent):
                 heapq.heappush(heap, (parent.last_access_time, parent.id, parent))
@@ -373,7 +377,7 @@ class HiRadixCache(RadixCache):
 
     @staticmethod
     def _host_evictable(node: TreeNode) -> bool:
-        return (node.lock_ref == 0 and node.loading is None
+        return (node.lock_ref == 0
                 and not any(c.host_value is not None for c in node.children.values()))
 
     def _bytes_per_token(self) -> int:
@@ -384,14 +388,14 @@ class HiRadixCache(RadixCache):
     # ------------------------------------------------------------------ bring back
     def fetch(self, token_ids: Sequence[int], match: MatchResult) -> MatchResult | None:
         """Bring the lower-tier part of ``token_ids``' cached prefix to the device. Returns
-        the longer match, ``match`` itself when nothing more is cached (or no room), or None
-        while disk blocks of the prefix are being read (ask again next step)."""
+        the longer match, ``match``'s device prefix when nothing more is cached (or there is no
+        room), or None while disk blocks of the prefix are being read (ask again next step)."""
         self.poll_io()
         tokens = _as_list(token_ids)
         path = self._path(tokens, len(tokens) - len(tokens) % self.page_size)
         lower = [n for n in path if n.value is None]
         if not lower:
-            return match
+            return self._device_match(path) if self._origin else match
         if any(n.loading is not None for n in lower):
             return None
         hosted = []
@@ -399,14 +403,26 @@ class HiRadixCache(RadixCache):
             if n.host_value is None:
                 break
             hosted.append(n)
+        if hosted and not self._load_host(hosted):
+            return self._device_match(path)
         on_disk = self._whole_blocks(lower[len(hosted):])
         if on_disk and self._start_read(tokens, on_disk):
             return None
-        if not hosted:
-            return match
-        return self._load_host(path, hosted) or match
+        return self._device_match(path)
 
-    def _load_host(self, path: list[TreeNode], hosted: list[TreeNode]) -> MatchResult | None:
+    def _device_match(self, path: list[TreeNode]) -> MatchResult:
+        dev = [x for x in path if x.value is not None]
+        if not dev:
+            return MatchResult(_EMPTY.clone(), self.root)
+        origin = {"host": 0, "disk": 0}
+        for x in dev:
+            if x in self._origin:
+                origin[self._origin[x]] += len(x.key)
+        return MatchResult(torch.cat([x.value for x in dev]), dev[-1], host_tokens=origin["host"],
+                           disk_tokens=origin["disk"])
+
+    def _load_host(self, hosted: list[TreeNode]) -> bool:
+        """Copy host nodes (consecutive on a path below the device part) to the device."""
         n = sum(len(x.key) for x in hosted)
         last = hosted[-1]
         self.inc_lock_ref(last)  # the whole path stays while room is made
@@ -416,30 +432,31 @@ class HiRadixCache(RadixCache):
                 self.evict(n + self.page_size)
                 slots = self.allocator.alloc(n)
             if slots is None:
-                return None
+                return False
             t0 = time.perf_counter()
             copy_kv(self.host_pool, torch.cat([x.host_value for x in hosted]), self.device_pool, slots)
             self.stats.host_to_device_seconds += time.perf_counter() - t0
             self.stats.host_to_device_bytes += n * self._bytes_per_token()
-            off, from_disk = 0, 0
+            off = 0
             for x in hosted:
-                if x in self._from_disk:
-                    from_disk += len(x.key)
                 self.host_allocator.free(x.host_value)
                 x.host_value = None
                 self._host_nodes.discard(x)
                 self._gain_device(x, slots[off:off + len(x.key)])
+                self._origin[x] = "host"
                 off += len(x.key)
         finally:
             self.dec_lock_ref(last)
-        dev = [x for x in path if x.value is not None]
-        return MatchResult(torch.cat([x.value for x in dev]), dev[-1], host_tokens=n - from_disk,
-                           disk_tokens=from_disk)
+        return True
 
     def note_hit(self, match: MatchResult) -> None:
         self.stats.hit_tokens_host += match.host_tokens
         self.stats.hit_tokens_disk += match.disk_tokens
         self.stats.hit_tokens_device += len(match.indices) - match.host_tokens - match.disk_tokens
+        node = match.last_node
+        while self._origin and node is not None:
+            self._origin.pop(node, None)
+            node = node.parent
 
     # ------------------------------------------------------------------ disk I/O
     def _whole_blocks(self, nodes: list[TreeNode]) -> list[TreeNode]:
@@ -476,33 +493,45 @@ class HiRadixCache(RadixCache):
         return out
 
     def _start_read(self, tokens: list[int], nodes: list[TreeNode]) -> bool:
-        """Queue a read of disk nodes ``nodes`` (consecutive on one path, the last ending at a
-        block boundary) into host slots. False when nothing could be queued (no host room)."""
+        """Queue a read of disk nodes ``nodes`` (consecutive on one path below the device
+        part, the last ending at a block boundary) straight into new device slots. False when
+        nothing could be queued (no room)."""
         b = self.disk.block_tokens
-        limit = self.host_allocator.size // b * b
-        slots = None
-        while nodes and limit >= b:
-            nodes = self._within(nodes, limit)
-            slots = self._host_alloc(sum(len(x.key) for x in nodes)) if nodes else None
-            if slots is not None:
-                break
-            limit = limit // 2 // b * b
-        if slots is None:
-            return False
-        start, end = nodes[0].start, nodes[-1].start + len(nodes[-1].key)
-        first, last = start // b, end // b
-        keys = self.disk.chain_keys(tokens, last)[first:]
-        blocks = [(keys[i], tokens[(first + i) * b:(first + i + 1) * b]) for i in range(len(keys))]
-        job = _ReadJob(nodes[-1], start, first, blocks, slots)
-        off = 0
-        for x in nodes:
-            x.host_value = slots[off:off + len(x.key)]
-            x.loading = job
-            job.nodes.add(x)
-            off += len(x.key)
-        self.inc_lock_ref(nodes[-1])
-        self._submit("read", job)
-        return True
+        limit = self.allocator.size // 2 // b * b  # one read takes at most half the pool
+        held = nodes[-1]
+        self.inc_lock_ref(held)  # the path stays while room is made
+        try:
+            slots = None
+            while nodes and limit >= b:
+                nodes = self._within(nodes, limit)
+                n = sum(len(x.key) for x in nodes)
+                slots = self.allocator.alloc(n)
+                if slots is None:
+                    self.evict(n + self.page_size)
+                    slots = self.allocator.alloc(n)
+                if slots is not None:
+                    break
+                limit = limit // 2 // b * b
+            if slots is None or not nodes:
+                return False
+            start, end = nodes[0].start, nodes[-1].start + len(nodes[-1].key)
+            first = start // b
+            keys = self.disk.chain_keys(tokens, end // b)[first:]
+            blocks = [(k, tokens[(first + i) * b:(first + i + 1) * b]) for i, k in enumerate(keys)]
+            job = _ReadJob(nodes[-1], start, first, blocks, slots)
+            off = 0
+            for x in nodes:
+                job.pending[x] = slots[off:off + len(x.key)]
+                x.loading = job
+                job.nodes.add(x)
+                off += len(x.key)
+            # Slots being filled count as cached and locked until the job is applied.
+            self._protected += len(slots)
+            self.inc_lock_ref(nodes[-1])
+            self._submit("read", job)
+            return True
+        finally:
+            self.dec_lock_ref(held)
 
     def _read(self, job: _ReadJob) -> None:
         b, pos = self.disk.block_tokens, job.span_start
@@ -513,41 +542,43 @@ class HiRadixCache(RadixCache):
                 job.errors += 1
                 break
             lo = pos - (job.first + i) * b
-            scatter_kv(self.host_pool, job.slots[pos - job.span_start:pos - job.span_start + b - lo],
-                       data[:, :, lo:])
+            off = pos - job.span_start
+            scatter_kv(self.device_pool, job.slots[off:off + b - lo], data[:, :, lo:])
             pos += b - lo
             job.nbytes += data.numel() * data.element_size()
             job.seconds += time.perf_counter() - t0
         job.ok_end = pos
 
     def _finish_read(self, job: _ReadJob) -> None:
-        for x in job.nodes:
-            x.loading = None
-        self.dec_lock_ref(job.lock_node)
         self.stats.disk_read_bytes += job.nbytes
         self.stats.disk_read_seconds += job.seconds
         self.stats.disk_blocks_read += len(job.blocks) - job.errors
         self.stats.disk_read_errors += job.errors
+        self._protected -= len(job.slots)
+        unused = []
         for x in sorted(job.nodes, key=lambda n: n.start):
-            if x.host_value is None:
-                continue  # dropped (and freed) by an earlier failure in this loop
+            x.loading = None
+            slots = job.pending.pop(x)
+            end = x.start + len(x.key)
             if x.dead or x.value is not None:  # gone, or recomputed meanwhile
-                self.host_allocator.free(x.host_value)
-                x.host_value = None
-            elif x.start + len(x.key) <= job.ok_end:
-                self._host_nodes.add(x)
-                self._from_disk.add(x)
+                unused.append(slots)
+            elif end <= job.ok_end:
+                self._gain_device(x, slots)
+                self._origin[x] = "disk"
             elif x.start < job.ok_end:  # read up to a damaged block: keep what was read
-                upper = self._split(x, job.ok_end - x.start)
-                self._host_nodes.add(upper)
-                self._from_disk.add(upper)
-                self.host_allocator.free(x.host_value)
-                x.host_value = None
+                k = job.ok_end - x.start
+                upper = self._split(x, k)
+                self._gain_device(upper, slots[:k])
+                self._origin[upper] = "disk"
+                unused.append(slots[k:])
                 self._drop(x)
             else:
-                self.host_allocator.free(x.host_value)
-                x.host_value = None
+                unused.append(slots)
                 self._drop(x)
+        self.dec_lock_ref(job.lock_node)
+        if unused:
+            self.allocator.free(torch.cat(unused))
+            self.generation += 1
 
     def _write_through(self, tokens: list[int]) -> None:
         disk = self.disk

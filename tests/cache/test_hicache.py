@@ -122,7 +122,7 @@ def check_tree(rig: Rig, locks: int = 0) -> None:
     """Structure, tiers, counters and (with no I/O in flight) slot accounting."""
     c, ps = rig.cache, rig.ps
     dev_tokens = host_tokens = evictable = protected = 0
-    leaves, hosted = set(), set()
+    leaves, hosted, jobs = set(), set(), set()
     stack = [c.root]
     while stack:
         node = stack.pop()
@@ -145,19 +145,25 @@ def check_tree(rig: Rig, locks: int = 0) -> None:
             if not any(ch.value is not None for ch in node.children.values()):
                 leaves.add(node)
         if node.host_value is not None:
-            assert len(node.host_value) == len(node.key)
-            if node.loading is None:
-                hosted.add(node)
-                host_tokens += len(node.key)
+            assert len(node.host_value) == len(node.key) and node.loading is None
+            hosted.add(node)
+            host_tokens += len(node.key)
+        if node.loading is not None:  # disk blocks being read into device slots
+            assert node.value is None and node.lock_ref > 0
+            assert len(node.loading.pending[node]) == len(node.key)
+            jobs.add(node.loading)
         if tier(node) == 2:
             assert node.disk_end >= node.start + len(node.key), "a disk node must be on disk"
             assert (node.start + len(node.key)) % rig.block == 0 or node.children
-    assert c._evictable == evictable and c._protected == protected
+    pending = sum(len(job.slots) for job in jobs)
+    assert c._evictable == evictable and c._protected == protected + pending
     assert c._leaves == leaves
     assert c._host_nodes == hosted
-    assert rig.alloc.available_size() + dev_tokens == rig.alloc.size
-    if not c.io_pending():
-        assert rig.halloc.available_size() + host_tokens == rig.halloc.size
+    assert rig.halloc.available_size() + host_tokens == rig.halloc.size
+    if not c._in_flight["read"]:
+        assert rig.alloc.available_size() + dev_tokens == rig.alloc.size
+    else:  # a job whose nodes all left the tree still holds its slots
+        assert rig.alloc.available_size() + dev_tokens + pending <= rig.alloc.size
     if locks == 0:
         assert protected == 0 or c.io_pending()
 

@@ -1,0 +1,181 @@
+"""Hierarchical (tiered, persistent) cache: two measurements, ratios from one run.
+
+(a) restart -- a server is started, given a 2,000-token prefix, and stopped; then, --repeats
+    times: a new server on the same --hicache-dir gets the prefix plus a fresh 16-token suffix
+    as its first request (KV read back from disk), the same prefix again with another suffix
+    (hot: the KV is in the pool), and an unseen 2,016-token prompt (computed). Time to first
+    token = latency of a /generate with max_new_tokens=1 (input ids, so no tokenization).
+    Reported: medians and restart/hot, compute/restart.
+(b) working set 4x the pool -- G prefixes of P tokens, each followed by short unique
+    questions, round-robin for R rounds through a KV pool of G * P / 4 slots; the same
+    requests on an Engine with the tiers on and with --disable-hierarchical-cache (each a new
+    Engine and a fresh tier folder per repeat). Reported: requests/s (median) and the ratio.
+
+  python bench/tiered_cache.py [--repeats 3] [--parts restart,working-set]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import markdown_table, median, print_table, save_results  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB = 49152
+
+
+def rand_ids(rng: random.Random, n: int) -> list[int]:
+    return [rng.randrange(100, VOCAB - 100) for _ in range(n)]
+
+
+class Server:
+    def __init__(self, hicache_dir: str, extra: list[str]):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "radixrt", "serve", "--port", str(self.port),
+               "--hicache-dir", hicache_dir, "--log-level", "warning", *extra]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError("server did not start")
+
+    def ttft(self, ids: list[int]) -> tuple[float, int]:
+        body = {"input_ids": ids, "sampling_params": {"max_new_tokens": 1, "temperature": 0}}
+        t0 = time.perf_counter()
+        r = httpx.post(self.url + "/generate", json=body, timeout=600)
+        dt = time.perf_counter() - t0
+        r.raise_for_status()
+        return dt, r.json()["meta_info"]["cached_tokens"]
+
+    def info(self) -> dict:
+        return httpx.get(self.url + "/get_server_info", timeout=60).json()
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def part_restart(args) -> dict:
+    rng = random.Random(7)
+    prefix = rand_ids(rng, args.prefix_len)
+    extra = ["--max-total-tokens", "16384"]
+    if args.model_path:
+        extra += ["--model-path", args.model_path]
+    with tempfile.TemporaryDirectory() as d:
+        s = Server(d, extra)
+        s.ttft(prefix + rand_ids(rng, 16))
+        while s.info()["hicache"]["io_in_flight"]["write"]:
+            time.sleep(0.05)
+        s.stop()
+        rows = {"restart": [], "hot": [], "compute": [], "restart_cached": [], "disk_read_s": []}
+        for _ in range(args.repeats):
+            s = Server(d, extra)
+            try:
+                t, c = s.ttft(prefix + rand_ids(rng, 16))
+                rows["restart"].append(t)
+                rows["restart_cached"].append(c)
+                rows["disk_read_s"].append(s.info()["hicache"]["disk_read_seconds"])
+                t, c = s.ttft(prefix + rand_ids(rng, 16))
+                assert c >= args.prefix_len - 64, c
+                rows["hot"].append(t)
+                t, c = s.ttft(rand_ids(rng, args.prefix_len + 16))
+                assert c == 0, c
+                rows["compute"].append(t)
+            finally:
+                s.stop()
+    out = {k: median(v) for k, v in rows.items()}
+    out["restart / hot"] = out["restart"] / out["hot"]
+    out["compute / restart"] = out["compute"] / out["restart"]
+    out["samples"] = rows
+    return out
+
+
+def part_working_set(args) -> dict:
+    from radixrt import Engine
+
+    g, p, rounds, q = args.groups, args.group_prefix_len, args.rounds, args.questions
+    pool = g * p // 4
+    rng = random.Random(11)
+    prefixes = [rand_ids(rng, p) for _ in range(g)]
+    requests = [prefixes[i] + rand_ids(rng, 16) for _ in range(rounds) for i in range(g)
+                for _ in range(q)]
+    params = {"max_new_tokens": 8, "temperature": 0}
+    times: dict[str, list[float]] = {"tiers": [], "no tiers": []}
+    hits: dict[str, list[float]] = {"tiers": [], "no tiers": []}
+    for _ in range(args.repeats):
+        for name, kw in (("tiers", {}), ("no tiers", {"disable_hierarchical_cache": True})):
+            with tempfile.TemporaryDirectory() as d, Engine(
+                    model_path=args.model_path, max_total_tokens=pool, max_running_requests=q,
+                    chunked_prefill_size=p, hicache_dir=d, **kw) as eng:
+                t0 = time.perf_counter()
+                for i in range(0, len(requests), q):  # one group's questions at a time
+                    eng.generate(input_ids=requests[i:i + q], sampling_params=params)
+                times[name].append(time.perf_counter() - t0)
+                st = eng.get_stats()
+                hits[name].append(st["cache_hit_rate"])
+    n = len(requests)
+    out = {f"{k} req/s": n / median(v) for k, v in times.items()}
+    out["tiers / no tiers"] = out["tiers req/s"] / out["no tiers req/s"]
+    out["hit rate tiers"] = median(hits["tiers"])
+    out["hit rate no tiers"] = median(hits["no tiers"])
+    out.update(requests=n, pool_tokens=pool, working_set_tokens=g * p, samples=times)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-path", default=None, help="model (default: embedded SmolLM2-135M)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per measurement (median)")
+    ap.add_argument("--parts", default="restart,working-set")
+    ap.add_argument("--prefix-len", type=int, default=2000, help="(a) prefix tokens")
+    ap.add_argument("--groups", type=int, default=8, help="(b) prefixes")
+    ap.add_argument("--group-prefix-len", type=int, default=1000, help="(b) tokens per prefix")
+    ap.add_argument("--rounds", type=int, default=4, help="(b) passes over the prefixes")
+    ap.add_argument("--questions", type=int, default=2, help="(b) requests per prefix and pass")
+    args = ap.parse_args()
+    results = {}
+    if "restart" in args.parts:
+        r = part_restart(args)
+        results["restart"] = r
+        cols = ["restart", "hot", "compute", "restart / hot", "compute / restart"]
+        print_table([r], cols)
+        print(markdown_table([r], cols))
+    if "working-set" in args.parts:
+        r = part_working_set(args)
+        results["working_set"] = r
+        cols = ["tiers req/s", "no tiers req/s", "tiers / no tiers", "hit rate tiers",
+                "hit rate no tiers"]
+        print_table([r], cols)
+        print(markdown_table([r], cols))
+    print("results:", save_results("tiered_cache", {"args": vars(args), **results}))
+
+
+if __name__ == "__main__":
+    main()

@@ -3,7 +3,8 @@
 (a) restart -- a server is started, given a 2,000-token prefix, and stopped; then, --repeats
     times: a new server on the same --hicache-dir gets the prefix plus a fresh 16-token suffix
     as its first request (KV read back from disk), the same prefix again with another suffix
-    (hot: the KV is in the pool), and an unseen 2,016-token prompt (computed). Time to first
+    (hot: the KV is in the pool), and an unseen 2,016-token prompt (computed); before them one
+    unrelated 256-token request warms the new process up (first forward). Time to first
     token = latency of a /generate with max_new_tokens=1 (input ids, so no tokenization).
     Reported: medians and restart/hot, compute/restart.
 (b) working set 4x the pool -- G prefixes of P tokens, each followed by short unique
@@ -97,6 +98,7 @@ def part_restart(args) -> dict:
         for _ in range(args.repeats):
             s = Server(d, extra)
             try:
+                s.ttft(rand_ids(rng, 256))  # process warm-up (first forward), unrelated tokens
                 t, c = s.ttft(prefix + rand_ids(rng, 16))
                 rows["restart"].append(t)
                 rows["restart_cached"].append(c)
@@ -156,8 +158,8 @@ def main() -> None:
     ap.add_argument("--parts", default="restart,working-set")
     ap.add_argument("--prefix-len", type=int, default=2000, help="(a) prefix tokens")
     ap.add_argument("--groups", type=int, default=8, help="(b) prefixes")
-    ap.add_argument("--group-prefix-len", type=int, default=1000, help="(b) tokens per prefix")
-    ap.add_argument("--rounds", type=int, default=4, help="(b) passes over the prefixes")
+    ap.add_argument("--group-prefix-len", type=int, default=512, help="(b) tokens per prefix")
+    ap.add_argument("--rounds", type=int, default=3, help="(b) passes over the prefixes")
     ap.add_argument("--questions", type=int, default=2, help="(b) requests per prefix and pass")
     args = ap.parse_args()
     results = {}

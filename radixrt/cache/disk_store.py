@@ -262,7 +262,8 @@ class DiskKVStore:
                 header = self._read_header(f, key)
                 if header["tokens"] != tokens:
                     raise ValueError("holds other tokens")
-                payload = bytearray(self.block_bytes)
+                buf = torch.empty(self.block_bytes, dtype=torch.uint8)  # no zero-fill pass
+                payload = memoryview(buf.numpy())
                 if f.readinto(payload) != self.block_bytes or f.read(1):
                     raise ValueError("truncated or oversized payload")
             if zlib.crc32(payload) != header["crc32"]:
@@ -279,7 +280,7 @@ class DiskKVStore:
         with self._lock:
             if key in self._index:
                 self._index.move_to_end(key)
-        return torch.frombuffer(payload, dtype=torch.uint8).view(self.dtype).view(self.shape)
+        return buf.view(self.dtype).view(self.shape)
 
     def forget(self, key: str) -> None:
         with self._lock:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from radixrt.cache.disk_store import DiskKVStore
+from radixrt.cache.hiradix_cache import HiRadixCache
+from radixrt.cache.memory_pool import KVAllocator, ReqToTokenPool, TokenToKVPool
+from radixrt.scheduler.kv import RunningKV
 from radixrt.scheduler.policy import SchedulePolicy
 from radixrt.scheduler.prefill_adder import (
     IN_BATCH_SHARE_THRESHOLD,
@@ -154,3 +159,35 @@ def test_without_an_eviction_the_ordering_match_is_used():
     counter = CountingCache(kv)
     out = ad.build([b], None)
     assert out.reqs == [b] and b.prefix_len == 10 and counter.calls == 1
+
+
+def make_tiered_kv(root, size: int = 64) -> RunningKV:
+    """RunningKV over a hierarchical cache (host tier, disk tier in ``root``)."""
+    alloc = KVAllocator(size)
+    pool = TokenToKVPool(size, 1, 1, 2, torch.float32)
+    disk = DiskKVStore(root, "fingerprint", 4, 1, 1, 2, torch.float32, 1 << 20)
+    cache = HiRadixCache(alloc, pool, TokenToKVPool(64, 1, 1, 2, torch.float32), KVAllocator(64),
+                         disk)
+    return RunningKV(alloc, ReqToTokenPool(8, 256), cache, 1)
+
+
+def test_a_request_waits_while_its_prefix_is_read_from_disk(tmp_path):
+    kv = make_tiered_kv(tmp_path)
+    prefix = list(range(1, 17))
+    kv.cache.cache_finished_req(prefix, kv.allocator.alloc(16), 0, kv.cache.root)
+    kv.cache.close()  # writes the blocks
+    kv = make_tiered_kv(tmp_path)  # a restart: the prefix is on disk only
+    a = make_req("a", prefix + [20], max_new_tokens=1)
+    b = make_req("b", [30] * 5, max_new_tokens=1)
+    out = adder(kv, policy="fcfs").build([a, b], None)
+    assert out.reqs == [b] and a.row is None  # a waits; b runs meanwhile
+    assert kv.cache.io_pending()
+    run_extend(out)
+    check_slots_add_up(kv, out.reqs)
+    kv.cache.wait_io(10)
+    out = adder(kv, policy="fcfs").build([a], None)
+    assert out.reqs == [a] and a.prefix_len == 16 and out.extend_lens == [1]
+    assert out.cached_tokens == 16 and kv.cache.stats.hit_tokens_disk == 16
+    run_extend(out)
+    check_slots_add_up(kv, [a, b])
+    kv.cache.close()

@@ -27,6 +27,8 @@ is fetched from a model hub.
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import os
 import random
 import shutil
@@ -71,20 +73,33 @@ def hbm_bandwidth(device: torch.device) -> tuple[float, str]:
     return 2 * x.numel() * 4 / median(ts), "measured device copy"
 
 
-def tiny_model_dir(default_dir: Path) -> Path:
-    """A 2-layer random Llama with the default model's tokenizer (for --smoke)."""
+TOKENIZER_FILES = ("tokenizer", "special_tokens", "chat_template")
+
+
+def random_model_dir(shape_dir: Path, **overrides) -> Path:
+    """A random-weight Llama with ``shape_dir``'s config.json (and its tokenizer files), in a temp
+    dir. Same shapes, so the same speed as the real weights; for machines without the model."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    d = Path(tempfile.mkdtemp(prefix="radixrt-gpu-smoke-"))
+    d = Path(tempfile.mkdtemp(prefix="radixrt-gpu-bench-"))
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=96, intermediate_size=192, num_hidden_layers=2,
-                      num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=4096,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    cfg = LlamaConfig.from_pretrained(shape_dir)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
     LlamaForCausalLM(cfg).save_pretrained(d, safe_serialization=True)
-    for f in default_dir.iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+    for f in shape_dir.iterdir():
+        if f.name.startswith(TOKENIZER_FILES):
             shutil.copy(f, d / f.name)
     return d
+
+
+def export_shape(model_dir: Path, out: Path) -> None:
+    """config.json and tokenizer files of ``model_dir`` (a few MB), for ``--random-init``."""
+    out.mkdir(parents=True, exist_ok=True)
+    for f in model_dir.iterdir():
+        if f.name == "config.json" or f.name.startswith(TOKENIZER_FILES):
+            shutil.copy(f, out / f.name)
+    print(f"wrote {sorted(p.name for p in out.iterdir())} to {out}")
 
 
 class Systems:
@@ -129,6 +144,28 @@ class Systems:
         return time.perf_counter() - t0
 
 
+def check_tokens(model_dir: Path, device: torch.device, prompts: list[list[int]], new: int) -> dict:
+    """Greedy tokens of the GPU path (triton kernels, CUDA graphs) against the torch backend run
+    eagerly, both in float32 so they can agree exactly; batched, so graphs replay with padding."""
+    from radixrt import Engine
+
+    params = {"max_new_tokens": new, "temperature": 0, "ignore_eos": True}
+    out = {}
+    for backend in ("torch", "triton"):
+        eng = Engine(model_path=str(model_dir), device=device.type, dtype="float32", attention_backend=backend,
+                     quantization="none", max_total_tokens=65536, max_running_requests=len(prompts),
+                     disable_cuda_graph=backend == "torch")
+        try:
+            out[backend] = [r["output_ids"] for r in eng.generate(input_ids=prompts, sampling_params=params)]
+            gr = eng.runner.graph_runner
+            out[backend + "_graphs"] = gr.stats() if gr is not None else None
+        finally:
+            eng.shutdown()
+    same = [a == b for a, b in zip(out["torch"], out["triton"])]
+    return {"same_tokens": all(same), "rows_same": f"{sum(same)}/{len(same)}",
+            "triton_graphs": out["triton_graphs"]}
+
+
 def timed_median(fn, repeats: int) -> float:
     fn()  # warm-up (kernel compilation, allocator, graph capture paths)
     return median([fn() for _ in range(repeats)])
@@ -154,21 +191,40 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prefill-len", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--random-init", metavar="DIR", default=None,
+                    help="benchmark random weights in the shape of DIR's config.json (with DIR's tokenizer "
+                         "files; see --export-shape): same speed, for a GPU machine without the model")
+    ap.add_argument("--export-shape", metavar="DIR", default=None,
+                    help="write the model's config.json and tokenizer files to DIR, then exit")
     ap.add_argument("--smoke", action="store_true",
                     help="CPU, Triton interpreted, a tiny random model, tiny sizes: checks the script runs")
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",") if b]
 
+    if args.export_shape:
+        from radixrt.model.loader import prepare_model_dir
+
+        export_shape(prepare_model_dir(args.model_path, progress=False), Path(args.export_shape))
+        return
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if device.type != "cuda" and not args.smoke:
         sys.exit("no CUDA device: run with --smoke for the CPU check")
-    from radixrt.model.loader import prepare_model_dir
-
-    model_dir = prepare_model_dir(args.model_path, progress=False)
+    temp_dir = None
     group_shape = dict(groups=4, per_group=8, system_len=512, question_len=16)
+    if args.random_init:
+        model_dir = temp_dir = random_model_dir(Path(args.random_init))
+    else:
+        from radixrt.model.loader import prepare_model_dir
+
+        model_dir = prepare_model_dir(args.model_path, progress=False)
     if args.smoke:
-        if args.model_path is None:
-            model_dir = tiny_model_dir(model_dir)
+        if args.model_path is None and temp_dir is None:
+            shape = Path(tempfile.mkdtemp(prefix="radixrt-gpu-shape-"))
+            export_shape(model_dir, shape)
+            model_dir = temp_dir = random_model_dir(
+                shape, hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=6,
+                num_key_value_heads=2, head_dim=16, max_position_embeddings=4096)
+            shutil.rmtree(shape, ignore_errors=True)
         args.batches, args.prompt_len, args.new_tokens, args.prefill_len = [1, 2], 8, 3, 32
         args.repeats = 1
         group_shape = dict(groups=2, per_group=2, system_len=16, question_len=4)
@@ -176,14 +232,22 @@ def main() -> None:
     import transformers
     import triton
 
+    rng = random.Random(0)
+    cfg_vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    check = check_tokens(model_dir, device, [[rng.randrange(100, cfg_vocab - 100) for _ in range(n)]
+                                             for n in (5, 17, 33, 9, 64)], 4 if args.smoke else 24)
+    print("check:", check, flush=True)
+    gc.collect()  # the check's engines: their KV pools go back before the memory plan runs
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     sysm = Systems(args, model_dir, device)
     bw, bw_src = hbm_bandwidth(device)
     env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (interpreted)",
            "torch": torch.__version__, "triton": triton.__version__, "transformers": transformers.__version__,
            "hbm_GBps": bw / 1e9, "hbm_source": bw_src, "model": str(model_dir),
            "attention": sysm.engine.runner.attn_backend.name, "dtype": str(sysm.engine.runner.dtype)}
+    env["check"] = check
     print(env, flush=True)
-    rng = random.Random(0)
     V = sysm.vocab
 
     def prompts(n: int, length: int) -> list[list[int]]:
@@ -231,9 +295,10 @@ def main() -> None:
     print()
     print(markdown_table(rows, cols))
     print(env)
+    if temp_dir is not None:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        env["model"] = f"random weights in the shape of {args.random_init or 'a tiny Llama'}"
     if args.smoke:
-        if args.model_path is None:
-            shutil.rmtree(model_dir, ignore_errors=True)
         return  # CPU figures under the interpreter mean nothing: nothing saved
     path = save_results("gpu", {"env": env, "rows": rows, "args": vars(args)})
     print(f"results: {path}")

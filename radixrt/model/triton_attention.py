@@ -295,7 +295,9 @@ def extend_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, 
                      block_n: int = EXTEND_BLOCK_N) -> torch.Tensor:
     """Paged extend attention: q [T, H, D] -> [T, H, D]; request ``b``'s new tokens are
     ``q[q_starts[b] : q_starts[b] + extend_lens[b]]`` at positions ``seq_lens[b] - extend_lens[b] + i``.
-    With ``req_ids``, only those requests run (the other rows of ``out`` are left alone)."""
+    With ``req_ids``, only those requests run (the other rows of ``out`` are left alone).
+    ``block_m``: query rows per program, i.e. new tokens x the GQA group padded to a power of two
+    (a power of two, >= 16 on a GPU for ``tl.dot``); ``block_n``: keys per loop step (>= 16 on a GPU)."""
     _check(q, k_buf, v_buf, kv_indices)
     H, D = q.shape[1], q.shape[2]
     KV = k_buf.shape[1]

@@ -32,11 +32,26 @@ def hicache_root(args) -> Path:
     return default_cache_dir() / "hicache"
 
 
+def available_memory() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def host_pool_tokens(args, device_tokens: int, bytes_per_token: int) -> int:
+    """``--hicache-size`` GiB, else ``--hicache-ratio`` x the KV pool; never more than half
+    the memory the system has available (a warning says so)."""
     if args.hicache_size > 0:
         n = int(args.hicache_size * 2**30 // bytes_per_token)
     else:
         n = int(args.hicache_ratio * device_tokens)
+    avail = available_memory()
+    if avail is not None and n * bytes_per_token > avail // 2:
+        cap = avail // 2 // bytes_per_token
+        logger.warning("hierarchical cache: host tier of %d tokens (%.1f GiB) capped to %d "
+                       "(half the available memory)", n, n * bytes_per_token / 2**30, cap)
+        n = cap
     ps = args.page_size
     return max(ps, n // ps * ps)
 

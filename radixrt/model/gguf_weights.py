@@ -15,7 +15,8 @@ float32.
 - ``source_gguf(model_dir)``: the ``.gguf`` a converted model directory came from, or None.
 - ``pack_blocks(raw, qtype)`` / ``unpack_blocks(packed)``: file blocks <-> kernel layout.
 - ``GGUFLinear(packed, bias, isa)``: ``x @ W.T (+ b)`` on the blocks.
-- ``GGUFModelWeights(path)``: a file's tensors by Hugging Face name, as packed blocks.
+- ``GGUFModelWeights(path, heads, kv_heads)``: a file's tensors by Hugging Face name, as
+  packed blocks (``read_gguf_index`` finds them without decoding the tokenizer metadata).
 """
 
 from __future__ import annotations
@@ -166,81 +167,166 @@ def source_gguf(model_dir: Path | str) -> Path | None:
     return src
 
 
+_SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
+                   11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclass
+class TensorInfo:
+    qtype: str  # GGML type name
+    shape: tuple[int, ...]  # GGUF order: shape[0] is the row length
+    offset: int  # absolute byte offset in the file
+    nbytes: int
+
+
+def read_gguf_index(path: Path | str) -> tuple[dict[str, object], dict[str, TensorInfo]]:
+    """A GGUF file's scalar and string metadata, and where each tensor's bytes are. Arrays in
+    the metadata (the tokenizer's vocabulary) are skipped, not decoded: a few milliseconds
+    instead of seconds for a full ``gguf.GGUFReader``."""
+    import struct
+
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    data = Path(path).read_bytes() if Path(path).stat().st_size < 1 << 16 else None
+    with open(path, "rb") as f:
+        import mmap
+
+        buf = data if data is not None else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    pos = 0
+
+    def take(fmt: str):
+        nonlocal pos
+        v = struct.unpack_from(fmt, buf, pos)[0]
+        pos += struct.calcsize(fmt)
+        return v
+
+    def string() -> str:
+        nonlocal pos
+        n = take("<Q")
+        v = bytes(buf[pos:pos + n]).decode("utf-8", errors="replace")
+        pos += n
+        return v
+
+    def skip(vtype: int) -> None:
+        nonlocal pos
+        if vtype == _STRING:
+            n = take("<Q")
+            pos += n
+        elif vtype == _ARRAY:
+            itype, count = take("<I"), take("<Q")
+            if itype in _SCALAR_FORMATS:
+                pos += count * struct.calcsize(_SCALAR_FORMATS[itype])
+            else:
+                for _ in range(count):
+                    skip(itype)
+        elif vtype in _SCALAR_FORMATS:
+            pos += struct.calcsize(_SCALAR_FORMATS[vtype])
+        else:
+            raise ValueError(f"{path}: unknown GGUF value type {vtype}")
+
+    if bytes(buf[:4]) != b"GGUF":
+        raise ValueError(f"{path} is not a GGUF file")
+    pos = 4
+    version, n_tensors, n_kv = take("<I"), take("<Q"), take("<Q")
+    if version < 2:
+        raise ValueError(f"{path}: GGUF version {version} is not supported")
+    meta: dict[str, object] = {}
+    for _ in range(n_kv):
+        key, vtype = string(), take("<I")
+        if vtype == _STRING:
+            meta[key] = string()
+        elif vtype in _SCALAR_FORMATS:
+            meta[key] = take(_SCALAR_FORMATS[vtype])
+        else:
+            skip(vtype)
+    raw_infos = []
+    for _ in range(n_tensors):
+        name, ndim = string(), take("<I")
+        shape = tuple(take("<Q") for _ in range(ndim))
+        raw_infos.append((name, shape, take("<I"), take("<Q")))
+    align = int(meta.get("general.alignment", 32))
+    start = -(-pos // align) * align
+    tensors = {}
+    for name, shape, tcode, offset in raw_infos:
+        qtype = GGMLQuantizationType(tcode)
+        block, size = GGML_QUANT_SIZES[qtype]
+        count = int(np.prod(shape, dtype=np.int64))
+        tensors[name] = TensorInfo(qtype.name, shape, start + offset, count // block * size)
+    if not isinstance(buf, bytes):
+        buf.close()
+    return meta, tensors
+
+
 class GGUFModelWeights:
-    """A GGUF file's linear-layer tensors by Hugging Face name, packed for the kernel."""
+    """A GGUF file's linear-layer tensors by Hugging Face name, packed for the kernel.
+    ``num_heads``/``num_kv_heads`` (the model's config) un-permute llama.cpp's q/k rows."""
 
-    def __init__(self, path: Path | str):
-        import gguf
-
+    def __init__(self, path: Path | str, num_heads: int, num_kv_heads: int):
         from radixrt.model import gguf_convert
 
         self.path = Path(path)
-        self.reader = gguf.GGUFReader(str(self.path))
-        self.spec = gguf_convert.arch_spec(self.reader, self.path)
-        self.config = gguf_convert.build_config(self.reader, self.spec)
-        self.tensors = {}
-        for t in self.reader.tensors:
+        meta, infos = read_gguf_index(self.path)
+        arch = str(meta.get("general.architecture", "<missing>"))
+        spec = gguf_convert.GGUF_ARCHITECTURES.get(arch)
+        if spec is None:
+            raise ValueError(f"{self.path}: unsupported GGUF architecture {arch!r}")
+        self.permute_qk = spec.permute_qk
+        self.heads = {"q": num_heads, "k": num_kv_heads}
+        self.tensors: dict[str, TensorInfo] = {}
+        for name, info in infos.items():
             try:
-                self.tensors[gguf_convert.hf_tensor_name(t.name)] = t
+                self.tensors[gguf_convert.hf_tensor_name(name)] = info
             except Exception:  # noqa: BLE001 - tensors the model does not use (rope_freqs, ...)
                 continue
+        self.file = np.memmap(self.path, dtype=np.uint8, mode="r")
         self.requantized: list[str] = []  # layers given Q8_0 blocks made here
 
     def types(self) -> dict[str, str]:
-        return {name: t.tensor_type.name for name, t in self.tensors.items()}
+        return {name: t.qtype for name, t in self.tensors.items()}
 
-    def supported_linears(self) -> int:
-        """How many 2-d tensors the kernel runs as the file stores them."""
-        return sum(1 for t in self.tensors.values()
-                   if t.tensor_type.name in SUPPORTED_TYPES and len(t.shape) == 2)
-
-    def _raw_rows(self, name: str, fallback: torch.Tensor | None) -> tuple[np.ndarray, str]:
-        """uint8 blocks [rows, bytes] in Hugging Face row order, and their type."""
-        from radixrt.model import gguf_convert
-
+    def _raw_rows(self, name: str, fallback: torch.Tensor | None, force_q8: bool = False
+                  ) -> tuple[np.ndarray, str]:
+        """uint8 blocks [rows, bytes] in Hugging Face row order, and their type (Q8_0 blocks
+        made from ``fallback`` where the file's type has no kernel, or ``force_q8``)."""
         t = self.tensors.get(name)
-        qtype = t.tensor_type.name if t is not None else None
-        if t is None or qtype not in SUPPORTED_TYPES:
+        if t is None or t.qtype not in SUPPORTED_TYPES or len(t.shape) != 2 or (force_q8 and t.qtype != "Q8_0"):
             if fallback is None:
                 raise ValueError(f"{self.path}: no tensor {name!r} of a supported type")
             self.requantized.append(name)
             return quantize_q8_0(fallback), "Q8_0*"
-        raw = np.asarray(t.data)
-        rows = int(t.shape[-1]) if len(t.shape) == 2 else raw.shape[0]
-        raw = raw.reshape(rows, -1)
-        if self.spec.permute_qk and (".q_proj." in name or ".k_proj." in name):
-            heads = self.config["num_attention_heads" if ".q_proj." in name else "num_key_value_heads"]
-            raw = gguf_convert.unpermute_rotary_rows(torch.from_numpy(np.array(raw)), heads).numpy()
-        return raw, qtype
+        rows = int(t.shape[1])
+        raw = self.file[t.offset:t.offset + t.nbytes].reshape(rows, -1)
+        if self.permute_qk and (".q_proj." in name or ".k_proj." in name):
+            # gguf_convert.unpermute_rotary_rows on whole rows of blocks (numpy: a byte copy)
+            heads = self.heads["q" if ".q_proj." in name else "k"]
+            if rows % (2 * heads):
+                raise ValueError(f"{name}: cannot un-permute {rows} rows over {heads} heads")
+            raw = raw.reshape(heads, rows // heads // 2, 2, -1).transpose(0, 2, 1, 3).reshape(rows, -1)
+        return raw, t.qtype
 
     def packed(self, names: list[str], fallbacks: list[torch.Tensor | None]) -> PackedBlocks:
         """The tensors ``names`` stacked along the output dimension, packed. A tensor of a type
         the kernel lacks, or a mix of 4- and 8-bit types, takes Q8_0 blocks of its ``fallbacks``
         entry (the exact float weight)."""
         parts = [self._raw_rows(n, f) for n, f in zip(names, fallbacks, strict=True)]
-        kinds = {SUPPORTED_TYPES[q.rstrip("*")] for _, q in parts}
-        if len(kinds) > 1:  # one kernel call needs one block size: Q8_0 for all
-            parts = []
-            for n, f in zip(names, fallbacks, strict=True):
-                t = self.tensors.get(n)
-                if t is not None and t.tensor_type.name == "Q8_0":
-                    parts.append(self._raw_rows(n, f))
-                else:
-                    self.requantized.append(n)
-                    parts.append((quantize_q8_0(f), "Q8_0*"))
-        qtypes = {q for _, q in parts}
-        # Q4_0 and Q4_1 share a layout once packed (m = -8 d): pack each, then join.
-        packed = [pack_blocks(raw, q.rstrip("*")) for raw, q in parts]
-        if len(packed) == 1:
-            p = packed[0]
-            p.qtype = parts[0][1]
+        if len({SUPPORTED_TYPES[q.rstrip("*")][1] for _, q in parts}) > 1:  # one kernel call, one width
+            parts = [self._raw_rows(n, f, force_q8=True) for n, f in zip(names, fallbacks, strict=True)]
+        qtypes = [q.rstrip("*") for _, q in parts]
+        label = "+".join(sorted({q for _, q in parts}))
+        if len(set(qtypes)) == 1:  # one type: join the file's rows, pack once
+            raw = parts[0][0] if len(parts) == 1 else np.concatenate([r for r, _ in parts])
+            p = pack_blocks(raw, qtypes[0])
+            p.qtype = label
             return p
+        # Q4_0 next to Q4_1: the same layout once packed (m = -8 d); pack each, then join.
+        packed = [pack_blocks(raw, q) for (raw, _), q in zip(parts, qtypes, strict=True)]
         k = packed[0].k
         if any(p.k != k for p in packed):
             raise ValueError(f"{names}: different input sizes cannot share one layer")
         qs = torch.cat([unpad_rows(p, p.qs) for p in packed])
         dm = torch.cat([unpad_rows(p, p.dm) for p in packed])
-        return _regroup(qs, dm, sum(p.n for p in packed), k, packed[0].bits, "+".join(sorted(qtypes)))
+        return _regroup(qs, dm, sum(p.n for p in packed), k, packed[0].bits, label)
 
 
 def unpad_rows(p: PackedBlocks, t: torch.Tensor) -> torch.Tensor:

@@ -127,7 +127,8 @@ class ModelRunner:
         from radixrt.model.gguf_weights import GGUFModelWeights
 
         t0 = time.perf_counter()
-        weights = GGUFModelWeights(self.quantization_plan.gguf_path)
+        c = self.config
+        weights = GGUFModelWeights(self.quantization_plan.gguf_path, c.num_heads, c.num_kv_heads)
         self.model.use_gguf_blocks(weights, self.quantization_plan.isa)
         types = sorted({t for n, t in weights.types().items() if n.endswith("proj.weight")})
         logger.info("gguf-block layers ready in %.2fs (file types %s; requantized to Q8_0: %s)",

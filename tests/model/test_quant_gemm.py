@@ -217,7 +217,7 @@ def default_models(default_model_dir):
 
     ref, quant = model(), model()
     embed = quant.embed.clone()
-    quant.use_gguf_blocks(gw.GGUFModelWeights(src))
+    quant.use_gguf_blocks(gw.GGUFModelWeights(src, cfg.num_heads, cfg.num_kv_heads))
     assert torch.equal(quant.embed, embed)
     return ref, quant
 

@@ -49,7 +49,7 @@ def test_tiny_model_triton_equals_torch(tiny_model_dir, page_size):
 def test_default_model_triton_equals_torch(default_model_dir):
     """One short check on the real default model (SmolLM2-135M: 9 query heads over 3 KV heads)."""
     prompts = ["The capital of France is", "def fibonacci(n):"]
-    params = {"temperature": 0, "max_new_tokens": 4, "ignore_eos": True}
+    params = {"temperature": 0, "max_new_tokens": 3, "ignore_eos": True}  # prefill + 2 decode steps
     outs = {}
     for backend in ("torch", "triton"):
         eng = Engine(attention_backend=backend, max_total_tokens=512, max_running_requests=4,
@@ -59,4 +59,4 @@ def test_default_model_triton_equals_torch(default_model_dir):
         finally:
             eng.shutdown()
     assert outs["triton"] == outs["torch"]
-    assert all(len(o) == 4 for o in outs["torch"])
+    assert all(len(o) == 3 for o in outs["torch"])

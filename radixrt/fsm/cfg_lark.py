@@ -647,10 +647,14 @@ class _Converter:
         return f"({inner}){_quant(node.min, node.max)}"
 
 
-def gbnf_to_lark(grammar: Grammar) -> LarkGrammar:
+def gbnf_to_lark(grammar: Grammar, lexemes: bool = True) -> LarkGrammar:
     """Lark text for llguidance with exactly the language of ``grammar`` (see the module
-    docstring for which pieces become lexemes)."""
+    docstring for which pieces become lexemes; ``lexemes=False``: none, every character its
+    own lexeme, for comparison)."""
     conv = _Converter(grammar)
     conv.analyse()
-    conv.choose()
+    if lexemes:
+        conv.choose()
+    else:
+        conv.regex, conv.chosen, conv.chosen_positions = {}, set(), 0
     return conv.lark()

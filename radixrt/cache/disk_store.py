@@ -41,25 +41,37 @@ logger = logging.getLogger("radixrt.hicache")
 MAGIC = b"RXKV1\n"
 _LEN = struct.Struct("<I")
 _MAX_HEADER = 1 << 24
-_FP_CACHE: dict[tuple, str] = {}
+_FP_CACHE: dict[str, str] = {}
 
 
-def _file_digest(path: Path) -> str:
+def _file_digest(path: Path, memo: dict) -> str:
     st = path.stat()
-    memo = (str(path), st.st_size, st.st_mtime_ns)
-    if memo not in _FP_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
-        _FP_CACHE[memo] = h.hexdigest()
-    return _FP_CACHE[memo]
+    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    if key not in _FP_CACHE:
+        if key in memo:
+            _FP_CACHE[key] = memo[key]
+        else:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+            _FP_CACHE[key] = h.hexdigest()
+    memo[key] = _FP_CACHE[key]
+    return _FP_CACHE[key]
 
 
-def model_fingerprint(model_dir: Path, **mode: object) -> str:
+def model_fingerprint(model_dir: Path, memo_file: Path | None = None, **mode: object) -> str:
     """Hex digest of the model's weight and config files (contents, not names) and of
-    ``mode`` (dtype, quantization, page size, ...). Digests of files are memoised per
-    (path, size, mtime) within the process."""
+    ``mode`` (dtype, quantization, page size, ...). File digests are memoised per (path, size,
+    mtime): within the process, and across processes in ``memo_file`` when given (hashing the
+    embedded model's 540 MB takes a second or two)."""
+    memo: dict[str, str] = {}
+    if memo_file is not None:
+        try:
+            memo = json.loads(Path(memo_file).read_text())
+        except (OSError, ValueError):
+            memo = {}
+    before = dict(memo)
     h = hashlib.sha256()
     model_dir = Path(model_dir)
     files = sorted(p for p in model_dir.iterdir()
@@ -68,8 +80,17 @@ def model_fingerprint(model_dir: Path, **mode: object) -> str:
     if not files:
         raise ValueError(f"no weight files in {model_dir} to fingerprint")
     for p in files:
-        h.update(p.name.encode() + b"\0" + _file_digest(p).encode() + b"\0")
+        h.update(p.name.encode() + b"\0" + _file_digest(p, memo).encode() + b"\0")
     h.update(json.dumps(mode, sort_keys=True, default=str).encode())
+    if memo_file is not None and memo != before:
+        try:
+            memo_file = Path(memo_file)
+            memo_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo_file.with_name(f"{memo_file.name}.tmp{os.getpid()}")
+            tmp.write_text(json.dumps(memo))
+            os.replace(tmp, memo_file)
+        except OSError as e:
+            logger.debug("hicache: cannot save file digests in %s: %s", memo_file, e)
     return h.hexdigest()
 
 

@@ -78,12 +78,13 @@ def make_prefix_cache(args, runner) -> BasePrefixCache:
     disk = None
     if args.hicache_storage_backend == "file":
         block = -(-BLOCK_TOKENS // args.page_size) * args.page_size
+        root = hicache_root(args)
         fp = model_fingerprint(
-            runner.model_dir, dtype=str(runner.dtype), quantization=runner.quantization,
+            runner.model_dir, root / "file-digests.json", dtype=str(runner.dtype), quantization=runner.quantization,
             quantization_plan=runner.quantization_plan.describe(), page_size=args.page_size,
             block_tokens=block, config=dataclasses.asdict(c),
             attention=runner.attn_backend.name, device=runner.device.type, radixrt=__version__)
-        disk = DiskKVStore(hicache_root(args), fp, block, c.num_layers, c.num_kv_heads,
+        disk = DiskKVStore(root, fp, block, c.num_layers, c.num_kv_heads,
                            c.head_dim, runner.dtype, int(args.hicache_disk_size_gb * 2**30))
     logger.info("hierarchical cache: host tier %d tokens (%.1f MiB)%s", n_host,
                 n_host * per_tok / 2**20,

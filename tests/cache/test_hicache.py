@@ -7,6 +7,7 @@ served for the wrong prefix, from a stale slot or a wrong block shows up as a mi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -510,3 +511,23 @@ TestHiCacheMemoryMachine = HiCacheMemoryMachine.TestCase
 TestHiCacheMemoryMachine.settings = _settings
 TestHiCachePagedMachine = HiCachePagedMachine.TestCase
 TestHiCachePagedMachine.settings = _settings
+
+
+def test_fingerprint_follows_weight_contents_and_mode(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"hidden_size": 8}')
+    (model / "model.safetensors").write_bytes(b"\x00" * 64)
+    (model / "tokenizer.json").write_text("{}")
+    memo = tmp_path / "digests.json"
+    fp = disk_store.model_fingerprint(model, memo, dtype="float32", page_size=1)
+    assert fp == disk_store.model_fingerprint(model, memo, dtype="float32", page_size=1)
+    assert fp != disk_store.model_fingerprint(model, memo, dtype="bfloat16", page_size=1)
+    assert fp != disk_store.model_fingerprint(model, memo, dtype="float32", page_size=4)
+    (model / "tokenizer.json").write_text('{"x": 1}')  # not part of the weights
+    assert fp == disk_store.model_fingerprint(model, memo, dtype="float32", page_size=1)
+    st = (model / "model.safetensors").stat()
+    (model / "model.safetensors").write_bytes(b"\x00" * 63 + b"\x01")  # same name and size
+    os.utime(model / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert fp != disk_store.model_fingerprint(model, memo, dtype="float32", page_size=1)
+    assert len(json.loads(memo.read_text())) >= 3

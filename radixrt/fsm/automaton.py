@@ -237,7 +237,46 @@ class _Builder:
         nfa.eps[cur].append(e)
         return s, e
 
+    def _counted_members(self, nfa: _NFA, node: ra.Members) -> tuple[int, int]:
+        """``Members`` with item counts: one copy of the structure per count written so far
+        (counts at or above ``min_count`` are one state when there is no ``max_count``)."""
+        n = len(node.items)
+        top = node.min_count if node.max_count is None else node.max_count
+        S = [[nfa.new() for _ in range(top + 1)] for _ in range(n + 1)]
+
+        def step(c: int) -> int | None:
+            if node.max_count is None:
+                return min(c + 1, top)
+            return c + 1 if c + 1 <= top else None
+
+        entries = [(item, i, i + 1) for i, (item, _) in enumerate(node.items)]
+        if node.rest is not None:
+            entries.append((node.rest, n, n))
+        for item, i, j in entries:
+            for c in range(top + 1):
+                c2 = step(c)
+                if c2 is None:
+                    continue
+                a, b = self.build(nfa, item)
+                if c:
+                    s, e = self.build(nfa, node.sep)
+                    nfa.eps[S[i][c]].append(s)
+                    nfa.eps[e].append(a)
+                else:
+                    nfa.eps[S[i][c]].append(a)
+                nfa.eps[b].append(S[j][c2])
+        for i, (_, required) in enumerate(node.items):
+            if not required:
+                for c in range(top + 1):
+                    nfa.eps[S[i][c]].append(S[i + 1][c])
+        end = nfa.new()
+        for c in range(node.min_count, top + 1):
+            nfa.eps[S[n][c]].append(end)
+        return S[0][0], end
+
     def _members(self, nfa: _NFA, node: ra.Members) -> tuple[int, int]:
+        if node.min_count or node.max_count is not None:
+            return self._counted_members(nfa, node)
         # E_i: nothing written yet; N_i: something written, so the next item needs ``sep``.
         # Each item is built once, entered from E_i directly or from N_i through a separator.
         n = len(node.items)
@@ -312,7 +351,7 @@ def determinize(nfa: _NFA, start: int, accept: int) -> ByteDFA:
     num_classes = len(bounds) - 1
     # Edges as (first class, last class + 1, target); block states get theirs on demand.
     cedges: list[list[tuple[int, int, int]]] = [
-        sorted((cls_of[lo], cls_of[hi + 1], t) for lo, hi, t in es) if es else es for es in edges]
+        sorted((cls_of[lo], cls_of[hi + 1], t) for lo, hi, t in es) if es else [] for es in edges]
     has_edges = [bool(e) for e in cedges]
     # Glue states whose edges have pairwise disjoint class ranges (one target per class).
     disjoint = [len(es) < 2 or all(es[k][1] <= es[k + 1][0] for k in range(len(es) - 1))
@@ -328,19 +367,30 @@ def determinize(nfa: _NFA, start: int, accept: int) -> ByteDFA:
     block_ids: list[np.ndarray | None] = [None] * len(blocks)
     block_rows: list[tuple[int, np.ndarray]] = []
 
+    edges_done: set[int] = set()
+
     def edges_of(x: int) -> list[tuple[int, int, int]]:
         k = owner[x]
-        if k < 0 or cedges[x]:
+        if k < 0 or k in edges_done:
             return cedges[x]
+        # First use of the block in a mixed subset: the edges of all its states at once.
+        edges_done.add(k)
         first, _ = blocks[k]
-        row = class_tables[k][x - first + 1]
-        cut = np.flatnonzero(np.diff(row)) + 1
-        starts = np.concatenate(([0], cut))
-        ends = np.concatenate((cut, [num_classes]))
-        out = [(a, b, first + t - 1) for a, b, t in zip(
-            starts.tolist(), ends.tolist(), row[starts].tolist(), strict=True) if t]
-        cedges[x] = out
-        return out
+        ct = class_tables[k][1:]
+        change = np.ones(ct.shape, np.bool_)
+        change[:, 1:] = ct[:, 1:] != ct[:, :-1]
+        src, a = np.nonzero(change)
+        b = np.empty_like(a)
+        b[:-1] = a[1:]
+        last = np.ones(len(a), np.bool_)
+        last[:-1] = src[:-1] != src[1:]
+        b[last] = num_classes
+        t = ct[src, a]
+        keep = t != 0
+        src, a, b, t = (v[keep].tolist() for v in (src, a, b, t))
+        for s_, a_, b_, t_ in zip(src, a, b, t, strict=True):
+            cedges[first + s_].append((a_, b_, first + t_ - 1))
+        return cedges[x]
 
     closure_memo: dict[frozenset, frozenset] = {}
 
@@ -413,13 +463,25 @@ def determinize(nfa: _NFA, start: int, accept: int) -> ByteDFA:
                     j = single[t] = state_id(closure(frozenset((t,))))
                 row[a:b] = [j] * (b - a)
         else:
-            es = [e for s in members for e in edges_of(s)]
-            cuts = sorted({c for a, b, _ in es for c in (a, b)})
+            opens: dict[int, list[int]] = {}
+            closes: dict[int, list[int]] = {}
+            for s in members:
+                for a, b, t in edges_of(s):
+                    opens.setdefault(a, []).append(t)
+                    closes.setdefault(b, []).append(t)
+            cuts = sorted(opens.keys() | closes.keys())
+            active: dict[int, int] = {}  # target -> edges covering the current class
             for k in range(len(cuts) - 1):
                 c0, c1 = cuts[k], cuts[k + 1]
-                targets = frozenset(t for a, b, t in es if a <= c0 < b)
-                if targets:
-                    row[c0:c1] = [state_id(closure(targets))] * (c1 - c0)
+                for t in closes.get(c0, ()):
+                    if active[t] == 1:
+                        del active[t]
+                    else:
+                        active[t] -= 1
+                for t in opens.get(c0, ()):
+                    active[t] = active.get(t, 0) + 1
+                if active:
+                    row[c0:c1] = [state_id(closure(frozenset(active)))] * (c1 - c0)
         rows[i] = row
         i += 1
     table = np.zeros((len(states), num_classes), np.int32)

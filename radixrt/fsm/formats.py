@@ -2,9 +2,11 @@
 
 Each is a sound subset of the format (everything it matches is valid), chosen to stay small as
 a DFA: dates exclude year 0000, times exclude leap
-seconds, URIs are ``scheme:`` + host or path + query + fragment without IP literals or userinfo,
-emails use dot-atom local parts and letter-only top-level domains. All are ASCII, so they need
-no JSON escaping inside a string.
+seconds, URIs are ``scheme:`` + host or path + query + fragment without IP literals or userinfo
+(URI references: the same, or a relative reference of that shape), emails use dot-atom local
+parts and letter-only top-level domains, hostnames are ASCII labels without IDNA (``xn--``)
+labels and at most 253 characters (by label counts and lengths, see ``_HOSTNAME``). JSON
+pointers are exact. All but JSON pointers are ASCII, so they need no JSON escaping.
 """
 
 from __future__ import annotations
@@ -28,6 +30,27 @@ _PCHAR = rf"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|{_PCT})"
 _HOST = rf"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|{_PCT})+"
 _QUERY = rf"(?:{_PCHAR}|[/?])*"
 
+_A, _H = "[A-Za-z0-9]", "[A-Za-z0-9-]"
+
+
+def _label(most: int) -> str:
+    """A hostname label of at most ``most`` (>= 5) letters, digits and inner hyphens, whose
+    third and fourth characters are not both hyphens (those are reserved for IDNA, ``xn--``)."""
+    return (f"(?:{_A}(?:{_A}|{_H}{_A}|{_H}{_H}{_A}|{_H}(?:{_A}{_H}|-{_A}){_H}{{0,{most - 5}}}"
+            f"{_A})?)")
+
+
+# At most 253 characters in all, by label counts and lengths: up to 3 labels of 63, four with
+# the last one up to 61, or 5-8 labels of up to 30.
+_HOSTNAME = (f"(?:{_label(63)}(?:\\.{_label(63)}){{0,2}}"
+             f"|{_label(63)}(?:\\.{_label(63)}){{2}}\\.{_label(61)}"
+             f"|{_label(30)}(?:\\.{_label(30)}){{4,7}})")
+_SEGMENT_NC = rf"(?:[A-Za-z0-9\-._~!$&'()*+,;=@]|{_PCT})"  # a pchar other than ":"
+_RELATIVE_REF = (r"(?://(?:" + _HOST + r")?(?::\d*)?(?:/" + _PCHAR + "*)*"
+                 + r"|/(?:" + _PCHAR + r"+(?:/" + _PCHAR + "*)*)?"
+                 + r"|" + _SEGMENT_NC + r"+(?:/" + _PCHAR + "*)*"
+                 + r")?(?:\?" + _QUERY + r")?(?:#" + _QUERY + ")?")
+
 FORMAT_PATTERNS: dict[str, str] = {
     "date": _DATE,
     "time": _TIME,
@@ -39,7 +62,10 @@ FORMAT_PATTERNS: dict[str, str] = {
             + r"|/(?:" + _PCHAR + r"+(?:/" + _PCHAR + "*)*)?"
             + r"|" + _PCHAR + r"+(?:/" + _PCHAR + "*)*)?"
             + r"(?:\?" + _QUERY + r")?(?:#" + _QUERY + ")?"),
+    "hostname": _HOSTNAME,
+    "json-pointer": r"(?:/(?:[^/~]|~[01])*)*",
 }
+FORMAT_PATTERNS["uri-reference"] = f"(?:{FORMAT_PATTERNS['uri']}|{_RELATIVE_REF})"
 
 
 def format_node(name: str, pointer: str = "") -> Node:

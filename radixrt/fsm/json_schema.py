@@ -9,8 +9,10 @@ Rules that keep every generated document valid:
 - a keyword we cannot enforce raises ``GrammarError("unsupported JSON schema keyword 'X' at
   <pointer>")``; annotations are ignored; ``enum``/``const`` are filtered with ``jsonschema``
   against their sibling keywords (so any sibling keyword works there);
-- ``oneOf`` is accepted only when its branches are provably disjoint (types, enum/const values,
-  or a required property with disjoint schemas), else it is rejected with a hint to use anyOf;
+- ``oneOf`` branches that are provably disjoint (types, enum/const values, or a required
+  property with disjoint schemas) compile as anyOf; others as "this branch and not the others";
+- ``not``, ``if``/``then``/``else`` and the dependency keywords are rewritten by
+  ``schema_logic`` (negation pushed down to keywords that can be negated exactly);
 - recursion through ``$ref`` is expanded ``max_recursion_depth`` times per reference; past that,
   the reference is cut where it is optional (optional property, anyOf branch, array item when
   ``minItems`` allows none) and is an error where it is required;
@@ -32,15 +34,17 @@ from radixrt.fsm.json_values import any_object_node, literal_forms
 from radixrt.fsm.regex_ast import Node
 from radixrt.fsm.schema_dicts import ANNOTATIONS, Unsatisfiable, enum_values, normalize
 from radixrt.fsm.schema_document import SchemaDocument
+from radixrt.fsm.schema_logic import desugar, exactly_one, has_logic
 from radixrt.fsm.schema_options import JsonSchemaOptions
 from radixrt.fsm.schema_types import TypeCompiler
 
 __all__ = ["JsonSchemaOptions", "any_json_object", "json_schema_to_ast", "json_schema_to_regex"]
 
-UNSUPPORTED = ("patternProperties", "propertyNames", "dependentRequired", "dependentSchemas",
-               "dependencies", "unevaluatedProperties", "unevaluatedItems", "contains",
-               "minContains", "maxContains", "not", "if", "then", "else", "$dynamicRef",
+UNSUPPORTED = ("propertyNames", "unevaluatedProperties", "unevaluatedItems", "$dynamicRef",
                "$recursiveRef", "multipleOf")
+
+
+MAX_BRANCHES = 64  # alternatives of one anyOf/oneOf (after allOf distributes them)
 
 
 def json_schema_to_ast(schema: Any, options: JsonSchemaOptions | None = None) -> Node:
@@ -80,7 +84,7 @@ class _SchemaCompiler:
     def __init__(self, root: Any, opts: JsonSchemaOptions):
         self.opts = opts
         self.document = SchemaDocument(root, opts.max_recursion_depth)
-        self.types = TypeCompiler(opts, self.compile)
+        self.types = TypeCompiler(opts, self.compile, self.document.resolve)
         self.ref_memo: dict[tuple, Node | Unsatisfiable] = {}
 
     def compile(self, schema: Any, ptr: str) -> Node:
@@ -97,6 +101,8 @@ class _SchemaCompiler:
         for k in UNSUPPORTED:
             if k in schema:
                 raise GrammarError(f"unsupported JSON schema keyword '{k}' at {ptr}")
+        if has_logic(schema):
+            schema = desugar(schema, ptr, self.document.resolve)
         if "$ref" in schema:
             if constraints - {"$ref"}:
                 rest = {k: v for k, v in schema.items() if k != "$ref"}
@@ -139,6 +145,13 @@ class _SchemaCompiler:
             raise GrammarError(f"'{key}' at {ptr} must be a non-empty array")
         rest = {k: v for k, v in schema.items() if k != key}
         has_rest = any(k not in ANNOTATIONS for k in rest)
+        if key == "oneOf" and not self.document.disjoint(branches, rest if has_rest else None,
+                                                        ptr):
+            branches = exactly_one(branches, ptr, self.document.resolve)
+        if len(branches) > MAX_BRANCHES:
+            raise GrammarError(f"unsupported JSON schema keyword '{key}' at {ptr}: "
+                               f"{len(branches)} cases after combining subschemas (at most "
+                               f"{MAX_BRANCHES})")
         nodes: list[Node] = []
         reasons = []
         for i, branch in enumerate(branches):
@@ -147,8 +160,6 @@ class _SchemaCompiler:
                 nodes.append(self.compile(sub, f"{ptr}/{key}/{i}"))
             except Unsatisfiable as e:
                 reasons.append(str(e))
-        if key == "oneOf":
-            self.document.check_disjoint(branches, rest if has_rest else None, ptr)
         if not nodes:
             raise Unsatisfiable(f"no branch of '{key}' at {ptr} can be generated ({'; '.join(reasons)})")
         return ra.alt(*nodes)

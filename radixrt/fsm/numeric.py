@@ -22,7 +22,7 @@ UNSIGNED_INT = ra.alt(ra.lit("0"), ra.cat(NONZERO, DIGITS))
 INTEGER = ra.cat(ra.opt(ra.lit("-")), UNSIGNED_INT)
 NUMBER = register_constant(ra.cat(INTEGER, ra.opt(FRACTION), ra.opt(
     ra.cat(ra.char_set("eE"), ra.opt(ra.char_set("+-")), ra.plus(DIGIT)))))
-PLAIN_NUMBER = ra.cat(INTEGER, ra.opt(FRACTION))  # no exponent
+PLAIN_NUMBER = register_constant(ra.cat(INTEGER, ra.opt(FRACTION)))  # no exponent
 
 
 def _digit_range(lo: int, hi: int) -> Node:

@@ -64,11 +64,14 @@ class Difference(Node):
 @dataclass(frozen=True, eq=False)
 class Members(Node):
     """``items`` in order (each ``(node, required)``), optional ones skippable, joined by
-    ``sep``; then, if ``rest`` is set, any number of ``rest`` items (also joined by ``sep``)."""
+    ``sep``; then, if ``rest`` is set, any number of ``rest`` items (also joined by ``sep``);
+    between ``min_count`` and ``max_count`` items in all."""
 
     items: tuple[tuple[Node, bool], ...]
     sep: Node
     rest: Node | None = None
+    min_count: int = 0  # fewest items written in all (declared and ``rest`` ones)
+    max_count: int | None = None  # most items written in all
 
 
 EMPTY = Concat(())  # matches only the empty string
@@ -289,6 +292,8 @@ def _print(node: Node, prec: int) -> str:
 
 def members_as_regex(node: Members) -> Node:
     """The (quadratic-size) plain-regex form of ``Members``."""
+    if node.min_count or node.max_count is not None:
+        raise NotRegularSyntax("Members with item counts have no plain regex syntax here")
     items, sep, rest = node.items, node.sep, node.rest
     n = len(items)
     tail = star(cat(sep, rest)) if rest is not None else EMPTY

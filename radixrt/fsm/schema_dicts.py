@@ -9,6 +9,7 @@ are distributed (a cross product, which keeps oneOf's "exactly one" meaning).
 
 from __future__ import annotations
 
+import json
 import math
 from decimal import Decimal
 from typing import Any
@@ -21,8 +22,9 @@ OBJECT_KEYWORDS = {"properties", "required", "additionalProperties", "minPropert
                    "dependentSchemas", "unevaluatedProperties"}
 ARRAY_KEYWORDS = {"items", "prefixItems", "minItems", "maxItems", "uniqueItems", "contains",
                   "minContains", "maxContains", "unevaluatedItems", "additionalItems"}
-STRING_KEYWORDS = {"minLength", "maxLength", "pattern", "format"}
-NUMBER_KEYWORDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"}
+STRING_KEYWORDS = {"minLength", "maxLength", "pattern", "format", "x-not-patterns"}
+NUMBER_KEYWORDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+                   "x-fraction"}
 ANNOTATIONS = {"title", "description", "examples", "example", "default", "$schema", "$id",
                "$comment", "deprecated", "readOnly", "writeOnly", "contentEncoding",
                "contentMediaType", "contentSchema", "$anchor", "$dynamicAnchor", "$defs",
@@ -135,6 +137,13 @@ def merge(a: dict, b: dict, pointer: str) -> dict:
             if not json_equal(x, y):
                 raise Unsatisfiable(f"allOf at {pointer} has conflicting 'const' values")
             out[k] = x
+        elif k == "x-fraction":
+            out[k] = bool(x) or bool(y)
+        elif k in ("x-not-values", "x-not-patterns"):
+            out[k] = list(x) + [v for v in y if v not in x]
+        elif k == "patternProperties":
+            out[k] = {p: _all_of([x.get(p, True), y.get(p, True)]) for p in
+                      dict.fromkeys(list(x) + list(y))}
         elif k in ("anyOf", "oneOf"):
             out[k] = [_all_of([p, q]) for p in x for q in y]
         elif k == "uniqueItems":
@@ -168,10 +177,16 @@ def _merge_members(a: dict, b: dict, out: dict) -> None:
     if not any(k in s for s in (a, b) for k in ("properties", "additionalProperties")):
         return
     pa, pb = a.get("properties", {}), b.get("properties", {})
+    for x, y in ((a, b), (b, a)):
+        if x.get("patternProperties") and y.get("additionalProperties", True) is not True:
+            raise GrammarError("unsupported JSON schema keyword 'patternProperties': allOf parts "
+                               "combine it with another part's additionalProperties")
 
     def about(schema: dict, props: dict, name: str):
         if name in props:
             return props[name]
+        if any(pattern_matches(p, name) for p in schema.get("patternProperties", {})):
+            return True  # the merged patternProperties apply to it
         return schema.get("additionalProperties", True)
 
     out["properties"] = {name: _all_of([about(a, pa, name), about(b, pb, name)])
@@ -226,14 +241,29 @@ def normalize(schema: dict, ptr: str) -> dict:
 
 
 def for_jsonschema(schema: dict) -> dict:
-    """Undo the merge's internal list forms of ``pattern``/``format`` for the validator."""
+    """Undo the merge's internal list forms of ``pattern``/``format`` and the negation leaves
+    (``x-not-values``, ``x-not-patterns``) for the validator."""
     extra = [{k: v} for k in ("pattern", "format") if isinstance(schema.get(k), list)
              for v in schema[k]]
+    if "x-not-values" in schema:
+        extra.append({"not": {"enum": list(schema["x-not-values"])}})
+    extra += [{"not": {"type": "string", "pattern": p}} for p in schema.get("x-not-patterns", [])]
+    if schema.get("x-fraction"):
+        extra.append({"not": {"type": "integer"}})
     if not extra:
         return schema
-    rest = {k: v for k, v in schema.items() if k not in ("pattern", "format") or not isinstance(
-        v, list)}
+    rest = {k: v for k, v in schema.items() if k not in (
+        "x-not-values", "x-not-patterns", "x-fraction") and (
+        k not in ("pattern", "format") or not isinstance(v, list))}
     return {"allOf": [rest, *extra]}
+
+
+def pattern_matches(pattern: str, name: str) -> bool:
+    """Whether the ECMA-262 ``pattern`` finds a match in ``name``, as radixrt compiles it."""
+    from radixrt.fsm.schema_patterns import pattern_search_dfa
+
+    text = json.dumps(name, ensure_ascii=False)[1:-1].encode("utf-8", "surrogatepass")
+    return pattern_search_dfa(pattern).matches(text)
 
 
 def enum_values(schema: dict) -> list | None:

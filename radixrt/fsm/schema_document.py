@@ -23,6 +23,7 @@ from radixrt.fsm.schema_dicts import (
     merge,
     normalize,
 )
+from radixrt.fsm.schema_logic import desugar
 
 # Deepest nesting of required properties searched for a pair of disjoint schemas.
 _DISJOINT_DEPTH = 4
@@ -81,7 +82,7 @@ class SchemaDocument:
             raise Unsatisfiable(f"schema at {ptr} is false")
         if not isinstance(schema, dict):
             raise GrammarError(f"schema at {ptr} must be an object or a boolean")
-        schema = normalize(schema, ptr)
+        schema = desugar(normalize(schema, ptr), ptr, self.resolve)
         out: list[tuple[dict, str]] = []
         if "$ref" in schema:
             ref = schema["$ref"]
@@ -111,10 +112,18 @@ class SchemaDocument:
             self._validator = cls(root)
         return self._validator.evolve(schema=for_jsonschema(schema)).is_valid(value)
 
-    def check_disjoint(self, branches: list, rest: dict | None, ptr: str) -> None:
-        """Raise unless every two ``oneOf`` branches (each with the sibling keywords ``rest``)
+    def disjoint(self, branches: list, rest: dict | None, ptr: str) -> bool:
+        """Whether every two ``oneOf`` branches (each with the sibling keywords ``rest``)
         provably accept no common value: by type, by enum/const values, or by a required
         property whose schemas are disjoint in turn."""
+        try:
+            self.check_disjoint(branches, rest, ptr)
+        except GrammarError:
+            return False
+        return True
+
+    def check_disjoint(self, branches: list, rest: dict | None, ptr: str) -> None:
+        """Raise unless ``disjoint``."""
         plain = []
         for i, b in enumerate(branches):
             try:

@@ -16,3 +16,4 @@ class JsonSchemaOptions:
     # costs ~14 DFA states per character, an optional array item a copy of the item's DFA.
     max_string_length: int = 256  # maxLength above this is generated as this
     max_optional_items: int = 16  # maxItems - minItems above this is generated as this
+    max_counted_properties: int = 8  # largest minProperties/maxProperties that is counted

@@ -4,9 +4,9 @@
 Workloads (random token ids, identical for both systems):
   decode-B      -- B requests (B = 1, 8, 64, 256) of --prompt-len tokens, --new-tokens greedy
                    tokens each. Decode step time = (time for N tokens - time for 1 token) / (N - 1),
-                   so the prefill is taken out; reported with tokens/s and the step's fraction
+                   so the prefill is taken out; reported with tokens/s, the step's fraction
                    of the HBM-bandwidth roof (weights + the batch's KV read once per step, over
-                   the GPU's bandwidth).
+                   the GPU's bandwidth), and the step without CUDA graphs (graph gain).
   prefill-2k    -- one 2048-token prompt, one new token (time to first token).
   shared-prefix -- 4 groups x 8 prompts sharing a 512-token system prompt, 8 new tokens each
                    (bench/shared_prefix.py's workload): radixrt gets all 32 at once (the radix
@@ -117,6 +117,10 @@ class Systems:
             kw.update(device="cpu", attention_backend="triton", dtype="float32", quantization="none",
                       max_total_tokens=16384)
             dtype = torch.float32
+        # the same without CUDA graphs, for their gain (a fixed small pool: the main engine's
+        # memory plan, which comes second, counts it as in use)
+        need = max(args.batches) * (args.prompt_len + args.new_tokens) + 2 * args.prefill_len + 8192
+        self.eager = Engine(**{**kw, "max_total_tokens": need}, disable_cuda_graph=True)
         self.engine = Engine(**kw)
         self.hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype,
                                                        attn_implementation="sdpa").to(device).eval()
@@ -126,10 +130,11 @@ class Systems:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def ours(self, prompts: list[list[int]], new: int) -> float:
-        self.engine.flush_cache()
+    def ours(self, prompts: list[list[int]], new: int, eager: bool = False) -> float:
+        eng = self.eager if eager else self.engine
+        eng.flush_cache()
         t0 = time.perf_counter()
-        self.engine.generate(input_ids=prompts, sampling_params={
+        eng.generate(input_ids=prompts, sampling_params={
             "max_new_tokens": new, "temperature": 0, "ignore_eos": True})
         return time.perf_counter() - t0
 
@@ -259,14 +264,18 @@ def main() -> None:
         ps = prompts(B, args.prompt_len)
         ours1 = timed_median(lambda ps=ps: sysm.ours(ps, 1), args.repeats)
         oursN = timed_median(lambda ps=ps: sysm.ours(ps, N), args.repeats)
+        eager1 = timed_median(lambda ps=ps: sysm.ours(ps, 1, eager=True), args.repeats)
+        eagerN = timed_median(lambda ps=ps: sysm.ours(ps, N, eager=True), args.repeats)
         hf1 = timed_median(lambda ps=ps: sysm.theirs(ps, 1), args.repeats)
         hfN = timed_median(lambda ps=ps: sysm.theirs(ps, N), args.repeats)
         step_ours = max(oursN - ours1, 1e-9) / (N - 1)
         step_hf = max(hfN - hf1, 1e-9) / (N - 1)
+        step_eager = max(eagerN - eager1, 1e-9) / (N - 1)
         roof = step_bytes(sysm.engine.runner, B, args.prompt_len + N // 2) / bw
         rows.append({"workload": f"decode-{B}", "radixrt tok/s": B * N / oursN, "HF tok/s": B * N / hfN,
                      "vs HF": hfN / oursN, "radixrt step ms": step_ours * 1e3, "HF step ms": step_hf * 1e3,
-                     "step vs HF": step_hf / step_ours, "roof ms": roof * 1e3,
+                     "step vs HF": step_hf / step_ours, "eager step ms": step_eager * 1e3,
+                     "graph gain": step_eager / step_ours, "roof ms": roof * 1e3,
                      "roof fraction": roof / step_ours})
         print(rows[-1], flush=True)
 
@@ -288,8 +297,9 @@ def main() -> None:
     graphs = sysm.engine.runner.graph_runner
     env["cuda_graphs"] = graphs.stats() if graphs is not None else None
     sysm.engine.shutdown()
+    sysm.eager.shutdown()
     cols = ["workload", "radixrt tok/s", "HF tok/s", "vs HF", "radixrt step ms", "HF step ms",
-            "step vs HF", "roof ms", "roof fraction"]
+            "step vs HF", "eager step ms", "graph gain", "roof ms", "roof fraction"]
     print()
     print_table(rows, cols)
     print()

@@ -154,12 +154,27 @@ class GrammarManager:
                 left = None if context_len is None else self.tokens_left(req, context_len)
                 if req.grammar.fill_bitmask(bitmask, j, left):
                     req.budget_closed = True
+                if req.params.ignore_eos:
+                    self._drop_eos(bitmask, j)
             except Exception as e:  # a bug: fail this request alone, keep serving the others
                 self._fail(req, "computing its token mask", e)
                 bitmask[j] = -1  # its sample is discarded with it
         if bitmask.device != logits.device:  # filled on the CPU, applied where the logits are
             bitmask = bitmask.to(logits.device, non_blocking=True)
         apply_token_bitmask_(logits, bitmask, indices=rows)
+
+    def _drop_eos(self, bitmask: torch.Tensor, j: int) -> None:
+        """With ignore_eos a sampled EOS does not end the request, but it would end the
+        grammar (nothing may follow it): keep EOS out of row ``j`` unless nothing else is
+        allowed there."""
+        row = bitmask[j]
+        saved = row.clone()
+        for e in self.eos_ids:
+            if 0 <= e < 32 * row.numel():
+                bit = 1 << (e % 32)
+                row[e // 32] &= ~(bit - (1 << 32) if bit >= 1 << 31 else bit)  # int32 words
+        if not bool(row.any()):
+            row.copy_(saved)
 
     def canonical_bans(self, req: Req, tok: int, row: torch.Tensor, forbidden: list[int]) -> list[int]:
         """Tokens to forbid before drawing ``req``'s token again because ``tok`` (just drawn

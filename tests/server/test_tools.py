@@ -190,6 +190,18 @@ def test_structural_tag_on_generate(client):
     jsonschema.validate(json.loads(text[3:-4]), ADD)
 
 
+def test_structural_tag_with_ignore_eos(client):
+    """Free text may end anywhere, but with ignore_eos an EOS must not end the grammar while
+    the request goes on: the constraint keeps EOS out and the request runs to its length."""
+    spec = {"structures": [{"begin": "<a>", "schema": ADD, "end": "</a>"}], "triggers": ["<a>"]}
+    # (The model's first choice after this raw prompt is EOS.)
+    r = client.post("/generate", json={"text": "Write a short story about a lighthouse keeper.", "sampling_params": {
+        "structural_tag": json.dumps(spec), "max_new_tokens": 12, "temperature": 0, "ignore_eos": True}})
+    assert r.status_code == 200, r.text
+    meta = r.json()["meta_info"]
+    assert meta["finish_reason"]["type"] == "length" and meta["completion_tokens"] == 12, meta
+
+
 def test_structural_tag_response_format(oai):
     """SGLang's response_format form of the same constraint."""
     msgs = [{"role": "user", "content": 'Repeat exactly: <w>{"city":"Rome"}</w>'}]

@@ -75,10 +75,14 @@ def _decode_stage1_kernel(
     else:
         b = r
         qrow = r
-    seq_len = tl.load(seq_lens_ptr + b).to(tl.int32)
-    split_len = ((seq_len + NUM_SPLITS - 1) // NUM_SPLITS + BLOCK_N - 1) // BLOCK_N * BLOCK_N
-    start = split * split_len
-    end = tl.minimum(start + split_len, seq_len)
+    seq_len = tl.load(seq_lens_ptr + b)
+    if NUM_SPLITS == 1:
+        start = 0
+        end = seq_len
+    else:
+        split_len = ((seq_len + NUM_SPLITS - 1) // NUM_SPLITS + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+        start = split * split_len
+        end = tl.minimum(start + split_len, seq_len)
 
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_D)

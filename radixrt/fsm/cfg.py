@@ -29,7 +29,6 @@ from radixrt.fsm.jump_forward import JumpForward
 from radixrt.fsm.token_index import pack_token_ids, unpack_token_ids
 from radixrt.fsm.vocabulary import Vocabulary
 
-
 # llguidance's per-mask work limits, raised from its defaults (50k Earley items, 200k lexer fuel):
 # a grammar that must stay one character per lexeme where many tokens can start (``word "s"``
 # with ``word ::= [a-z]+``) walks ~20k trie nodes with Earley steps at the first mask. A limit

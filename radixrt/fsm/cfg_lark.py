@@ -40,7 +40,12 @@ from radixrt.fsm.gbnf import Alt, Chars, Grammar, Ref, Seq
 # A terminal-only rule is expanded at each use while it has at most this many positions.
 MAX_INLINE_POSITIONS = 4096
 MAX_POSITIONS = 200_000
-MAX_LEXEME_DFA_STATES = 256
+# The lexeme analysis is an optimization (one character per lexeme is always exact); these
+# bound its cost on huge grammars (a 2,000-word alternation: ~11k positions).
+ANALYSIS_MAX_POSITIONS = 20_000
+MAX_LEXEME_DFA_STATES = 8192  # per lexeme
+MAX_PAIR_STATES = 200_000  # all the start checks of one grammar together
+MAX_INLINE_DEPTH = 64  # terminal-only rules inside terminal-only rules
 
 
 # ------------------------------------------------------------------ IR with positions
@@ -174,6 +179,7 @@ class _Converter:
         self.info: dict[int, _Info] = {}
         self.rule_info: dict[str, _Info] = {}
         self.next: list[int] = [0] * len(self.classes)
+        self.pair_states = 0
 
     # -------------------------------------------------------- tree -> IR
     def _inlinable(self) -> set[str]:
@@ -182,36 +188,36 @@ class _Converter:
         size: dict[str, int] = {}
         state: dict[str, int] = {}  # 1 visiting, 2 done
 
-        def visit(name: str) -> int | None:
-            if state.get(name) == 1:
-                return None  # recursion
+        def visit(name: str, depth: int) -> int | None:
+            if state.get(name) == 1 or depth > MAX_INLINE_DEPTH:
+                return None  # recursion, or too deep to expand
             if state.get(name) == 2:
                 return size.get(name)
             state[name] = 1
-            n = measure(rules[name])
+            n = measure(rules[name], depth)
             state[name] = 2
             if n is not None:
                 size[name] = n
             return n
 
-        def measure(node) -> int | None:
+        def measure(node, depth: int) -> int | None:
             if isinstance(node, Chars):
                 return 1
             if isinstance(node, Ref):
-                n = visit(node.name)
+                n = visit(node.name, depth + 1)
                 return None if n is None or n > MAX_INLINE_POSITIONS else n
             if isinstance(node, (Seq, Alt)):
                 total = 0
                 for i in node.items:
-                    n = measure(i)
+                    n = measure(i, depth)
                     if n is None:
                         return None
                     total += n
                 return total
-            return measure(node.item)
+            return measure(node.item, depth)
 
         for name in rules:
-            visit(name)
+            visit(name, 0)
         return {n for n, s in size.items() if s <= MAX_INLINE_POSITIONS and n != self.g.root}
 
     def _ir(self, node):
@@ -515,7 +521,8 @@ class _Converter:
                 if (ta, tb) in seen:
                     continue
                 seen.add((ta, tb))
-                if len(seen) > MAX_LEXEME_DFA_STATES:
+                self.pair_states += 1
+                if len(seen) > MAX_LEXEME_DFA_STATES or self.pair_states > MAX_PAIR_STATES:
                     return False
                 if (ta & a.last and b.nexts(tb)) or (tb & b.last and a.nexts(ta)):
                     return False
@@ -652,8 +659,8 @@ def gbnf_to_lark(grammar: Grammar, lexemes: bool = True) -> LarkGrammar:
     docstring for which pieces become lexemes; ``lexemes=False``: none, every character its
     own lexeme, for comparison)."""
     conv = _Converter(grammar)
-    conv.analyse()
-    if lexemes:
+    if lexemes and len(conv.classes) <= ANALYSIS_MAX_POSITIONS:
+        conv.analyse()
         conv.choose()
     else:
         conv.regex, conv.chosen, conv.chosen_positions = {}, set(), 0

@@ -187,3 +187,18 @@ def test_unsafe_pieces_stay_characters(text, kept):
 @pytest.mark.parametrize("name", sorted(GRAMMARS))
 def test_conversion_is_deterministic(name):
     assert gbnf_to_lark(parse_gbnf(GRAMMARS[name])).text == gbnf_to_lark(parse_gbnf(GRAMMARS[name])).text
+
+
+def test_large_grammars_convert():
+    import random
+
+    rng = random.Random(0)
+    words = sorted({"".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 8))) for _ in range(400)})
+    lg = gbnf_to_lark(parse_gbnf("root ::= " + " | ".join(f'"{w}"' for w in words)))
+    assert lg.num_lexemes == 1 and lg.num_char_lexemes == 0  # one lexeme for the whole list
+    # a long chain of terminal-only rules: expanded to a depth, shared beyond it
+    chain = "\n".join(f'r{i} ::= "k" r{i + 1} | [0-9]+ "x"' for i in range(150)) + '\nr150 ::= "end"'
+    lg = gbnf_to_lark(parse_gbnf("root ::= r0\n" + chain))
+    assert lg.num_lexemes > 0
+    ref = Earley("root ::= r0\n" + chain)
+    assert ref.accepts("kkk12x") and not ref.accepts("kkk12")

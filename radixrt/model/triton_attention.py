@@ -170,11 +170,11 @@ def _extend_kernel(
         b = tl.load(req_ids_ptr + r)
     else:
         b = r
-    ext = tl.load(ext_lens_ptr + b).to(tl.int32)
+    ext = tl.load(ext_lens_ptr + b)
     if mblk * BLOCK_M >= ext:
         return
-    seq_len = tl.load(seq_lens_ptr + b).to(tl.int32)
-    q0 = tl.load(q_starts_ptr + b).to(tl.int64)
+    seq_len = tl.load(seq_lens_ptr + b)
+    q0 = tl.load(q_starts_ptr + b)
     prefix = seq_len - ext
     offs_r = tl.arange(0, BLOCK_M * GP)
     m_idx = mblk * BLOCK_M + offs_r // GP

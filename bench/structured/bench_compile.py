@@ -1,17 +1,22 @@
 """Structured-generation benchmark: grammar compile time and per-step mask cost.
 
-Corpus: every schema of the JSON-Schema-Test-Suite subset in tests/fsm/data (deduplicated; the
-ones radixrt rejects are counted, not timed) plus a few realistic API-style schemas. Each compile
-uses a fresh GrammarCompiler cache (the process-wide DFA cache of shared subtrees such as "any JSON
-value" stays warm, as in a server) and includes the start state's mask.
+Corpora, reported separately: "real" — the real-world schemas in tests/fsm/data/real_schemas
+(MCP tools, function calling, OpenAPI fragments, Kubernetes objects, package.json, tsconfig, a
+GitHub workflow) plus a few realistic API-style schemas; "suite" — every schema of the
+JSON-Schema-Test-Suite subset in tests/fsm/data (deduplicated). Rejected schemas are counted, not
+timed. Each compile uses a fresh GrammarCompiler cache (the process-wide DFA cache of shared
+subtrees such as "any JSON value" stays warm, as in a server) and includes the start state's
+mask.
 
 Mask costs are measured along random token walks (uniform over allowed tokens) through the
-realistic schemas with the default model's tokenizer:
+real schemas with the default model's tokenizer:
 - cached: ``GrammarMatcher.fill_bitmask`` for a state whose mask is cached (a lookup + copy);
-- first visit: computing a state's mask (trie walk against the DFA);
+- first visit: computing a state's mask (trie walk against the DFA, canonical-token check);
+- per step: what a decode step pays for its mask (first visit + fill, or the cached fill);
 - apply: ``apply_token_bitmask_`` on [B, 49152] float32 logits (torch, 1 thread).
 
-  python bench/structured/bench_compile.py [--tokenizer /tmp/smol/hf] [--save]
+  python bench/structured/bench_compile.py [--tokenizer /tmp/smol/hf] [--repeat 3] [--no-masks]
+      [--save]
 """
 
 from __future__ import annotations
@@ -78,7 +83,17 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
 
 
-def corpus() -> tuple[list[tuple[str, object]], int]:
+REAL_DIR = ROOT / "tests" / "fsm" / "data" / "real_schemas"
+
+
+def real_corpus() -> list[tuple[str, object]]:
+    out = [(f"realistic: {k}", v) for k, v in REALISTIC.items()]
+    for path in sorted(REAL_DIR.glob("*.json")):
+        out += [(f"{path.stem}/{k}", v) for k, v in json.loads(path.read_text()).items()]
+    return out
+
+
+def suite_corpus() -> list[tuple[str, object]]:
     from schema_suite import suite_files
 
     seen: set[str] = set()
@@ -89,40 +104,54 @@ def corpus() -> tuple[list[tuple[str, object]], int]:
             if key not in seen:
                 seen.add(key)
                 out.append((f"{path.stem}: {group['description']}", group["schema"]))
-    suite_count = len(out)
-    out += [(f"realistic: {k}", v) for k, v in REALISTIC.items()]
-    return out, suite_count
+    return out
 
 
-def bench_compile(tokenizer) -> tuple[dict, list[dict]]:
+def bench_compile(tokenizer, schemas: list[tuple[str, object]], corpus: str, repeat: int = 3
+                  ) -> tuple[dict, list[dict], list[str]]:
+    """Per schema: the median of ``repeat`` compiles, each with an empty grammar cache."""
     from radixrt.fsm import GrammarCompiler, GrammarError
 
-    schemas, _ = corpus()
-    times, rejected, slowest = [], 0, []
+    times, rejected, slowest, reasons = [], 0, [], []
     # Warm the process-wide caches the way a server's first requests would.
     warm = GrammarCompiler(tokenizer)
     warm.compile("json_schema", {})
+    warm.compile("json_schema", {"type": "integer", "enum": [1]})  # imports the validator
     warm.close()
+    try:
+        from radixrt.fsm.json_schema import warm_caches
+    except ImportError:  # an older radixrt, measured for comparison
+        warm_caches = None
+    if warm_caches is not None:
+        warm_caches()
     for name, schema in schemas:
-        gc = GrammarCompiler(tokenizer)  # empty grammar cache
-        t0 = time.perf_counter()
+        runs = []
         try:
-            g = gc.compile("json_schema", schema)
-            dt = time.perf_counter() - t0
-            times.append(dt)
-            slowest.append((dt, name, g.dfa.num_states))
-        except GrammarError:
+            for _ in range(repeat):
+                gc = GrammarCompiler(tokenizer)  # empty grammar cache
+                try:
+                    t0 = time.perf_counter()
+                    g = gc.compile("json_schema", schema)
+                    runs.append(time.perf_counter() - t0)
+                finally:
+                    gc.close()
+        except GrammarError as e:
             rejected += 1
-        finally:
-            gc.close()
+            reasons.append(f"{name}: {e}")
+            continue
+        dt = statistics.median(runs)
+        times.append(dt)
+        slowest.append((dt, name, g.dfa.num_states))
     slowest.sort(reverse=True)
-    summary = {"schemas": len(schemas), "compiled": len(times), "rejected": rejected,
-               "p50_ms": 1e3 * percentile(times, 0.5), "p90_ms": 1e3 * percentile(times, 0.9),
-               "p99_ms": 1e3 * percentile(times, 0.99), "max_ms": 1e3 * max(times)}
-    return summary, [{"schema": n, "ms": 1e3 * t, "dfa_states": s} for t, n, s in slowest[:5]]
+    summary = {"corpus": corpus, "schemas": len(schemas), "compiled": len(times),
+               "rejected": rejected, "p50_ms": 1e3 * percentile(times, 0.5),
+               "p90_ms": 1e3 * percentile(times, 0.9), "p99_ms": 1e3 * percentile(times, 0.99),
+               "max_ms": 1e3 * max(times)}
+    return (summary, [{"schema": n, "ms": 1e3 * t, "dfa_states": s} for t, n, s in slowest[:5]],
+            reasons)
 
 
-def bench_masks(tokenizer, walks: int = 6) -> dict:
+def bench_masks(tokenizer, schemas: list[tuple[str, object]], walks: int = 3) -> dict:
     import torch
 
     from radixrt.fsm import (
@@ -133,8 +162,8 @@ def bench_masks(tokenizer, walks: int = 6) -> dict:
     )
 
     gc = GrammarCompiler(tokenizer)
-    cached, first = [], []
-    for _name, schema in REALISTIC.items():
+    cached, first, step = [], [], []
+    for _name, schema in schemas:
         g = gc.compile("json_schema", schema)
         bitmask = allocate_token_bitmask(1, g.vocab_size)
         for seed in range(walks):
@@ -143,13 +172,16 @@ def bench_masks(tokenizer, walks: int = 6) -> dict:
             for _ in range(60):
                 if m.is_terminated():
                     break
+                t_first = 0.0
                 if not g.has_mask(m.state):
                     t0 = time.perf_counter()
                     g.mask(m.state)
-                    first.append(time.perf_counter() - t0)
+                    t_first = time.perf_counter() - t0
+                    first.append(t_first)
                 t0 = time.perf_counter()
                 m.fill_bitmask(bitmask, 0)
                 cached.append(time.perf_counter() - t0)
+                step.append(t_first + cached[-1])
                 ids = m.allowed_token_ids()
                 m.accept_token(rng.choice(ids))
     gc.close()
@@ -166,6 +198,9 @@ def bench_masks(tokenizer, walks: int = 6) -> dict:
     return {"steps": len(cached), "states_first_visited": len(first),
             "fill_cached_p50_us": 1e6 * percentile(cached, 0.5),
             "fill_cached_p99_us": 1e6 * percentile(cached, 0.99),
+            "per_step_p50_us": 1e6 * percentile(step, 0.5),
+            "per_step_p90_us": 1e6 * percentile(step, 0.9),
+            "per_step_p99_us": 1e6 * percentile(step, 0.99),
             "first_visit_p50_ms": 1e3 * percentile(first, 0.5),
             "first_visit_p99_ms": 1e3 * percentile(first, 0.99),
             "first_visit_max_ms": 1e3 * max(first),
@@ -176,6 +211,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokenizer", default="/tmp/smol/hf")
     ap.add_argument("--save", action="store_true")
+    ap.add_argument("--repeat", type=int, default=3, help="compiles per schema (median)")
+    ap.add_argument("--no-masks", action="store_true", help="compile times only")
     args = ap.parse_args()
     import torch
     from transformers import AutoTokenizer
@@ -188,22 +225,31 @@ def main() -> None:
 
         tok_dir = str(prepare_model_dir(None))
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    summary, slowest = bench_compile(tokenizer)
-    print("\n## compile (json_schema, including the first mask)\n")
-    print_table([summary], list(summary))
-    print("\nslowest:")
-    print_table(slowest, ["schema", "ms", "dfa_states"])
-    masks = bench_masks(tokenizer)
-    print("\n## masks\n")
+    real = real_corpus()
+    summaries, slowest_all = [], {}
+    for corpus_name, schemas in (("real", real), ("suite", suite_corpus())):
+        summary, slowest, reasons = bench_compile(tokenizer, schemas, corpus_name, args.repeat)
+        summaries.append(summary)
+        slowest_all[corpus_name] = slowest
+        print(f"\n## compile, {corpus_name} (json_schema, including the first mask)\n")
+        print_table([summary], list(summary))
+        print("\nslowest:")
+        print_table(slowest, ["schema", "ms", "dfa_states"])
+        if corpus_name == "real" and reasons:
+            print("\nrejected:\n" + "\n".join(reasons))
+    masks = {} if args.no_masks else bench_masks(tokenizer, real)
     rows = [{"metric": k, "value": v} for k, v in masks.items()]
-    print_table(rows, ["metric", "value"])
+    if rows:
+        print("\n## masks (token walks through the real schemas)\n")
+        print_table(rows, ["metric", "value"])
     print("\nmarkdown:\n")
-    print(markdown_table([summary], list(summary)))
-    print()
-    print(markdown_table(rows, ["metric", "value"]))
+    print(markdown_table(summaries, list(summaries[0])))
+    if rows:
+        print()
+        print(markdown_table(rows, ["metric", "value"]))
     if args.save:
-        print(save_results("structured_compile", {"compile": summary, "slowest": slowest,
-                                                  "masks": masks}))
+        print(save_results("structured_compile", {"compile": summaries,
+                                                  "slowest": slowest_all, "masks": masks}))
 
 
 if __name__ == "__main__":

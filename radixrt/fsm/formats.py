@@ -5,7 +5,7 @@ a DFA: dates exclude year 0000, times exclude leap
 seconds, URIs are ``scheme:`` + host or path + query + fragment without IP literals or userinfo
 (URI references: the same, or a relative reference of that shape), emails use dot-atom local
 parts and letter-only top-level domains, hostnames are ASCII labels without IDNA (``xn--``)
-labels and at most 253 characters (by label counts and lengths, see ``_HOSTNAME``). JSON
+labels, at most four labels and 253 characters (see ``_HOSTNAME``). JSON
 pointers are exact. All but JSON pointers are ASCII, so they need no JSON escaping.
 """
 
@@ -40,11 +40,10 @@ def _label(most: int) -> str:
             f"{_A})?)")
 
 
-# At most 253 characters in all, by label counts and lengths: up to 3 labels of 63, four with
-# the last one up to 61, or 5-8 labels of up to 30.
+# At most 253 characters in all, by label counts and lengths: up to 3 labels of 63, or four
+# with the last one up to 61 (more labels would need a length counter: thousands of states).
 _HOSTNAME = (f"(?:{_label(63)}(?:\\.{_label(63)}){{0,2}}"
-             f"|{_label(63)}(?:\\.{_label(63)}){{2}}\\.{_label(61)}"
-             f"|{_label(30)}(?:\\.{_label(30)}){{4,7}})")
+             f"|{_label(63)}(?:\\.{_label(63)}){{2}}\\.{_label(61)})")
 _SEGMENT_NC = rf"(?:[A-Za-z0-9\-._~!$&'()*+,;=@]|{_PCT})"  # a pchar other than ":"
 _RELATIVE_REF = (r"(?://(?:" + _HOST + r")?(?::\d*)?(?:/" + _PCHAR + "*)*"
                  + r"|/(?:" + _PCHAR + r"+(?:/" + _PCHAR + "*)*)?"

@@ -30,7 +30,7 @@ from typing import Any
 
 from radixrt.fsm import regex_ast as ra
 from radixrt.fsm.errors import GrammarError
-from radixrt.fsm.json_values import any_object_node, literal_forms
+from radixrt.fsm.json_values import any_object_node, any_value_node, literal_forms
 from radixrt.fsm.regex_ast import Node
 from radixrt.fsm.schema_dicts import ANNOTATIONS, Unsatisfiable, enum_values, normalize
 from radixrt.fsm.schema_document import SchemaDocument
@@ -38,7 +38,8 @@ from radixrt.fsm.schema_logic import desugar, exactly_one, has_logic
 from radixrt.fsm.schema_options import JsonSchemaOptions
 from radixrt.fsm.schema_types import TypeCompiler
 
-__all__ = ["JsonSchemaOptions", "any_json_object", "json_schema_to_ast", "json_schema_to_regex"]
+__all__ = ["JsonSchemaOptions", "any_json_object", "json_schema_to_ast", "json_schema_to_regex",
+           "warm_caches"]
 
 UNSUPPORTED = ("propertyNames", "unevaluatedProperties", "unevaluatedItems", "$dynamicRef",
                "$recursiveRef", "multipleOf")
@@ -68,6 +69,22 @@ def json_schema_to_regex(schema: Any, options: JsonSchemaOptions | None = None) 
         return ra.to_pattern(json_schema_to_ast(schema, options))
     except ra.NotRegularSyntax as e:
         raise GrammarError(f"schema has no plain regex form ({e}); compile it instead") from e
+
+
+def warm_caches(options: JsonSchemaOptions | None = None) -> None:
+    """Build the process-wide automata that many schemas embed (formats, "any JSON value",
+    JSON strings), so that the first requests do not pay for them."""
+    from radixrt.fsm.automaton import compile_regex_ast
+    from radixrt.fsm.formats import FORMAT_PATTERNS
+    from radixrt.fsm.json_strings import CANONICAL_STRING, JSON_STRING
+    from radixrt.fsm.json_values import format_body
+
+    opts = options or JsonSchemaOptions()
+    nodes = [format_body(name) for name in FORMAT_PATTERNS]
+    nodes += [JSON_STRING, CANONICAL_STRING, any_json_object(opts),
+              any_value_node(opts.any_value_depth, opts.whitespace_pattern)]
+    for node in nodes:
+        compile_regex_ast(node)
 
 
 def any_json_object(options: JsonSchemaOptions | None = None) -> Node:

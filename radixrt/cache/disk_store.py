@@ -274,20 +274,34 @@ class DiskKVStore:
             self._unlink(self._path(key))
 
     # ------------------------------------------------------------------ read
-    def read_block(self, key: str, tokens: list[int]) -> torch.Tensor | None:
+    def read_block(self, key: str, tokens: list[int],
+                   into: list[torch.Tensor] | None = None) -> torch.Tensor | bool | None:
         """The payload of block ``key`` if its file is whole, ours and holds ``tokens``; None
-        (with a warning, and the block forgotten) otherwise."""
+        (with a warning, and the block forgotten) otherwise. With ``into`` (one contiguous
+        tensor per ``[layer, K/V]`` of the payload, in order, e.g. pool rows), the payload is
+        read straight into them and True is returned; on failure they hold garbage."""
         path = self._path(key)
         try:
             with open(path, "rb") as f:
                 header = self._read_header(f, key)
                 if header["tokens"] != tokens:
                     raise ValueError("holds other tokens")
-                buf = torch.empty(self.block_bytes, dtype=torch.uint8)  # no zero-fill pass
-                payload = memoryview(buf.numpy())
-                if f.readinto(payload) != self.block_bytes or f.read(1):
+                if into is None:
+                    buf = torch.empty(self.block_bytes, dtype=torch.uint8)  # no zero-fill
+                    parts = [buf]
+                else:
+                    parts = into
+                crc, n = 0, 0
+                for part in parts:
+                    view = memoryview(part.view(torch.uint8).numpy()).cast("B")
+                    got = f.readinto(view)
+                    n += got
+                    if got != len(view):
+                        break
+                    crc = zlib.crc32(view, crc)
+                if n != self.block_bytes or f.read(1):
                     raise ValueError("truncated or oversized payload")
-            if zlib.crc32(payload) != header["crc32"]:
+            if crc != header["crc32"]:
                 raise ValueError("checksum mismatch")
         except FileNotFoundError:
             self._warn("missing", f"hicache: KV block {path.name} disappeared; recomputing")
@@ -301,7 +315,7 @@ class DiskKVStore:
         with self._lock:
             if key in self._index:
                 self._index.move_to_end(key)
-        return buf.view(self.dtype).view(self.shape)
+        return True if into is not None else buf.view(self.dtype).view(self.shape)
 
     def forget(self, key: str) -> None:
         with self._lock:

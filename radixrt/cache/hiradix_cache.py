@@ -514,6 +514,9 @@ class HiRadixCache(RadixCache):
                 limit = limit // 2 // b * b
             if slots is None or not nodes:
                 return False
+            # Ascending slots: a whole block then usually lands in consecutive pool rows,
+            # which the reader fills straight from the file.
+            slots = slots.sort().values
             start, end = nodes[0].start, nodes[-1].start + len(nodes[-1].key)
             first = start // b
             keys = self.disk.chain_keys(tokens, end // b)[first:]
@@ -534,18 +537,29 @@ class HiRadixCache(RadixCache):
             self.dec_lock_ref(held)
 
     def _read(self, job: _ReadJob) -> None:
-        b, pos = self.disk.block_tokens, job.span_start
+        b, pos, pool = self.disk.block_tokens, job.span_start, self.device_pool
         for i, (key, tokens) in enumerate(job.blocks):
             t0 = time.perf_counter()
-            data = self.disk.read_block(key, tokens)
-            if data is None:
-                job.errors += 1
-                break
             lo = pos - (job.first + i) * b
             off = pos - job.span_start
-            scatter_kv(self.device_pool, job.slots[off:off + b - lo], data[:, :, lo:])
+            slots = job.slots[off:off + b - lo]
+            first = int(slots[0])
+            if lo == 0 and pool.device.type == "cpu" and int(slots[-1]) - first == b - 1:
+                # A whole block into consecutive rows: read the file straight into the pool.
+                rows = slice(first, first + b)
+                into = [buf[rows] for layer in range(pool.num_layers)
+                        for buf in (pool.k_buffers[layer], pool.v_buffers[layer])]
+                ok = self.disk.read_block(key, tokens, into) is not None
+            else:
+                data = self.disk.read_block(key, tokens)
+                ok = data is not None
+                if ok:
+                    scatter_kv(pool, slots, data[:, :, lo:])
+            if not ok:
+                job.errors += 1
+                break
             pos += b - lo
-            job.nbytes += data.numel() * data.element_size()
+            job.nbytes += self.disk.block_bytes
             job.seconds += time.perf_counter() - t0
         job.ok_end = pos
 

@@ -29,6 +29,7 @@ ANNOTATIONS = {"title", "description", "examples", "example", "default", "$schem
                "$comment", "deprecated", "readOnly", "writeOnly", "contentEncoding",
                "contentMediaType", "contentSchema", "$anchor", "$dynamicAnchor", "$defs",
                "definitions", "$vocabulary", "discriminator", "xml", "externalDocs"}
+MAX_DISTRIBUTED_CASES = 64  # anyOf/oneOf alternatives after allOf distributes two groups
 _LOWER = {"minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties"}
 _UPPER = {"maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties"}
 
@@ -145,7 +146,16 @@ def merge(a: dict, b: dict, pointer: str) -> dict:
             out[k] = {p: _all_of([x.get(p, True), y.get(p, True)]) for p in
                       dict.fromkeys(list(x) + list(y))}
         elif k in ("anyOf", "oneOf"):
-            out[k] = [_all_of([p, q]) for p in x for q in y]
+            cases = []
+            for p in x:
+                for q in y:
+                    if not _contradict(p, q):
+                        cases.append(_all_of([p, q]))
+                        if len(cases) > MAX_DISTRIBUTED_CASES:
+                            raise GrammarError(
+                                f"unsupported JSON schema keyword '{k}' at {pointer}: allOf "
+                                f"parts combine into more than {MAX_DISTRIBUTED_CASES} cases")
+            out[k] = cases
         elif k == "uniqueItems":
             out[k] = bool(x) or bool(y)
         elif k == "nullable":
@@ -166,6 +176,46 @@ def merge(a: dict, b: dict, pointer: str) -> dict:
     _merge_members(a, b, out)
     _merge_positions(a, b, out)
     return out
+
+
+def _facts(schema: Any, out: dict) -> dict:
+    """What ``schema`` says about property values, gathered through ``allOf``: name →
+    [allowed values or None, excluded values, forbidden?], plus the required names."""
+    if not isinstance(schema, dict):
+        return out
+    for name in schema.get("required", []) if isinstance(schema.get("required"), list) else []:
+        out.setdefault("", set()).add(name)
+    props = schema.get("properties")
+    for name, sub in (props.items() if isinstance(props, dict) else ()):
+        fact = out.setdefault(name, [None, [], False])
+        if sub is False:
+            fact[2] = True
+        elif isinstance(sub, dict):
+            values = enum_values(sub)
+            if values is not None:
+                fact[0] = values if fact[0] is None else [
+                    v for v in fact[0] if any(json_equal(v, w) for w in values)]
+            fact[1] += list(sub.get("x-not-values", []))
+    for sub in schema.get("allOf", []) if isinstance(schema.get("allOf"), list) else []:
+        _facts(sub, out)
+    return out
+
+
+def _contradict(a: Any, b: Any) -> bool:
+    """Cheap proof that ``allOf [a, b]`` accepts no object: a property both pin to values
+    with none in common (const/enum, excluded values), or one that is required but forbidden.
+    Used to drop impossible cases early when anyOf groups are distributed."""
+    if a is False or b is False:
+        return True
+    facts = _facts(b, _facts(a, {}))
+    required = facts.pop("", set())
+    for name, (allowed, excluded, forbidden) in facts.items():
+        if forbidden and name in required:
+            return True
+        if allowed is not None and all(any(json_equal(v, w) for w in excluded)
+                                       for v in allowed):
+            return True
+    return False
 
 
 def _conflict(keyword: str, pointer: str):

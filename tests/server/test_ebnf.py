@@ -37,6 +37,11 @@ def test_generate_with_ebnf_parses_under_the_grammar(client, server):
     assert out["meta_info"]["finish_reason"]["type"] == "stop", out
     assert Earley(SQL).accepts(out["text"]), out["text"]
     assert out["text"].startswith("SELECT ")
+    # jump-forward drafts (forced text such as " FROM ") are verified, never imposed
+    r = client.post("/generate", json={
+        "text": "Write a SQL query that lists the users older than 30.\n",
+        "sampling_params": {"ebnf": SQL, "max_new_tokens": 64, "temperature": 0, "no_jump_forward": True}})
+    assert r.status_code == 200 and r.json()["text"] == out["text"]
     assert_no_kv_leak(server)
 
 

@@ -156,3 +156,24 @@ def test_real_schema_compiles_and_samples_validate(name, schema):
 def test_unenforceable_keywords_are_rejected_by_name(schema, pattern):
     with pytest.raises(GrammarError, match=pattern):
         dfa_of(schema)
+
+
+def test_discriminated_if_then_chain_stays_small():
+    kinds = [f"k{i}" for i in range(8)]
+    schema = {"type": "object", "properties": {"kind": {"enum": kinds}}, "required": ["kind"],
+              "allOf": [{"if": {"properties": {"kind": {"const": k}}},
+                         "then": {"required": [f"a{i}"]}} for i, k in enumerate(kinds)]}
+    dfa = dfa_of(schema)  # 2^8 combinations, all but 9 contradictory and dropped early
+    assert dfa.matches(b'{"kind":"k3","a3":1}') and not dfa.matches(b'{"kind":"k3","a2":1}')
+    rng = random.Random(0)
+    validator = validator_for(schema)
+    for _ in range(10):
+        validator.validate(json.loads(sample_bytes(dfa, rng).decode("utf-8")))
+
+
+def test_independent_conditions_beyond_the_case_limit_are_rejected():
+    schema = {"type": "object", "allOf": [
+        {"if": {"properties": {f"k{i}": {"const": 1}}, "required": [f"k{i}"]},
+         "then": {"required": [f"a{i}"]}} for i in range(10)]}
+    with pytest.raises(GrammarError, match="'anyOf' at #/allOf/.*more than 64 cases"):
+        dfa_of(schema)

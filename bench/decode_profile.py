@@ -15,6 +15,11 @@ Modes alternate in blocks of steps. The table gives each part's mean over the mi
 the timed steps (ranked by wall time: a typical step whose parts add up to its time, without
 the steps a busy machine stalled), and the median step without the timers.
 
+In the gguf mode a decode step normally runs each decoder layer as one native call
+(``radixrt_qg.decode_layer``), which has no Python-level parts to time: the timed steps take the
+per-op path (the same arithmetic), and the last row gives the untimed per-op step next to the
+untimed one-call-per-layer step.
+
   python bench/decode_profile.py [--modes none,int8] [--batch 1] [--steps 96] [--block 16]
 """
 
@@ -87,8 +92,12 @@ class Setup:
         for name, lin in which["linears"].items():
             model.set_linear(name, lin)
 
-    def steps(self, n: int, timed: bool) -> list[dict[str, float]]:
+    def steps(self, n: int, timed: bool, per_op: bool = False) -> list[dict[str, float]]:
         self.install(self.timed if timed else self.plain)
+        model = self.runner.model
+        fast = model._decode_layers
+        if timed or per_op:
+            model._decode_layers = None
         out = []
         for _ in range(n):
             self.totals.clear()
@@ -105,6 +114,7 @@ class Setup:
             parts["step"] = wall
             out.append(parts)
         self.install(self.plain)
+        model._decode_layers = fast
         return out
 
 
@@ -124,10 +134,13 @@ def main() -> None:
         s.steps(8, timed=False)
     timed: dict[str, list] = {m: [] for m in modes}
     plain: dict[str, list] = {m: [] for m in modes}
+    per_op: dict[str, list] = {m: [] for m in modes}
     for _ in tqdm(range(max(1, args.steps // args.block)), desc="blocks", file=sys.stderr):
         for m, s in setups.items():
             timed[m] += s.steps(args.block, timed=True)
             plain[m] += [p["step"] for p in s.steps(args.block, timed=False)]
+            if s.runner.model._decode_layers is not None:
+                per_op[m] += [p["step"] for p in s.steps(args.block, timed=False, per_op=True)]
     typical = {}
     for m in modes:
         ranked = sorted(timed[m], key=lambda p: p["step"])
@@ -139,6 +152,9 @@ def main() -> None:
             row[f"{m} ms"] = 1e3 * statistics.fmean(p[part] for p in typical[m])
         rows.append(row)
     rows.append({"part": "step (no timers)", **{f"{m} ms": 1e3 * statistics.median(plain[m]) for m in modes}})
+    if any(per_op.values()):
+        rows.append({"part": "step, per-op path (no timers)",
+                     **{f"{m} ms": 1e3 * statistics.median(per_op[m] or plain[m]) for m in modes}})
     cols = ["part"] + [f"{m} ms" for m in modes]
     threads = torch.get_num_threads()
     print(f"\none decode step of {args.batch} request(s), {len(plain[modes[0]])} steps per mode, {threads} threads\n")

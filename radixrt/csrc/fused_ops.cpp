@@ -100,6 +100,16 @@ at::Tensor add_rms_norm_(at::Tensor& h, const at::Tensor& delta_in, const at::Te
 // is exactly 0), saturating above 88.3.
 #include "fast_exp.h"
 
+// One row of silu(g) * u, compiled for AVX-512, AVX2 and the baseline, picked at load time
+// (without a vector target, gcc leaves this loop scalar: ~6 ns per element, 140 ms of a
+// 512-token prefill of SmolLM2-135M).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+static void silu_mul_row(const float* g, const float* u, float* o, int64_t I) {
+  for (int64_t j = 0; j < I; ++j) o[j] = g[j] / (1.0f + exp_approx(-g[j])) * u[j];
+}
+
 at::Tensor silu_mul(const at::Tensor& gu_in) {
   check_f32(gu_in, "gate_up", 2);
   const at::Tensor gu = gu_in.contiguous();
@@ -113,9 +123,7 @@ at::Tensor silu_mul(const at::Tensor& gu_in) {
 #pragma omp parallel for num_threads(nt) if (nt > 1)
   for (int64_t t = 0; t < T; ++t) {
     const float* g = gp + t * I2;
-    const float* u = g + I;
-    float* o = op + t * I;
-    for (int64_t j = 0; j < I; ++j) o[j] = g[j] / (1.0f + exp_approx(-g[j])) * u[j];
+    silu_mul_row(g, g + I, op + t * I, I);
   }
   return out;
 }

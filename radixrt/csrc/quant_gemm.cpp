@@ -3,6 +3,9 @@
 //   radixrt_qg::gemm(x [M,K] f32, qs u8, dm f16, N, bits, isa) -> y [M,N] f32
 //   radixrt_qg::isa() -> str            the path `isa = 0` (auto) takes on this CPU
 //   radixrt_qg::supported(isa) -> bool
+//   radixrt_qg::decode_layer(h, x, w[10], meta[11], positions, cos, sin, k_buf, v_buf, loc,
+//                            kv_indices, seq_lens, eps, scale) -> x_next
+//       one whole decoder layer of a decode batch in one call (below).
 //
 // Weights (repacked at load by radixrt/model/gguf_weights.py; the same values as the file):
 // rows are grouped 16 at a time (N padded to a multiple of 16 with zero rows), K in blocks of
@@ -356,6 +359,7 @@ static constexpr int64_t kSerialWork = int64_t{1} << 17;
 
 at::Tensor gemm(const at::Tensor& x_in, const at::Tensor& qs, const at::Tensor& dm, int64_t N, int64_t bits,
                 int64_t isa_arg) {
+  TORCH_CHECK(x_in.dim() == 2, "radixrt_qg.gemm: x must be 2-d, got ", x_in.sizes());
   TORCH_CHECK(x_in.device().is_cpu() && x_in.scalar_type() == at::kFloat && x_in.dim() == 2,
               "radixrt_qg.gemm: x must be a 2-d float32 CPU tensor, got ", x_in.sizes());
   TORCH_CHECK(bits == 4 || bits == 8, "radixrt_qg.gemm: bits must be 4 or 8, got ", bits);
@@ -421,12 +425,58 @@ at::Tensor gemm(const at::Tensor& x_in, const at::Tensor& qs, const at::Tensor& 
 
 }  // namespace radixrt_qg
 
+// The fused element-wise ops and the decode attention kernel, built into the same library.
+namespace radixrt_ops {
+at::Tensor add_rms_norm_(at::Tensor& h, const at::Tensor& delta_in, const at::Tensor& w_in, double eps);
+at::Tensor silu_mul(const at::Tensor& gu_in);
+at::Tensor rope_store(const at::Tensor& qkv_in, const at::Tensor& positions_in, const at::Tensor& cos,
+                      const at::Tensor& sin, at::Tensor& k_buf, at::Tensor& v_buf, const at::Tensor& loc_in,
+                      int64_t H, int64_t KV);
+}  // namespace radixrt_ops
+namespace radixrt_pa {
+at::Tensor decode(const at::Tensor& q_in, const at::Tensor& k_buf, const at::Tensor& v_buf,
+                  const at::Tensor& kv_indices_in, const at::Tensor& seq_lens_in, double scale);
+}  // namespace radixrt_pa
+
+namespace radixrt_qg {
+
+// One decoder layer of a decode batch (every request one new token), the same steps as
+// radixrt/model/llama.py's fused forward, without a trip through Python and the dispatcher
+// between them:
+//   qkv = x Wqkv; q = RoPE(q), K/V RoPE'd and stored at loc; o = paged decode attention;
+//   x' = add_rms_norm_(h, o Wo, post_norm); h += (silu(g) * u)(x' Wgu) Wdown;
+//   returns rms_norm(h, next_norm)
+// w = [qkv_qs, qkv_dm, o_qs, o_dm, gu_qs, gu_dm, down_qs, down_dm, post_norm, next_norm],
+// meta = [N_qkv, bits_qkv, N_o, bits_o, N_gu, bits_gu, N_down, bits_down, H, KV, isa].
+at::Tensor decode_layer(at::Tensor& h, const at::Tensor& x, at::TensorList w, at::IntArrayRef meta,
+                        const at::Tensor& positions, const at::Tensor& cos, const at::Tensor& sin,
+                        at::Tensor& k_buf, at::Tensor& v_buf, const at::Tensor& loc,
+                        const at::Tensor& kv_indices, const at::Tensor& seq_lens, double eps, double scale) {
+  TORCH_CHECK(w.size() == 10 && meta.size() == 11, "radixrt_qg.decode_layer: w needs 10 tensors, meta 11 ints");
+  const int64_t isa = meta[10], H = meta[8], KV = meta[9];
+  const at::Tensor qkv = gemm(x, w[0], w[1], meta[0], meta[1], isa);
+  const at::Tensor q = radixrt_ops::rope_store(qkv, positions, cos, sin, k_buf, v_buf, loc, H, KV);
+  const at::Tensor o = radixrt_pa::decode(q, k_buf, v_buf, kv_indices, seq_lens, scale);
+  const at::Tensor x2 = radixrt_ops::add_rms_norm_(h, gemm(o.view({o.size(0), -1}), w[2], w[3], meta[2], meta[3], isa),
+                                                   w[8], eps);
+  const at::Tensor act = radixrt_ops::silu_mul(gemm(x2, w[4], w[5], meta[4], meta[5], isa));
+  return radixrt_ops::add_rms_norm_(h, gemm(act, w[6], w[7], meta[6], meta[7], isa), w[9], eps);
+}
+
+}  // namespace radixrt_qg
+
 TORCH_LIBRARY(radixrt_qg, m) {
   m.def("gemm(Tensor x, Tensor qs, Tensor dm, int N, int bits, int isa=0) -> Tensor");
   m.def("isa() -> str");
   m.impl("isa", &radixrt_qg::isa);
   m.def("supported(int isa) -> bool");
+  m.def("decode_layer(Tensor(a!) h, Tensor x, Tensor[] w, int[] meta, Tensor positions, Tensor cos, "
+        "Tensor sin, Tensor(b!) k_buf, Tensor(c!) v_buf, Tensor loc, Tensor kv_indices, Tensor seq_lens, "
+        "float eps, float scale) -> Tensor");
   m.impl("supported", &radixrt_qg::supported);
 }
 
-TORCH_LIBRARY_IMPL(radixrt_qg, CPU, m) { m.impl("gemm", &radixrt_qg::gemm); }
+TORCH_LIBRARY_IMPL(radixrt_qg, CPU, m) {
+  m.impl("gemm", &radixrt_qg::gemm);
+  m.impl("decode_layer", &radixrt_qg::decode_layer);
+}

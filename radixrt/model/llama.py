@@ -83,6 +83,7 @@ class LlamaModel:
         self.num_int8_linears = 0
         self.num_gguf_linears = 0
         self.gguf_requantized: list[str] = []  # gguf mode: tensors given Q8_0 blocks made here
+        self._decode_layers = None  # gguf mode: per-layer arguments of radixrt_qg.decode_layer
         self.rope = RotaryEmbedding(c.head_dim, c.rope_theta, c.rope_scaling, max_positions, dtype, device)
         self.attn = attn_backend
         use_fused = torch.device(device).type == "cpu" and dtype == torch.float32
@@ -186,6 +187,24 @@ class LlamaModel:
         self.lm_head = make(self.lm_head, [head], [c.vocab_size])
         self.num_gguf_linears = sum(isinstance(m, GGUFLinear) for m in self.linears().values())
         self.gguf_requantized = list(weights.requantized)
+        self._decode_layers = self._native_decode_layers()
+
+    def _native_decode_layers(self) -> list[tuple[list[torch.Tensor], list[int]]] | None:
+        """Arguments of ``radixrt_qg.decode_layer`` per layer (one native call per layer for
+        decode batches), or None where it does not apply: a layer that is not all GGUF blocks
+        without bias, attention other than the native kernel, no fused ops."""
+        if self.fused is None or getattr(self.attn, "name", "") != "native":
+            return None
+        c, out = self.config, []
+        for i, L in enumerate(self.layers):
+            lins = (L.qkv, L.o, L.gate_up, L.down)
+            if not all(isinstance(m, GGUFLinear) and m.bias is None for m in lins):
+                return None
+            nxt = self.layers[i + 1].input_norm if i + 1 < len(self.layers) else self.norm
+            w = [t for m in lins for t in (m.qs, m.dm)] + [L.post_norm, nxt]
+            meta = [v for m in lins for v in (m.out_features, m.bits)] + [c.num_heads, c.num_kv_heads, lins[0].isa]
+            out.append((w, meta))
+        return out
 
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch, kv_pool: TokenToKVPool) -> torch.Tensor:
@@ -226,6 +245,12 @@ class LlamaModel:
         h = self.embed.index_select(0, fb.input_ids)  # the residual stream, updated in place
         loc, positions = fb.out_cache_loc, fb.positions
         x = ops.rms_norm(h, self.layers[0].input_norm if self.layers else self.norm, eps)
+        if fb.is_decode and self._decode_layers is not None:  # one native call per layer
+            layer, cos, sin, scale = native.quant_gemm_ops().decode_layer, self.rope.cos, self.rope.sin, self.attn.scale
+            for i, (w, meta) in enumerate(self._decode_layers):
+                x = layer(h, x, w, meta, positions, cos, sin, kv_pool.k_buffers[i], kv_pool.v_buffers[i], loc,
+                          fb.kv_indices, fb.seq_lens, eps, scale)
+            return self.lm_head(x.index_select(0, fb.logits_indices)).float()
         for i, L in enumerate(self.layers):
             k_buf, v_buf = kv_pool.k_buffers[i], kv_pool.v_buffers[i]
             q = ops.rope_store(L.qkv(x), positions, self.rope.cos, self.rope.sin, k_buf, v_buf, loc,

@@ -251,3 +251,40 @@ def test_default_model_gguf_logits_near_fp32(default_models, default_model_dir):
         assert rel.max() <= 1.5 and rel.mean() <= 0.6, (prompt, rel)
         agree += bool(q[-1].argmax() == r[-1].argmax())
     assert agree >= 13, agree
+
+
+@needs_kernel
+def test_native_decode_layer_matches_the_per_op_path(default_models, default_model_dir):
+    """Decode steps through one native call per layer give the bits of the per-op path."""
+    from radixrt.cache.memory_pool import TokenToKVPool
+    from radixrt.model.attention import make_attention_backend
+    from radixrt.model.forward_batch import ForwardBatch
+
+    _, model = default_models
+    saved_attn, saved_layers = model.attn, model._decode_layers
+    try:
+        model.attn = make_attention_backend("native", model.config.head_dim ** -0.5)
+        model._decode_layers = model._native_decode_layers()
+        assert model._decode_layers is not None and len(model._decode_layers) == 30
+        c = model.config
+        prompts = [[5, 900, 31, 4000, 77], [12, 640, 3, 8]]
+        n = sum(len(p) for p in prompts) + 2
+        pool = TokenToKVPool(n + 1, c.num_layers, c.num_kv_heads, c.head_dim, torch.float32)
+        table = torch.zeros(2, 8, dtype=torch.int64)
+        table[0, :6], table[1, :5] = torch.arange(1, 7), torch.arange(7, 12)
+        ids = prompts[0] + prompts[1]
+        model.forward(ForwardBatch.build(ids, [5, 4], [5, 4], torch.cat([table[0, :5], table[1, :4]]),
+                                         table, [0, 1]), pool)
+        step = ForwardBatch.build([100, 200], [6, 5], [1, 1], torch.stack([table[0, 5], table[1, 4]]), table, [0, 1])
+        k_before = [k.clone() for k in pool.k_buffers]
+        fast = model.forward(step, pool)
+        k_fast = [k.clone() for k in pool.k_buffers]
+        for k, k0 in zip(pool.k_buffers, k_before, strict=True):
+            k.copy_(k0)
+        model._decode_layers = None
+        slow = model.forward(step, pool)
+        assert torch.equal(fast, slow)
+        for a, b in zip(k_fast, pool.k_buffers, strict=True):  # unused slots may hold NaN garbage
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    finally:
+        model.attn, model._decode_layers = saved_attn, saved_layers

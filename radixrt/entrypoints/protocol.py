@@ -261,6 +261,10 @@ class ChatMessage(StrictModel):
     tool_call_id: str | None = None
     refusal: str | None = None
     reasoning_content: NoReasoning = None
+    # What an SDK's response message carries when sent back whole (message.model_dump()).
+    annotations: list[dict[str, Any]] | None = None  # ignored
+    function_call: off_only(None, why="function_call is replaced by tool_calls") = None
+    audio: NoMultimodal = None
 
 
 class ChatCompletionRequest(OpenAISamplingFields):

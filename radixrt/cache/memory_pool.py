@@ -156,9 +156,12 @@ def copy_kv(src: TokenToKVPool, src_slots: torch.Tensor, dst: TokenToKVPool,
     pools may live on different devices)."""
     s = src_slots.to(src.device, torch.int64)
     d = dst_slots.to(dst.device, torch.int64)
+    # Only a host-to-GPU copy may be asynchronous (ordered before later GPU work); a GPU-to-host
+    # copy must be complete before the host reads it.
+    non_blocking = src.device.type == "cpu" and dst.device.type == "cuda"
     for bufs_s, bufs_d in ((src.k_buffers, dst.k_buffers), (src.v_buffers, dst.v_buffers)):
         for bs, bd in zip(bufs_s, bufs_d):
-            bd.index_copy_(0, d, bs.index_select(0, s).to(dst.device, non_blocking=True))
+            bd.index_copy_(0, d, bs.index_select(0, s).to(dst.device, non_blocking=non_blocking))
 
 
 def gather_kv(pool: TokenToKVPool, slots: torch.Tensor) -> torch.Tensor:

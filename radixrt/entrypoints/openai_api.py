@@ -254,9 +254,7 @@ def _tool_parsers(plan: ToolPlan | None, k: int) -> list[ToolCallParser] | None:
 
 def _tool_reason(parser: ToolCallParser, reason: str | None) -> str | None:
     """finish_reason "tool_calls" when the output holds calls, all of them complete."""
-    if reason == "stop" or (reason == "length" and parser.all_complete):
-        return "tool_calls" if parser.calls else reason
-    return reason
+    return "tool_calls" if reason in ("stop", "length") and parser.all_complete else reason
 
 
 def _chat_logprobs(tm: TokenizerManager, pairs, tops) -> dict[str, Any]:

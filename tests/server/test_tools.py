@@ -92,6 +92,22 @@ def test_parallel_calls(oai):
     check_calls(one.message.tool_calls)
 
 
+def test_budget_closes_calls(oai):
+    """An unbounded string argument at a tight max_tokens: budget closing ends every call
+    complete and valid; a budget too small for any call ends with finish_reason length."""
+    note = {"type": "object", "properties": {"text": {"type": "string"}, "tags": {
+        "type": "array", "items": {"type": "string"}}}, "required": ["text", "tags"]}
+    kw = dict(model="m", messages=[{"role": "user", "content": "Write a long note about Rome."}],
+              tools=[{"type": "function", "function": {"name": "note", "parameters": note}}],
+              tool_choice="required", parallel_tool_calls=False, temperature=0.8, seed=1)
+    r = oai.chat.completions.create(**kw, n=3, max_tokens=40)
+    for ch in r.choices:
+        assert ch.finish_reason == "tool_calls"
+        check_calls(ch.message.tool_calls, {"note": note})
+    cut = oai.chat.completions.create(**kw, max_tokens=12).choices[0]
+    assert cut.finish_reason == "length"
+
+
 def test_stream_accumulates_through_the_sdk(oai):
     tools = [openai.pydantic_function_tool(GetWeather)]
     msgs = [{"role": "user", "content": "Weather in Paris for the next 3 days?"}]

@@ -153,6 +153,20 @@ class ServerArgs:
         "(higher = fewer retractions, less concurrency).",
         default=1.0,
     )
+    # --- data parallelism (docs/scale-out.md) ---
+    dp_size: int = _flag(
+        "Scheduler workers behind the one HTTP server (data parallelism): each has its own "
+        "model runner, radix cache and KV pool (--kv-cache-memory-gb each) and "
+        "--num-threads / N threads (default: the CPUs / N).",
+        default=1,
+    )
+    load_balance_method: str = _flag(
+        "How --dp-size workers get requests: cache_aware (the worker holding the longest "
+        "prefix of the prompt, balanced by load), round_robin, shortest_queue (fewest "
+        "requests in flight).",
+        default="cache_aware",
+        choices=["cache_aware", "round_robin", "shortest_queue"],
+    )
     # --- server ---
     host: str = _flag("Address to bind the HTTP server to.", default="127.0.0.1")
     port: int = _flag("HTTP port.", default=30000)
@@ -186,6 +200,8 @@ class ServerArgs:
     )
 
     def __post_init__(self) -> None:
+        if self.dp_size < 1:
+            raise ValueError("dp_size must be >= 1")
         if self.page_size < 1:
             raise ValueError("page_size must be >= 1")
         if self.max_running_requests < 1:

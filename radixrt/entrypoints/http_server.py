@@ -232,9 +232,12 @@ def create_app(tm: TokenizerManager) -> FastAPI:
         # its power_of_two policy and /get_loads: KV held by running requests plus the prompt
         # tokens still waiting, as SGLang counts them.
         info = await tm.server_info()
-        running, waiting = info["num_running_reqs"], info["num_waiting_reqs"]
-        return [{"dp_rank": 0, "num_reqs": running + waiting, "num_waiting_reqs": waiting,
-                 "num_tokens": info["memory"]["kv_running_slots"] + info["num_waiting_tokens"]}]
+        ranks = [w for w in info.get("workers", [info]) if "memory" in w]  # --dp-size: live ones
+        return [{"dp_rank": w.get("dp_rank", 0),
+                 "num_reqs": w["num_running_reqs"] + w["num_waiting_reqs"],
+                 "num_waiting_reqs": w["num_waiting_reqs"],
+                 "num_tokens": w["memory"]["kv_running_slots"] + w["num_waiting_tokens"]}
+                for w in ranks]
 
     @app.post("/flush_cache")
     async def flush_cache(body: FlushCacheRequest | None = None):

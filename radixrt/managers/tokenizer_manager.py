@@ -6,7 +6,9 @@ outputs to per-sample `ReqState`s (`results.py`, shared with the offline Engine)
 call (a batch, n > 1) is a `Call`: its samples share one event, so a consumer wakes once for
 any update and reads cumulative state (a slow client simply gets coalesced updates). A
 watchdog notices a dead child process: every in-flight request fails at once and new ones
-get 503.
+get 503. Under ``--dp-size N`` each sample goes to one of N scheduler workers
+(`dp_dispatch.Dispatcher`); a dead worker fails only its own requests (503, naming it) and
+is no longer chosen; control calls go to every live worker and their answers are merged.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import zmq
 import zmq.asyncio
 
 from radixrt.config import ServerArgs
+from radixrt.managers.dp_dispatch import Dispatcher, NoWorkerAlive, merge_server_infos
 from radixrt.managers.inputs import PromptLimits, check_logprob_args, check_prompt, expand_samples
 from radixrt.managers.ipc import pull_socket, push_socket, send
 from radixrt.managers.launcher import ChildProcesses
@@ -81,6 +84,7 @@ class SampleState(ReqState):
     stream: bool = False
     event: asyncio.Event | None = None  # shared by the samples of one Call
     abort_sent: bool = False
+    worker: int = 0  # the scheduler worker serving it (--dp-size)
 
     def failure(self) -> RequestFailed | None:
         return None if self.error is None else RequestFailed(self.error, self.error_code or 500)
@@ -147,7 +151,10 @@ class TokenizerManager:
         self.tokenizer = None
         self.states: dict[str, SampleState] = {}
         self.dead: str | None = None
+        self.dispatcher = Dispatcher(max(1, args.dp_size), args.load_balance_method)
+        self.dead_workers: dict[int, str] = {}
         self._calls: dict[int, asyncio.Future] = {}
+        self._call_worker: dict[int, int] = {}
         self._call_ids = itertools.count()
         self._tasks: list[asyncio.Task] = []
 
@@ -175,7 +182,7 @@ class TokenizerManager:
         self._actx = zmq.asyncio.Context()
         self._recv_sock = pull_socket(self._actx, self.children.ipc.tokenizer_in)
         self._sctx = zmq.Context()
-        self._send_sock = push_socket(self._sctx, self.children.ipc.scheduler_in)
+        self._send_socks = [push_socket(self._sctx, a) for a in self.children.worker_addrs]
         self._tasks = [asyncio.ensure_future(self._recv_loop()),
                        asyncio.ensure_future(self._watchdog())]
 
@@ -184,7 +191,7 @@ class TokenizerManager:
             t.cancel()
         self._fail_all("the server is shutting down", mark_dead=False)
         self.children.shutdown()
-        for sock in (getattr(self, "_recv_sock", None), getattr(self, "_send_sock", None)):
+        for sock in (getattr(self, "_recv_sock", None), *getattr(self, "_send_socks", ())):
             if sock is not None:
                 sock.close(linger=0)
 
@@ -250,21 +257,28 @@ class TokenizerManager:
         event = asyncio.Event()
         states = []
         for s in samples:
+            try:
+                worker = self.dispatcher.select(s.input_ids)
+            except NoWorkerAlive:
+                raise RequestFailed("the server is not healthy: no scheduler worker is alive",
+                                    503) from None
             st = SampleState(rid=s.rid, group=s.group, event=event, prompt_tokens=len(s.input_ids),
                              stream=stream, return_logprob=s.return_logprob,
-                             top_logprobs_num=s.top_logprobs_num if s.return_logprob else 0)
+                             top_logprobs_num=s.top_logprobs_num if s.return_logprob else 0,
+                             worker=worker)
             self.states[s.rid] = st
             states.append(st)
-            send(self._send_sock, TokenizedGenerateReq(
+            send(self._send_socks[worker], TokenizedGenerateReq(
                 rid=s.rid, input_ids=s.input_ids, sampling_params=s.params,
                 return_logprob=s.return_logprob, logprob_start_len=s.logprob_start_len,
                 top_logprobs_num=s.top_logprobs_num, stream=stream))
         return Call(self, states, event)
 
     def abort_state(self, st: SampleState) -> None:
-        if not st.finished and not st.abort_sent and self.dead is None:
+        if (not st.finished and not st.abort_sent and self.dead is None
+                and st.worker not in self.dead_workers):
             st.abort_sent = True
-            send(self._send_sock, AbortReq(rid=st.rid))
+            send(self._send_socks[st.worker], AbortReq(rid=st.rid))
 
     def abort_request(self, rid: str | None, abort_all: bool = False) -> int:
         """Abort by rid (a sample's rid, or the client rid shared by its n samples)."""
@@ -274,26 +288,60 @@ class TokenizerManager:
         return len(hits)
 
     # ------------------------------------------------------------------ control
-    async def _control(self, make, timeout: float = CONTROL_TIMEOUT_S):
+    async def _control(self, make, timeout: float = CONTROL_TIMEOUT_S, worker: int = 0):
         self.check_alive()
         call_id = next(self._call_ids)
         fut = asyncio.get_running_loop().create_future()
         self._calls[call_id] = fut
-        send(self._send_sock, make(call_id))
+        self._call_worker[call_id] = worker
+        send(self._send_socks[worker], make(call_id))
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
             raise RequestFailed(f"the scheduler did not answer within {timeout:g}s", 503) from None
         finally:
             self._calls.pop(call_id, None)
+            self._call_worker.pop(call_id, None)
+
+    async def _control_all(self, make, timeout: float = CONTROL_TIMEOUT_S) -> dict[int, Any]:
+        """The call on every live worker; the answers by worker (a worker that dies meanwhile
+        is left out; if none answers, the first failure is raised)."""
+        self.check_alive()
+        workers = list(self.dispatcher.alive)
+        outs = await asyncio.gather(*(self._control(make, timeout, w) for w in workers),
+                                    return_exceptions=True)
+        got = {w: o for w, o in zip(workers, outs, strict=True) if not isinstance(o, BaseException)}
+        if not got:
+            failure = next((o for o in outs if isinstance(o, BaseException)),
+                           RequestFailed("the server is not healthy: no scheduler worker is alive", 503))
+            raise failure
+        return got
 
     async def flush_cache(self) -> FlushCacheOut:
-        return await self._control(lambda i: FlushCacheReq(call_id=i))
+        outs = await self._control_all(lambda i: FlushCacheReq(call_id=i))
+        if len(outs) == 1 and self.dispatcher.num_workers == 1:
+            return next(iter(outs.values()))
+        failed = [f"worker {w}: {o.message}" for w, o in sorted(outs.items()) if not o.success]
+        return FlushCacheOut(call_id=-1, success=not failed,
+                             message="; ".join(failed) if failed
+                             else f"cache flushed on {len(outs)} workers")
 
     async def server_info(self, timeout: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
-        out: ServerInfoOut = await self._control(lambda i: GetServerInfoReq(call_id=i), timeout)
-        self.metrics.scheduler_snapshot = out.info
-        return out.info
+        outs: dict[int, ServerInfoOut] = await self._control_all(
+            lambda i: GetServerInfoReq(call_id=i), timeout)
+        if self.dispatcher.num_workers == 1:
+            info = outs[0].info
+        else:
+            info = merge_server_infos([o.info for _, o in sorted(outs.items())])
+            pids = self.children.worker_pids()
+            info["workers"] = [
+                {"dp_rank": w, "pid": pids[w], "alive": w not in self.dead_workers,
+                 "in_flight": self.dispatcher.load[w], "dispatched": self.dispatcher.dispatched[w],
+                 **({**outs[w].info} if w in outs else {"error": self.dead_workers.get(w)})}
+                for w in range(self.dispatcher.num_workers)]
+            info["dp"] = self.dispatcher.stats()
+        self.metrics.scheduler_snapshot = info
+        return info
 
     # ------------------------------------------------------------------ output routing
     async def _recv_loop(self) -> None:
@@ -329,6 +377,7 @@ class TokenizerManager:
                     self.metrics.itl.observe(gap)
         if st.finished:
             del self.states[o.rid]
+            self.dispatcher.on_finish(st.worker)
             reason = "error" if st.error else st.finish_reason.type
             self.metrics.on_finish(reason, st.e2e_latency)
         st.event.set()
@@ -336,10 +385,32 @@ class TokenizerManager:
     async def _watchdog(self) -> None:
         while self.dead is None:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            for w, why in self.children.dead_workers().items():
+                if w not in self.dead_workers:
+                    self._worker_died(w, why)
             reason = self.children.dead_child()
             if reason is not None:
                 logger.error("%s; failing all requests, /health now answers 503", reason)
                 self._fail_all(reason)
+
+    def _worker_died(self, worker: int, reason: str) -> None:
+        """Take a dead scheduler worker out: its requests and control calls fail now (503)."""
+        self.dead_workers[worker] = reason
+        self.dispatcher.remove(worker)
+        left = len(self.dispatcher.alive)
+        logger.error("%s; failing its requests, %d worker(s) left", reason, left)
+        now = time.perf_counter()
+        for rid, st in list(self.states.items()):
+            if st.worker == worker:
+                st.fail(reason, 503, now)
+                st.event.set()
+                del self.states[rid]
+                self.metrics.on_finish("error", st.e2e_latency)
+        err = RequestFailed(reason, 503)
+        for call_id, w in list(self._call_worker.items()):
+            fut = self._calls.get(call_id)
+            if w == worker and fut is not None and not fut.done():
+                fut.set_exception(err)
 
     def _fail_all(self, reason: str, mark_dead: bool = True) -> None:
         if mark_dead:

@@ -28,13 +28,15 @@ MAX_NFA_STATES = 2_000_000
 SHARE_MIN_SIZE = 24  # NFA states above which a reused subtree is compiled once to a DFA
 
 
-def compile_regex_ast(node: ra.Node) -> ByteDFA:
+def compile_regex_ast(node: ra.Node, minimize: bool = True) -> ByteDFA:
+    """The DFA of ``node``. Sub-automata are always minimized (they are copied, often many
+    times); ``minimize=False`` keeps the top-level one as built (its states are only visited)."""
     # The builder allocates many small lists; with a large heap (a loaded tokenizer and
     # model) the cyclic collector's passes cost more than the build, and it frees nothing.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _Builder(node).dfa_of(node)
+        return _Builder(node, minimize_root=minimize).dfa_of(node)
     finally:
         if enabled:
             gc.enable()
@@ -111,7 +113,9 @@ class _NFA:
 
 
 class _Builder:
-    def __init__(self, root: ra.Node):
+    def __init__(self, root: ra.Node, minimize_root: bool = True):
+        self.root = root
+        self.minimize_root = minimize_root
         self.refs: dict[int, int] = {}
         self.sizes: dict[int, int] = {}
         self.dfas: dict[int, ByteDFA] = {}
@@ -161,7 +165,8 @@ class _Builder:
             else:
                 nfa = _NFA()
                 start, end = self.build(nfa, node, top=True)
-                dfa = determinize(nfa, start, end)
+                dfa = determinize(nfa, start, end,
+                                  minimize=self.minimize_root or node is not self.root)
             _store_dfa(node, dfa)
         self.dfas[k] = dfa
         return dfa
@@ -333,7 +338,7 @@ def embed(nfa: _NFA, dfa: ByteDFA) -> tuple[int, int]:
 _BLOCK_STATE = frozenset((-1,))  # placeholder member set of a DFA state copied from a block
 
 
-def determinize(nfa: _NFA, start: int, accept: int) -> ByteDFA:
+def determinize(nfa: _NFA, start: int, accept: int, minimize: bool = True) -> ByteDFA:
     """Subset construction over byte classes. A block (an embedded DFA) entered as a single
     state is copied whole: its non-accepting states become DFA states with their rows taken
     from its table in one step; only subsets that mix states are built one by one."""
@@ -502,7 +507,7 @@ def determinize(nfa: _NFA, start: int, accept: int) -> ByteDFA:
         if ids is not None and not live_nfa[blocks[k][0]]:
             inner = ids[(~blocks[k][1].accepting) & (ids > 0)]
             live[inner] = False
-    return finish(table, accepting, start_id, byte_class, live=live)
+    return finish(table, accepting, start_id, byte_class, live=live, minimize=minimize)
 
 
 def _co_reachable(nfa: _NFA, accept: int, owner: list[int]) -> list[bool]:

@@ -128,7 +128,7 @@ class GrammarCompiler:
                                 encode=self._encode, encode_batch=self._encode_batch,
                                 canonical=self.canonical_tokens)
         try:
-            dfa = compile_regex_ast(self._ast(kind, text))
+            dfa = compile_regex_ast(self._ast(kind, text), minimize=False)  # only visited
         except RecursionError:
             raise GrammarError(f"{kind} is nested too deeply to compile") from None
         if dfa.is_empty():

@@ -86,19 +86,21 @@ class ByteDFA:
 
 
 def finish(table: np.ndarray, accepting: np.ndarray, start: int,
-           byte_class: np.ndarray | None = None, live: np.ndarray | None = None) -> ByteDFA:
+           byte_class: np.ndarray | None = None, live: np.ndarray | None = None,
+           minimize: bool = True) -> ByteDFA:
     """Prune states that cannot reach acceptance, minimize, expand classes to 256 bytes.
 
     ``table`` is [S, C] over byte classes (``byte_class`` maps byte → class; None = identity).
     ``live``, when the caller knows it: which states can reach acceptance (state 0 excluded).
-    DFAs above ``MINIMIZE_MAX_STATES`` are kept unminimized: they are compositions of minimal
-    parts, and measured on real schemas minimizing them removed no state.
+    DFAs above ``MINIMIZE_MAX_STATES`` (or with ``minimize`` false) are kept unminimized: they
+    are compositions of minimal parts, and measured on real schemas minimizing the large ones
+    removed no state.
     """
     if live is None:
         table, accepting, start = _prune(table, accepting, start)
     elif not live[1:].all():
         table, accepting, start = _drop_dead(table, accepting, start, live)
-    if table.shape[0] <= MINIMIZE_MAX_STATES:
+    if minimize and table.shape[0] <= MINIMIZE_MAX_STATES:
         table, accepting, start = _minimize(table, accepting, start)
     if byte_class is not None:
         table = table[:, byte_class]
@@ -246,35 +248,40 @@ def product(a: ByteDFA, b: ByteDFA, mode: str) -> ByteDFA:
     bounds = np.union1d(np.union1d(byte_bounds(a), byte_bounds(b)), [0])
     byte_class = np.searchsorted(bounds, np.arange(256), side="right") - 1
     ta, tb = a.table[:, bounds].astype(np.int64), b.table[:, bounds].astype(np.int64)
-    index = {a.start * nb + b.start: 1}
-    pairs = [0, a.start * nb + b.start]
-    rows = [np.zeros(len(bounds), np.int64)]
-    i = 1
-    while i < len(pairs):
-        p = pairs[i]
-        sa, sb = divmod(p, nb)
-        codes = ta[sa] * nb + tb[sb]
+    # Breadth-first over pair codes (sa * nb + sb), one level of new pairs at a time.
+    first = a.start * nb + b.start
+    index = {first: 1}
+    pairs = [0, first]
+    rows = np.zeros((2, len(bounds)), np.int64)
+    frontier = np.asarray([first], np.int64)
+    while frontier.size:
+        base = len(pairs) - len(frontier)
+        ra_, rb_ = ta[frontier // nb], tb[frontier % nb]
+        codes = ra_ * nb + rb_
         if mode == "and":
-            codes[(ta[sa] == 0) | (tb[sb] == 0)] = 0
+            codes[(ra_ == 0) | (rb_ == 0)] = 0
         else:
-            codes[ta[sa] == 0] = 0
+            codes[ra_ == 0] = 0
         uniq, inv = np.unique(codes, return_inverse=True)
         ids = np.empty(len(uniq), np.int64)
+        new = []
         for k, code in enumerate(uniq.tolist()):
-            if code == 0:
-                ids[k] = 0
-                continue
-            j = index.get(code)
+            j = index.get(code) if code else 0
             if j is None:
-                j = len(pairs)
-                if j > MAX_DFA_STATES:
-                    raise GrammarError(f"grammar too large (more than {MAX_DFA_STATES} states)")
-                index[code] = j
+                j = index[code] = len(pairs)
                 pairs.append(code)
+                new.append(code)
             ids[k] = j
-        rows.append(ids[inv.reshape(-1)])
-        i += 1
-    table = np.stack(rows).astype(np.int32)
+        if len(pairs) > MAX_DFA_STATES:
+            raise GrammarError(f"grammar too large (more than {MAX_DFA_STATES} states)")
+        if len(pairs) > rows.shape[0]:
+            grown = np.zeros((max(len(pairs), 2 * rows.shape[0]), rows.shape[1]), np.int64)
+            grown[:rows.shape[0]] = rows
+            rows = grown
+        rows[base:base + len(frontier)] = ids[inv.reshape(codes.shape)]
+        frontier = np.asarray(new, np.int64)
+    rows = rows[:len(pairs)]
+    table = rows.astype(np.int32)
     acc_a = a.accepting[np.asarray(pairs) // nb]
     acc_b = b.accepting[np.asarray(pairs) % nb]
     accepting = (acc_a & acc_b) if mode == "and" else (acc_a & ~acc_b)

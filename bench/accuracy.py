@@ -21,6 +21,9 @@ Modes:
   int8-weights  weight-only int8, simulated: fp32 matmuls on the dequantized int8 weights
   int8-dynamic  smoothed int8 weights with torch's quantized::linear_dynamic (one activation
                 scale for all rows of a batch instead of one per token)
+  gguf          --quantization gguf: the GGUF file's own blocks on radixrt's kernel, int8
+                activations per 32-block (what auto picks for a model from a .gguf file)
+  gguf-avx2     the same on the kernel's AVX2 path (RADIXRT_CPU_FEATURES=avx2)
 
 The bar for ``auto``: perplexity within 2% of fp32.
 
@@ -42,7 +45,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, print_table, save_results  # noqa: E402
 
-MODES = ("none", "int8", "int8-7bit", "int8-plain", "int8-weights", "int8-dynamic")
+MODES = ("none", "gguf", "gguf-avx2", "int8", "int8-7bit", "int8-plain", "int8-weights", "int8-dynamic")
 PPL_BAR = 0.02
 
 PROMPTS = [
@@ -163,7 +166,9 @@ def make_engine(mode: str, model_path: str | None):
     from radixrt.tokenizer import load_tokenizer
 
     quant = "int8" if mode in ("int8", "int8-7bit", "int8-dynamic") else "none"
-    if mode == "int8-7bit":
+    if mode.startswith("gguf"):
+        quant = "gguf"
+    if mode in ("int8-7bit", "gguf-avx2"):
         os.environ["RADIXRT_CPU_FEATURES"] = "avx2"
     try:
         engine = Engine(model_path=model_path, quantization=quant, max_total_tokens=16384,
@@ -182,7 +187,7 @@ def make_engine(mode: str, model_path: str | None):
         act_max = cached_activation_maxima(model, runner.model_dir, load_tokenizer(runner.model_dir),
                                            default_cache_dir())
         model.quantize(plan_quantization("int8"), act_max, float(mode.split("=")[1]))
-    elif mode not in ("none", "int8", "int8-7bit"):
+    elif mode not in ("none", "int8", "int8-7bit", "gguf", "gguf-avx2"):
         raise SystemExit(f"unknown mode {mode!r}")
     return engine
 
@@ -235,10 +240,11 @@ def main() -> None:
                 scored = sum(len(w) - 1 for w in windows)
             nll, argmax = score_text(engine, windows, mode)
             outs = greedy(engine)
-            layers = f"{engine.runner.model.num_int8_linears}/{len(engine.runner.model.linears())}"
+            m = engine.runner.model
+            layers = f"{m.num_int8_linears + m.num_gguf_linears}/{len(m.linears())}"
         finally:
             engine.shutdown()
-        row = {"mode": mode, "int8_layers": layers, "ppl": math.exp(nll / scored)}
+        row = {"mode": mode, "quantized_layers": layers, "ppl": math.exp(nll / scored)}
         if ref is None:
             ref = {"ppl": row["ppl"], "argmax": argmax, "outs": outs}
         row["ppl_vs_fp32"] = f"{100 * (row['ppl'] / ref['ppl'] - 1):+.2f}%"
@@ -247,7 +253,7 @@ def main() -> None:
         row["tokens_to_first_diff"] = sum(first_difference(a, b) for a, b in zip(outs, ref["outs"])) / len(PROMPTS)
         row["within_bar"] = abs(row["ppl"] / ref["ppl"] - 1) <= PPL_BAR
         results.append(row)
-    cols = ["mode", "int8_layers", "ppl", "ppl_vs_fp32", "next_token_agree", "greedy_identical",
+    cols = ["mode", "quantized_layers", "ppl", "ppl_vs_fp32", "next_token_agree", "greedy_identical",
             "tokens_to_first_diff", "within_bar"]
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     print(f"\ntext: CPython {sys.version.split()[0]} pydoc_data topics prose (sha256 {digest}), "

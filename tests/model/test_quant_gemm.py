@@ -288,3 +288,28 @@ def test_native_decode_layer_matches_the_per_op_path(default_models, default_mod
             torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
     finally:
         model.attn, model._decode_layers = saved_attn, saved_layers
+
+
+@needs_kernel
+def test_engine_auto_mode_serves_the_default_model_on_gguf_blocks():
+    """auto on the default model (a .gguf): the gguf mode, reported as such; the radix cache,
+    chunked prefill and structured generation give the same tokens as a cold, unchunked run."""
+    import re
+
+    from radixrt import Engine
+
+    prompt = ("Here is a long preamble about the weather in many cities, repeated to make the prompt "
+              "longer than one prefill chunk. " * 4 + "The capital of France is")
+    greedy = {"max_new_tokens": 12, "temperature": 0, "ignore_eos": True}
+    with Engine(max_total_tokens=2048, chunked_prefill_size=32) as engine:
+        stats = engine.get_stats()
+        assert stats["quantization"] == "gguf" and engine.runner.quantization_plan.mode == "gguf"
+        cold = engine.generate(prompt, greedy)
+        warm = engine.generate(prompt, greedy)  # the prefix comes from the radix cache
+        assert warm["meta_info"]["cached_tokens"] > 0
+        assert warm["output_ids"] == cold["output_ids"]
+        out = engine.generate("My phone number is", {"max_new_tokens": 16, "temperature": 0,
+                                                     "regex": r"\(\d{3}\) \d{3}-\d{4}"})
+        assert re.fullmatch(r"\(\d{3}\) \d{3}-\d{4}", out["text"]), out["text"]
+    with Engine(max_total_tokens=2048, disable_radix_cache=True) as engine:
+        assert engine.generate(prompt, greedy)["output_ids"] == cold["output_ids"]  # no chunking

@@ -372,29 +372,35 @@ def determinize(nfa: _NFA, start: int, accept: int, minimize: bool = True) -> By
     block_ids: list[np.ndarray | None] = [None] * len(blocks)
     block_rows: list[tuple[int, np.ndarray]] = []
 
+    block_edges: dict[int, tuple[list[int], list[int], list[int], list[int]]] = {}
     edges_done: set[int] = set()
 
     def edges_of(x: int) -> list[tuple[int, int, int]]:
         k = owner[x]
-        if k < 0 or k in edges_done:
+        if k < 0 or x in edges_done:
             return cedges[x]
-        # First use of the block in a mixed subset: the edges of all its states at once.
-        edges_done.add(k)
+        edges_done.add(x)
         first, _ = blocks[k]
-        ct = class_tables[k][1:]
-        change = np.ones(ct.shape, np.bool_)
-        change[:, 1:] = ct[:, 1:] != ct[:, :-1]
-        src, a = np.nonzero(change)
-        b = np.empty_like(a)
-        b[:-1] = a[1:]
-        last = np.ones(len(a), np.bool_)
-        last[:-1] = src[:-1] != src[1:]
-        b[last] = num_classes
-        t = ct[src, a]
-        keep = t != 0
-        src, a, b, t = (v[keep].tolist() for v in (src, a, b, t))
-        for s_, a_, b_, t_ in zip(src, a, b, t, strict=True):
-            cedges[first + s_].append((a_, b_, first + t_ - 1))
+        got = block_edges.get(k)
+        if got is None:  # the class-range edges of every state of the block, in one step
+            ct = class_tables[k][1:]
+            change = np.ones(ct.shape, np.bool_)
+            change[:, 1:] = ct[:, 1:] != ct[:, :-1]
+            src, a = np.nonzero(change)
+            b = np.empty_like(a)
+            b[:-1] = a[1:]
+            last = np.ones(len(a), np.bool_)
+            last[:-1] = src[:-1] != src[1:]
+            b[last] = num_classes
+            t = ct[src, a]
+            keep = t != 0
+            src, a, b, t = src[keep], a[keep], b[keep], t[keep] + (first - 1)
+            offsets = np.searchsorted(src, np.arange(len(ct) + 1)).tolist()
+            got = block_edges[k] = (offsets, a.tolist(), b.tolist(), t.tolist())
+        offsets, a, b, t = got
+        u = x - first
+        lo, hi = offsets[u], offsets[u + 1]
+        cedges[x] = list(zip(a[lo:hi], b[lo:hi], t[lo:hi], strict=True))
         return cedges[x]
 
     closure_memo: dict[frozenset, frozenset] = {}

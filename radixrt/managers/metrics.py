@@ -62,6 +62,29 @@ class _SchedulerCollector:
         ):
             yield CounterMetricFamily(name, doc, value=stats.get(key, 0))
         yield from _hicache_metrics(info.get("hicache") or {})
+        yield from _dp_worker_metrics(info.get("workers") or [])
+
+
+def _dp_worker_metrics(workers: list[dict[str, Any]]):
+    """Under --dp-size N the numbers above are totals; these are per worker (label dp_rank)."""
+    if not workers:
+        return
+    families = [
+        (GaugeMetricFamily("radixrt_dp_worker_alive", "1 while the scheduler worker runs.",
+                           labels=["dp_rank"]), lambda w: 1 if w.get("alive") else 0),
+        (GaugeMetricFamily("radixrt_dp_worker_in_flight", "Requests dispatched to the worker "
+                           "and not finished.", labels=["dp_rank"]), lambda w: w.get("in_flight", 0)),
+        (CounterMetricFamily("radixrt_dp_worker_dispatched", "Requests dispatched to the worker.",
+                             labels=["dp_rank"]), lambda w: w.get("dispatched", 0)),
+        (GaugeMetricFamily("radixrt_dp_worker_cache_hit_rate", "The worker's prefix cache hit "
+                           "rate.", labels=["dp_rank"]), lambda w: w.get("cache_hit_rate", 0.0)),
+        (GaugeMetricFamily("radixrt_dp_worker_num_running_reqs", "Requests running on the worker.",
+                           labels=["dp_rank"]), lambda w: w.get("num_running_reqs", 0)),
+    ]
+    for family, value in families:
+        for w in workers:
+            family.add_metric([str(w.get("dp_rank", 0))], value(w))
+        yield family
 
 
 def _hicache_metrics(hc: dict[str, Any]):

@@ -85,6 +85,7 @@ def test_shared_prefix_stays_on_one_worker(dp_server):
 
 def metrics_total(s: ServerProcess) -> float:
     text = httpx.get(s.url + "/metrics", timeout=30).text
+    assert 'radixrt_dp_worker_dispatched_total{dp_rank="1"}' in text
     line = next(ln for ln in text.splitlines() if ln.startswith("radixrt_prompt_tokens_total"))
     return float(line.split()[-1])
 

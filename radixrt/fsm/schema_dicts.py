@@ -290,19 +290,35 @@ def normalize(schema: dict, ptr: str) -> dict:
     return s
 
 
-def for_jsonschema(schema: dict) -> dict:
+_DATA_KEYWORDS = {"enum", "const", "x-not-values", "default", "examples", "example"}
+_SCHEMA_MAPS = {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+
+
+def for_jsonschema(schema: Any) -> Any:
     """Undo the merge's internal list forms of ``pattern``/``format`` and the negation leaves
-    (``x-not-values``, ``x-not-patterns``) for the validator."""
-    extra = [{k: v} for k in ("pattern", "format") if isinstance(schema.get(k), list)
-             for v in schema[k]]
-    if "x-not-values" in schema:
-        extra.append({"not": {"enum": list(schema["x-not-values"])}})
-    extra += [{"not": {"type": "string", "pattern": p}} for p in schema.get("x-not-patterns", [])]
-    if schema.get("x-fraction"):
+    (``x-not-values``, ``x-not-patterns``, ``x-fraction``) for the validator, at any depth."""
+    if isinstance(schema, list):
+        return [for_jsonschema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict = {}
+    for k, v in schema.items():
+        if k in _DATA_KEYWORDS:
+            out[k] = v
+        elif k in _SCHEMA_MAPS and isinstance(v, dict):
+            out[k] = {name: for_jsonschema(sub) for name, sub in v.items()}
+        else:
+            out[k] = for_jsonschema(v)
+    extra = [{k: v} for k in ("pattern", "format") if isinstance(out.get(k), list)
+             for v in out[k]]
+    if "x-not-values" in out:
+        extra.append({"not": {"enum": list(out["x-not-values"])}})
+    extra += [{"not": {"type": "string", "pattern": p}} for p in out.get("x-not-patterns", [])]
+    if out.get("x-fraction"):
         extra.append({"not": {"type": "integer"}})
     if not extra:
-        return schema
-    rest = {k: v for k, v in schema.items() if k not in (
+        return out
+    rest = {k: v for k, v in out.items() if k not in (
         "x-not-values", "x-not-patterns", "x-fraction") and (
         k not in ("pattern", "format") or not isinstance(v, list))}
     return {"allOf": [rest, *extra]}

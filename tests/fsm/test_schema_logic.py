@@ -65,6 +65,8 @@ CASES = [
       "dependencies": {"a": ["b"]}}, [{"a": 1, "b": 2}], [{"a": 1}]),
     ({"type": "object", "minProperties": 2, "maxProperties": 3},
      [{"a": 1, "b": 2}], [{}, {"a": 1}, {"a": 1, "b": 2, "c": 3, "d": 4}]),
+    ({"allOf": [{"enum": [{"k": "a"}, {"k": "b"}]},  # enum filtered through a nested negation
+                {"not": {"properties": {"k": {"const": "a"}}}}]}, [{"k": "b"}], [{"k": "a"}]),
     ({"type": "string", "format": "hostname"}, ["example.com", "a-b.c", "h0st"],
      ["-a.com", "a_b", "xn--abc", "a.", ""]),
     ({"type": "string", "format": "uri-reference"}, ["/a/b?c#d", "../x", "http://h/p", ""],

@@ -313,3 +313,66 @@ def test_engine_auto_mode_serves_the_default_model_on_gguf_blocks():
         assert re.fullmatch(r"\(\d{3}\) \d{3}-\d{4}", out["text"]), out["text"]
     with Engine(max_total_tokens=2048, disable_radix_cache=True) as engine:
         assert engine.generate(prompt, greedy)["output_ids"] == cold["output_ids"]  # no chunking
+
+
+def test_mixed_and_unsupported_types_from_a_file(tmp_path):
+    """A file mixing types: Q4_0 next to Q4_1 share one layer exactly; a 4-bit tensor next to a
+    Q8_0 one, and an F16 tensor, take Q8_0 blocks of their exact values; the index matches
+    gguf-py's reader; q/k rows come back un-permuted."""
+    import gguf
+    from gguf import GGMLQuantizationType as T
+    from gguf.quants import dequantize, quantize
+
+    from radixrt.model.gguf_convert import unpermute_rotary_rows
+
+    rng = np.random.default_rng(12)
+    dims = {"attn_q": (64, 64, T.Q4_0), "attn_k": (32, 64, T.Q4_1), "attn_v": (32, 64, T.Q8_0),
+            "ffn_gate": (96, 64, T.Q4_0), "ffn_up": (96, 64, T.Q4_1), "ffn_down": (64, 96, T.F16)}
+    path = tmp_path / "mixed.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string("tokenizer.ggml.model", "gpt2")
+    writer.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(300)])  # skipped by the index
+    floats = {}
+    for name, (n, k, t) in dims.items():
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        raw = w.astype(np.float16) if t == T.F16 else quantize(w, t)
+        floats[name] = torch.from_numpy(np.asarray(dequantize(raw, t), np.float32).reshape(n, k))
+        writer.add_tensor(f"blk.0.{name}.weight", raw, raw_dtype=t)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    meta, index = gw.read_gguf_index(path)
+    assert meta["general.architecture"] == "llama"
+    for t in gguf.GGUFReader(str(path)).tensors:
+        assert index[t.name].qtype == t.tensor_type.name
+        got = np.memmap(path, np.uint8, "r")[index[t.name].offset:][:index[t.name].nbytes]
+        assert np.array_equal(got, np.asarray(t.data).view(np.uint8).reshape(-1))
+
+    weights = gw.GGUFModelWeights(path, num_heads=4, num_kv_heads=2)
+    hf = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+          "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+    ref = {k: floats[k] for k in floats}
+    ref["attn_q"] = unpermute_rotary_rows(ref["attn_q"], 4)
+    ref["attn_k"] = unpermute_rotary_rows(ref["attn_k"], 2)
+    name = {k: f"model.layers.0.{v}.weight" for k, v in hf.items()}
+
+    gate_up = weights.packed([name["ffn_gate"], name["ffn_up"]], [None, None])  # Q4_0 + Q4_1: exact
+    assert gate_up.bits == 4 and gate_up.n == 192
+    assert torch.equal(gw.unpack_blocks(gate_up), torch.cat([ref["ffn_gate"], ref["ffn_up"]]))
+
+    parts = [ref["attn_q"], ref["attn_k"], ref["attn_v"]]
+    qkv = weights.packed([name["attn_q"], name["attn_k"], name["attn_v"]], parts)  # 4-bit + Q8_0
+    assert qkv.bits == 8 and weights.requantized == [name["attn_q"], name["attn_k"]]
+    got = gw.unpack_blocks(qkv)
+    assert torch.equal(got[96:], ref["attn_v"])  # the file's own Q8_0 blocks
+    exact = torch.cat(parts[:2])
+    step = exact.view(96, 2, 32).abs().amax(-1, keepdim=True) / 127
+    assert ((got[:96] - exact).view(96, 2, 32).abs() <= 0.51 * step + 1e-7).all()
+
+    down = weights.packed([name["ffn_down"]], [ref["ffn_down"]])  # F16: no kernel type
+    assert down.qtype == "Q8_0*" and name["ffn_down"] in weights.requantized
+    if ops is not None:
+        x = torch.randn(3, 96)
+        check_gemm(x, down, gw.ISA_AUTO)

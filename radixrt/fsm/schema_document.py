@@ -16,12 +16,14 @@ from typing import Any
 
 from radixrt.fsm.errors import GrammarError
 from radixrt.fsm.schema_dicts import (
+    TYPES,
     Unsatisfiable,
     enum_values,
     for_jsonschema,
     inferred_types,
     merge,
     normalize,
+    type_set,
 )
 from radixrt.fsm.schema_logic import desugar
 
@@ -141,14 +143,18 @@ class SchemaDocument:
                         "type, enum/const, or a required property)")
 
     def _disjoint(self, a: dict, b: dict, depth: int) -> bool:
-        if not (inferred_types(a) & inferred_types(b)):
+        """No value generated for ``a`` satisfies ``b`` and vice versa. Generated values have
+        the inferred types; keywords only constrain their own type, so a value of a type that
+        the other branch does not exclude explicitly may satisfy it."""
+        gen_a, gen_b = inferred_types(a), inferred_types(b)
+        if not (gen_a & _explicit_types(b)) and not (gen_b & _explicit_types(a)):
             return True
         for x, y in ((a, b), (b, a)):
             values = enum_values(x)
             if values is not None and not any(self.is_valid(v, y) for v in values):
                 return True
-        if depth > _DISJOINT_DEPTH:
-            return False
+        if depth > _DISJOINT_DEPTH or not gen_a | gen_b <= {"object"}:
+            return False  # "required" only separates objects
         pa, pb = a.get("properties", {}), b.get("properties", {})
         for name in set(a.get("required", [])) & set(b.get("required", [])):
             sa, sb = pa.get(name, a.get("additionalProperties", True)), pb.get(
@@ -163,3 +169,13 @@ class SchemaDocument:
             if sa is not None and sb is not None and self._disjoint(sa, sb, depth + 1):
                 return True
         return False
+
+
+def _explicit_types(schema: dict) -> set[str]:
+    """The types ``schema`` accepts at all: its ``type``, else every type."""
+    types = type_set(schema)
+    if types is None:
+        return set(TYPES)
+    if "number" in types:
+        types.add("integer")
+    return types

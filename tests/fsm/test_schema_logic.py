@@ -43,6 +43,7 @@ CASES = [
      [{"k": "a", "x": 1}, {"k": "b", "y": 1}], [{"k": "a", "y": 1}, {"k": "b"}, {"y": 1}]),
     ({"type": "integer", "if": {"minimum": 10}, "then": {"maximum": 20}}, [5, 10, 20], [21]),
     ({"oneOf": [{"type": "integer"}, {"type": "number", "minimum": 5}]}, [1, 5.5], [6, 2.5]),
+    ({"oneOf": [{"minLength": 1}, {"type": "integer"}]}, ["a"], [5, ""]),  # 5 matches both
     ({"type": "object", "oneOf": [{"required": ["a"]}, {"required": ["b"]}]},
      [{"a": 1}, {"b": 1}], [{"a": 1, "b": 2}, {}]),
     ({"type": "array", "contains": {"type": "string"}}, [["a"], [1, "a"]], [[], [1, 2]]),

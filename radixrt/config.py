@@ -167,6 +167,28 @@ class ServerArgs:
         default="cache_aware",
         choices=["cache_aware", "round_robin", "shortest_queue"],
     )
+    # --- tensor parallelism (docs/scale-out.md, radixrt/model/parallel.py) ---
+    tp_size: int = _flag(
+        "Tensor parallelism: split every layer over N ranks on torch.distributed (gloo on "
+        "CPU, NCCL on GPU); rank 0 runs the scheduler and broadcasts each batch. Float "
+        "weights only (--quantization auto resolves to none; int8/gguf are rejected).",
+        default=1,
+    )
+    nnodes: int = _flag(
+        "Machines the --tp-size ranks are spread over (each runs tp_size / nnodes of them).",
+        default=1,
+    )
+    node_rank: int = _flag(
+        "This machine's index among --nnodes. Node 0 runs the HTTP server and the scheduler; "
+        "on the others `radixrt serve` only runs its ranks' forwards and blocks until node 0 "
+        "exits.",
+        default=0,
+    )
+    dist_init_addr: str | None = _flag(
+        "host:port of node 0 where the ranks meet (torch.distributed TCP rendezvous); "
+        "required when --nnodes > 1 (default with one node: 127.0.0.1 and a free port).",
+        default=None,
+    )
     # --- server ---
     host: str = _flag("Address to bind the HTTP server to.", default="127.0.0.1")
     port: int = _flag("HTTP port.", default=30000)
@@ -202,6 +224,12 @@ class ServerArgs:
     def __post_init__(self) -> None:
         if self.dp_size < 1:
             raise ValueError("dp_size must be >= 1")
+        if self.tp_size < 1 or self.nnodes < 1 or self.tp_size % self.nnodes:
+            raise ValueError("tp_size must be >= 1 and a multiple of nnodes (>= 1)")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ValueError("node_rank must be in [0, nnodes)")
+        if self.nnodes > 1 and not self.dist_init_addr:
+            raise ValueError("dist_init_addr (host:port of node 0) is required when nnodes > 1")
         if self.page_size < 1:
             raise ValueError("page_size must be >= 1")
         if self.max_running_requests < 1:

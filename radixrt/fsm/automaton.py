@@ -146,6 +146,8 @@ class _Builder:
                     self.size(node.rest) + self.size(node.sep) if node.rest else 0) + 2
             elif isinstance(node, (ra.Intersect, ra.Difference)):
                 s = 64
+            elif isinstance(node, ra.Automaton):
+                s = max(node.dfa.num_states, SHARE_MIN_SIZE)
             else:
                 s = sum(self.size(c) for c in _children(node)) + 2
             self.sizes[k] = s
@@ -155,7 +157,9 @@ class _Builder:
         k = id(node)
         dfa = self.dfas.get(k) or _cached_dfa(node)
         if dfa is None:
-            if isinstance(node, ra.Intersect):
+            if isinstance(node, ra.Automaton):
+                dfa = node.dfa
+            elif isinstance(node, ra.Intersect):
                 parts = [self.dfa_of(n) for n in node.items]
                 dfa = parts[0]
                 for p in parts[1:]:
@@ -172,7 +176,7 @@ class _Builder:
         return dfa
 
     def _shared(self, node: ra.Node, copies: int = 1) -> bool:
-        if isinstance(node, (ra.Intersect, ra.Difference)):
+        if isinstance(node, (ra.Intersect, ra.Difference, ra.Automaton)):
             return True
         if self.size(node) < SHARE_MIN_SIZE:
             return False

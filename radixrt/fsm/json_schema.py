@@ -42,7 +42,7 @@ __all__ = ["JsonSchemaOptions", "any_json_object", "json_schema_to_ast", "json_s
            "warm_caches"]
 
 UNSUPPORTED = ("propertyNames", "unevaluatedProperties", "unevaluatedItems", "$dynamicRef",
-               "$recursiveRef", "multipleOf")
+               "$recursiveRef")
 
 
 MAX_BRANCHES = 64  # alternatives of one anyOf/oneOf (after allOf distributes them)

@@ -9,6 +9,7 @@ Bounded numbers are generated without an exponent (a sound subset of JSON number
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import lru_cache
 
 from radixrt.fsm import regex_ast as ra
 from radixrt.fsm.automaton import register_constant
@@ -155,3 +156,30 @@ def number_range(lo: Decimal | None, lo_strict: bool, hi: Decimal | None, hi_str
         else:  # -y with y >= -hi (y > -hi when strict)
             constraints.append(ra.cat(ra.lit("-"), _nonneg_ge(-hi, hi_strict)))
     return ra.intersect(*constraints) if len(constraints) > 1 else constraints[0]
+
+
+MAX_MULTIPLE_OF = 10_000  # one DFA state per remainder
+
+
+@lru_cache(maxsize=64)
+def multiples_of(k: int) -> Node:
+    """Integers divisible by ``k`` (> 0), in JSON integer syntax: a remainder automaton over
+    the decimal digits (state = value mod k), built as a table."""
+    import numpy as np
+
+    from radixrt.fsm.dfa import finish
+
+    # 0 dead, 1 start, 2 after "-", 3 a lone "0" (after the sign or not), 4 + r: remainder r.
+    n = 4 + k
+    table = np.zeros((n, 256), np.int32)
+    table[1, ord("-")] = 2
+    for s in (1, 2):
+        table[s, ord("0")] = 3
+        for d in range(1, 10):
+            table[s, 0x30 + d] = 4 + d % k
+    for r in range(k):
+        for d in range(10):
+            table[4 + r, 0x30 + d] = 4 + (10 * r + d) % k
+    accepting = np.zeros(n, bool)
+    accepting[3] = accepting[4] = True
+    return register_constant(ra.Automaton(finish(table, accepting, 1)))

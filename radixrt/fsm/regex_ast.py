@@ -74,6 +74,14 @@ class Members(Node):
     max_count: int | None = None  # most items written in all
 
 
+@dataclass(frozen=True, eq=False)
+class Automaton(Node):
+    """A finished ``ByteDFA`` used as a leaf (languages easier to build as a table, such as
+    the decimal multiples of k)."""
+
+    dfa: object
+
+
 EMPTY = Concat(())  # matches only the empty string
 NOTHING = Alt(())  # matches nothing
 

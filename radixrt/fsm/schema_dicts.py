@@ -138,6 +138,9 @@ def merge(a: dict, b: dict, pointer: str) -> dict:
             if not json_equal(x, y):
                 raise Unsatisfiable(f"allOf at {pointer} has conflicting 'const' values")
             out[k] = x
+        elif k == "multipleOf" and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                       for v in (x, y)):
+            out[k] = math.lcm(x, y)
         elif k == "x-fraction":
             out[k] = bool(x) or bool(y)
         elif k in ("x-not-values", "x-not-patterns"):

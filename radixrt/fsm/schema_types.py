@@ -26,7 +26,14 @@ from radixrt.fsm.json_strings import (
     string_literal,
 )
 from radixrt.fsm.json_values import any_value_node, format_body, length_body, separators
-from radixrt.fsm.numeric import NUMBER, PLAIN_NUMBER, integer_range, number_range
+from radixrt.fsm.numeric import (
+    MAX_MULTIPLE_OF,
+    NUMBER,
+    PLAIN_NUMBER,
+    integer_range,
+    multiples_of,
+    number_range,
+)
 from radixrt.fsm.regex_ast import Node
 from radixrt.fsm.regex_parser import parse_regex
 from radixrt.fsm.schema_dicts import (
@@ -148,10 +155,26 @@ class TypeCompiler:
                                         else int(hi))
         if lo_i is not None and hi_i is not None and lo_i > hi_i:
             raise Unsatisfiable(f"integer bounds at {ptr} are empty")
-        return self._without_numbers(integer_range(lo_i, hi_i), schema, ptr)
+        return self._without_numbers(self._multiple(integer_range(lo_i, hi_i), schema, ptr),
+                                     schema, ptr)
+
+    def _multiple(self, node: Node, schema: dict, ptr: str) -> Node:
+        """``node`` restricted to the multiples of an integral ``multipleOf`` (integers only:
+        validators test fractional multiples on doubles, where 0.07 is no multiple of 0.01)."""
+        if "multipleOf" not in schema:
+            return node
+        m = schema["multipleOf"]
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0:
+            raise GrammarError(f"'multipleOf' at {ptr} must be a positive number")
+        if m != int(m) or int(m) > MAX_MULTIPLE_OF:
+            raise GrammarError(f"unsupported JSON schema keyword 'multipleOf' at {ptr}: only "
+                               f"integers up to {MAX_MULTIPLE_OF} are supported, got {m}")
+        return node if int(m) == 1 else ra.intersect(node, multiples_of(int(m)))
 
     def _number(self, schema: dict, ptr: str) -> Node:
         lo, lo_strict, hi, hi_strict = read_bounds(schema, ptr)
+        if "multipleOf" in schema:  # multiples of an integer are integers
+            return self._integer(schema, ptr)
         if lo is None and hi is None:
             return self._without_numbers(NUMBER, schema, ptr)
         if lo is not None and hi is not None and (lo > hi or (lo == hi and (lo_strict or hi_strict))):

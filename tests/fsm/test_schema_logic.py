@@ -1,7 +1,8 @@
 """Keywords enforced by rewriting and by automaton products: ``not``, ``if``/``then``/``else``,
 overlapping ``oneOf``, ``contains`` (+ ``minContains``/``maxContains``), ``patternProperties``,
 ``dependentRequired``/``dependentSchemas``/``dependencies``, ``minProperties``/``maxProperties``,
-formats ``hostname``/``uri-reference``/``json-pointer``; and the real-schema corpus.
+formats ``hostname``/``uri-reference``/``json-pointer``, integral ``multipleOf``; and the
+real-schema corpus.
 
 Soundness is checked two ways: every candidate value the DFA accepts (compact JSON) must
 validate with ``jsonschema``, and random documents sampled from the DFA must validate too."""
@@ -68,6 +69,11 @@ CASES = [
      [{"a": 1, "b": 2}], [{}, {"a": 1}, {"a": 1, "b": 2, "c": 3, "d": 4}]),
     ({"allOf": [{"enum": [{"k": "a"}, {"k": "b"}]},  # enum filtered through a nested negation
                 {"not": {"properties": {"k": {"const": "a"}}}}]}, [{"k": "b"}], [{"k": "a"}]),
+    ({"type": "integer", "multipleOf": 3, "minimum": -10, "maximum": 20}, [0, 3, -9, 18],
+     [1, 21, -12]),
+    ({"type": "number", "multipleOf": 5, "not": {"const": 10}}, [15, -5, 0], [3, 2.5, 10]),
+    ({"allOf": [{"multipleOf": 4}, {"multipleOf": 6}], "type": "integer"}, [12, 24],
+     [4, 6, 18]),
     ({"type": "string", "format": "hostname"}, ["example.com", "a-b.c", "h0st"],
      ["-a.com", "a_b", "xn--abc", "a.", ""]),
     ({"type": "string", "format": "uri-reference"}, ["/a/b?c#d", "../x", "http://h/p", ""],

@@ -171,7 +171,8 @@ class ServerArgs:
     tp_size: int = _flag(
         "Tensor parallelism: split every layer over N ranks on torch.distributed (gloo on "
         "CPU, NCCL on GPU); rank 0 runs the scheduler and broadcasts each batch. Float "
-        "weights only (--quantization auto resolves to none; int8/gguf are rejected).",
+        "weights only (--quantization auto resolves to none; int8/gguf are rejected); turns off "
+        "the hierarchical cache and CUDA graphs.",
         default=1,
     )
     nnodes: int = _flag(
@@ -230,6 +231,14 @@ class ServerArgs:
             raise ValueError("node_rank must be in [0, nnodes)")
         if self.nnodes > 1 and not self.dist_init_addr:
             raise ValueError("dist_init_addr (host:port of node 0) is required when nnodes > 1")
+        if self.tp_size > 1:  # what tensor parallelism supports (docs/scale-out.md)
+            if self.quantization not in ("auto", "none"):
+                raise ValueError(f"quantization {self.quantization!r} is not supported with tp_size > 1 "
+                                 "(float weights only: use auto or none)")
+            self.quantization = "none"
+            # The host/disk KV tiers and CUDA graphs would see rank 0's KV slice only.
+            self.disable_hierarchical_cache = True
+            self.disable_cuda_graph = True
         if self.page_size < 1:
             raise ValueError("page_size must be >= 1")
         if self.max_running_requests < 1:

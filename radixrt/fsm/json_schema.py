@@ -41,8 +41,7 @@ from radixrt.fsm.schema_types import TypeCompiler
 __all__ = ["JsonSchemaOptions", "any_json_object", "json_schema_to_ast", "json_schema_to_regex",
            "warm_caches"]
 
-UNSUPPORTED = ("propertyNames", "unevaluatedProperties", "unevaluatedItems", "$dynamicRef",
-               "$recursiveRef")
+UNSUPPORTED = ("unevaluatedProperties", "unevaluatedItems", "$dynamicRef", "$recursiveRef")
 
 
 MAX_BRANCHES = 64  # alternatives of one anyOf/oneOf (after allOf distributes them)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from radixrt.fsm import regex_ast as ra
-from radixrt.fsm.automaton import register_constant
+from radixrt.fsm.automaton import compile_regex_ast, register_constant
 from radixrt.fsm.errors import GrammarError
 from radixrt.fsm.formats import format_node
 from radixrt.fsm.json_strings import (
@@ -341,9 +341,21 @@ class TypeCompiler:
                 return {"allOf": matching}, f"{ptr}/patternProperties"
             return addl, f"{ptr}/additionalProperties"
 
+        names = schema.get("propertyNames", True)
+        name_node = None  # the keys propertyNames allows (a JSON string tree)
+        if names is not True and names != {}:
+            name_node = self._optional({"allOf": [names, {"type": "string"}]},
+                                       f"{ptr}/propertyNames")
+            name_dfa = compile_regex_ast(name_node)
         members: list[tuple[Node, bool]] = []
         for name in dict.fromkeys(list(props) + list(required)):
             is_required = name in required
+            if name_node is not None and not name_dfa.matches(
+                    json.dumps(name, ensure_ascii=False).encode("utf-8", "surrogatepass")):
+                if is_required:
+                    raise Unsatisfiable(f"required property {name!r} at {ptr} is not allowed "
+                                        "by propertyNames")
+                continue
             sub, where = value_schema(name)
             if sub is False and name not in props:
                 raise Unsatisfiable(f"required property {name!r} at {ptr} is not allowed "
@@ -356,7 +368,7 @@ class TypeCompiler:
                 continue
             members.append((ra.cat(string_literal(name), self.colon, value), is_required))
         declared = [string_literal(n) for n in dict.fromkeys(list(props) + list(required))]
-        rest = self._extra_members(patterns, addl, declared, ptr)
+        rest = self._extra_members(patterns, addl, declared, ptr, name_node)
         num_required = sum(1 for _, r in members if r)
         min_props = read_count(schema, "minProperties", ptr, 0, None)
         max_props = read_count(schema, "maxProperties", ptr, None, None)
@@ -373,8 +385,8 @@ class TypeCompiler:
         body = ra.Members(tuple(members), self.comma, rest, min_props, max_props)
         return ra.cat(ra.lit("{"), self.ws, body, self.ws, ra.lit("}"))
 
-    def _extra_members(self, patterns: dict, addl: Any, declared: list[Node],
-                       ptr: str) -> Node | None:
+    def _extra_members(self, patterns: dict, addl: Any, declared: list[Node], ptr: str,
+                       name_node: Node | None = None) -> Node | None:
         """Members with undeclared keys: one alternative per set of matching patterns (the
         key matches exactly those), whose value satisfies all of them — or
         ``additionalProperties`` when the key matches none."""
@@ -402,6 +414,8 @@ class TypeCompiler:
             if outside:
                 body = ra.Difference(body, ra.alt(*outside))
             key = ra.cat(QUOTE, body, QUOTE) if inside or outside else CANONICAL_STRING
+            if name_node is not None:
+                key = ra.intersect(key, name_node)
             if declared:
                 key = ra.Difference(key, ra.alt(*declared))
             alternatives.append(ra.cat(key, self.colon, value))

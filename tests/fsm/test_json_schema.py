@@ -160,7 +160,7 @@ def test_recursion_is_cut_where_optional():
     ({"type": "string", "format": "idn-hostname"}, "'format' value 'idn-hostname'"),
     ({"type": "string", "pattern": "(?=x)"}, "'pattern' at #"),
     ({"oneOf": [{"minimum": i} for i in range(9)]}, "'oneOf' at #: 9 branches"),
-    ({"type": "object", "propertyNames": {"maxLength": 3}}, "'propertyNames' at #"),
+    ({"type": "object", "unevaluatedProperties": False}, "'unevaluatedProperties' at #"),
     ({"type": "strin"}, "invalid 'type'"),
     (False, "accepts no value"),
     ({"allOf": [{"type": "string"}, {"type": "integer"}]}, "conflicting 'type'"),

@@ -1,6 +1,7 @@
 """Keywords enforced by rewriting and by automaton products: ``not``, ``if``/``then``/``else``,
 overlapping ``oneOf``, ``contains`` (+ ``minContains``/``maxContains``), ``patternProperties``,
 ``dependentRequired``/``dependentSchemas``/``dependencies``, ``minProperties``/``maxProperties``,
+``propertyNames``,
 formats ``hostname``/``uri-reference``/``json-pointer``, integral ``multipleOf``; and the
 real-schema corpus.
 
@@ -74,6 +75,9 @@ CASES = [
     ({"type": "number", "multipleOf": 5, "not": {"const": 10}}, [15, -5, 0], [3, 2.5, 10]),
     ({"allOf": [{"multipleOf": 4}, {"multipleOf": 6}], "type": "integer"}, [12, 24],
      [4, 6, 18]),
+    ({"type": "object", "properties": {"long_name": {}, "ok": {}},
+      "propertyNames": {"pattern": "^[a-z]{1,3}$"}}, [{"ok": 1}, {"zz": 2}],
+     [{"long_name": 1}, {"ZZ": 2}]),
     ({"type": "string", "format": "hostname"}, ["example.com", "a-b.c", "h0st"],
      ["-a.com", "a_b", "xn--abc", "a.", ""]),
     ({"type": "string", "format": "uri-reference"}, ["/a/b?c#d", "../x", "http://h/p", ""],

@@ -47,34 +47,51 @@ class ForwardBatch:
     def build(cls, input_ids: list[int], seq_lens: list[int], extend_lens: list[int],
               out_cache_loc: torch.Tensor, req_to_token: torch.Tensor, req_rows: list[int],
               logits_rows: list[int] | None = None, device: str | torch.device = "cpu") -> ForwardBatch:
-        """``logits_rows`` defaults to the last new token of every request."""
+        """``logits_rows`` defaults to the last new token of every request.
+
+        Per step this is on the critical path of every decode, so the small integer tensors
+        are one conversion from Python (views of a single int64 tensor), and a lone
+        request's ``kv_indices`` is a view of its ``req_to_token`` row, not a copy."""
         B = len(seq_lens)
-        positions: list[int] = []
-        q_starts: list[int] = []
-        off = 0
-        for s, e in zip(seq_lens, extend_lens):
-            q_starts.append(off)
-            positions.extend(range(s - e, s))
-            off += e
+        is_decode = all(e == 1 for e in extend_lens)
+        if is_decode:
+            positions = [s - 1 for s in seq_lens]
+            q_starts = list(range(B))
+        else:
+            positions = []
+            q_starts = []
+            off = 0
+            for s, e in zip(seq_lens, extend_lens):
+                q_starts.append(off)
+                positions.extend(range(s - e, s))
+                off += e
         if logits_rows is None:
-            logits_rows = [q + e - 1 for q, e in zip(q_starts, extend_lens)]
+            logits_rows = q_starts if is_decode else [q + e - 1 for q, e in zip(q_starts, extend_lens)]
+        T = len(input_ids)
+        ints = torch.tensor([*input_ids, *positions, *seq_lens, *extend_lens, *q_starts, *logits_rows],
+                            dtype=torch.int64)
+        if torch.device(device).type != "cpu":
+            ints = ints.to(device)
+        ids_t, pos_t, seq_t, ext_t, qs_t, li_t = ints.split([T, T, B, B, B, len(logits_rows)])
         lmax = max(seq_lens)
-        rows = torch.tensor(req_rows, dtype=torch.int64)
-        kv_indices = req_to_token[rows, :lmax]
-        seq_t = torch.tensor(seq_lens, dtype=torch.int64)
-        if B > 1 and min(seq_lens) < lmax:
-            pad = torch.arange(lmax).unsqueeze(0) >= seq_t.unsqueeze(1)
-            kv_indices = kv_indices.masked_fill(pad, 0)
+        if B == 1:
+            row = req_rows[0]
+            kv_indices = req_to_token[row:row + 1, :lmax]
+        else:
+            kv_indices = req_to_token[torch.tensor(req_rows, dtype=torch.int64), :lmax]
+            if min(seq_lens) < lmax:
+                pad = torch.arange(lmax).unsqueeze(0) >= torch.tensor(seq_lens).unsqueeze(1)
+                kv_indices.masked_fill_(pad, 0)
         return cls(
-            input_ids=torch.tensor(input_ids, dtype=torch.int64, device=device),
-            positions=torch.tensor(positions, dtype=torch.int64, device=device),
+            input_ids=ids_t,
+            positions=pos_t,
             out_cache_loc=out_cache_loc.to(device),
             kv_indices=kv_indices.to(device),
-            seq_lens=seq_t.to(device),
-            extend_lens=torch.tensor(extend_lens, dtype=torch.int64, device=device),
-            q_starts=torch.tensor(q_starts, dtype=torch.int64, device=device),
-            logits_indices=torch.tensor(logits_rows, dtype=torch.int64, device=device),
-            is_decode=all(e == 1 for e in extend_lens),
+            seq_lens=seq_t,
+            extend_lens=ext_t,
+            q_starts=qs_t,
+            logits_indices=li_t,
+            is_decode=is_decode,
             seq_lens_list=list(seq_lens),
             extend_lens_list=list(extend_lens),
         )

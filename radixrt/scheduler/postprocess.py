@@ -15,6 +15,17 @@ from radixrt.scheduler.req import FinishReason, Req
 from radixrt.scheduler.stats import SchedulerStats
 
 
+def _select_rows(logits: torch.Tensor, rows: list[int], writable: bool) -> torch.Tensor:
+    """``logits[rows]``: a view when the rows are consecutive (a decode step's usual case:
+    every request's row, in order), else a copy. ``writable``: the caller masks the rows in
+    place (constrained requests), so it gets a copy: the runner's logits are inference
+    tensors, which accept no in-place update outside inference mode."""
+    r0 = rows[0]
+    if not writable and rows[-1] - r0 == len(rows) - 1 and rows == list(range(r0, r0 + len(rows))):
+        return logits[r0:r0 + len(rows)]
+    return logits.index_select(0, torch.tensor(rows, device=logits.device))
+
+
 class PostProcessor:
     def __init__(self, grammars: GrammarManager, eos_ids: set[int], vocab_size: int,
                  context_len: int, stats: SchedulerStats, seed: int = 0):
@@ -34,7 +45,7 @@ class PostProcessor:
         with ``propose``, constrained requests get their next jump-forward draft."""
         if not reqs:
             return
-        lg = logits.index_select(0, torch.tensor(rows, device=logits.device))
+        lg = _select_rows(logits, rows, writable=any(r.grammar is not None for r in reqs))
         suppress = []
         for r in reqs:
             if len(r.output_ids) < r.params.min_new_tokens:
@@ -71,7 +82,9 @@ class PostProcessor:
                                        [r.generator for r in reqs],
                                        suppress if any(suppress) else None,
                                        default_generator=self._default_gen)
-        out = self.sampler(lg, info, [r.penalty for r in reqs], tops if any(tops) else None)
+        want = [r.return_logprob for r in reqs]
+        out = self.sampler(lg, info, [r.penalty for r in reqs], tops if any(tops) else None,
+                           return_logprobs=want if any(want) else False)
         top = out.top_logprobs if out.top_logprobs is not None else [[] for _ in reqs]
         return out.next_token_ids.tolist(), out.logprobs.tolist(), top
 

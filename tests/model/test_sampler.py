@@ -473,3 +473,64 @@ def test_filters_that_are_off_keep_every_token():
     assert out[1].tolist() == [0.5, 0.0, 0.0, 0.0]
     out = filter_probs(probs.clone(), torch.tensor([4, 2]), None, None)
     assert torch.equal(out[0], probs[0]) and torch.equal(out[1], torch.tensor([0.5, 0.3, 0.0, 0.0]))
+
+
+# ------------------------------------------------------------------------------ fast paths
+@pytest.mark.parametrize("V", [1, 7, 300, 49152])
+def test_argmax_rows_matches_torch_argmax_with_ties_nan_and_inf(V):
+    from radixrt.model.sampler import argmax_rows
+
+    torch.manual_seed(V)
+    cases = [torch.randn(5, V), torch.randint(0, 3, (5, V)).float(), torch.full((5, V), float("-inf"))]
+    tied = torch.zeros(5, V)
+    tied[:, V // 2:] = 1.0  # the first of the tied maxima
+    nan = torch.randn(5, V)
+    nan[1, V - 1] = float("nan")
+    nan[3, :] = float("inf")
+    nan[3, V // 3] = float("nan")  # NaN counts as the largest
+    cases += [tied, nan, torch.randn(5, 2 * V)[:, ::2], torch.randn(5, V, dtype=torch.float64)]
+    for x in cases:
+        got = argmax_rows(x)
+        assert got.dtype == torch.int64 and torch.equal(got, x.argmax(-1))
+    half = torch.randn(3, V).to(torch.bfloat16)  # other dtypes take torch's argmax
+    assert torch.equal(argmax_rows(half), half.argmax(-1))
+
+
+def test_logprobs_only_for_the_rows_that_ask():
+    torch.manual_seed(4)
+    logits = torch.randn(4, 40) * 2
+    params = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.7),
+              SamplingParams(temperature=0.0), SamplingParams(temperature=1.2, top_p=0.8)]
+    info = SamplingBatchInfo.build(params, 40, None, default_generator=gen(9))
+    full = SAMPLER(logits, info, None, None)
+    info = SamplingBatchInfo.build(params, 40, None, default_generator=gen(9))
+    some = SAMPLER(logits, info, None, None, return_logprobs=[False, True, False, True])
+    info = SamplingBatchInfo.build(params, 40, None, default_generator=gen(9))
+    none = SAMPLER(logits, info, None, None, return_logprobs=False)
+    # the tokens never depend on which logprobs are computed
+    assert full.next_token_ids.tolist() == some.next_token_ids.tolist() == none.next_token_ids.tolist()
+    ref = torch.log_softmax(logits, -1).gather(1, full.next_token_ids.unsqueeze(1)).squeeze(1)
+    assert torch.allclose(full.logprobs, ref, atol=1e-5)
+    assert torch.allclose(some.logprobs[[1, 3]], ref[[1, 3]], atol=1e-5)
+    assert torch.isnan(some.logprobs[[0, 2]]).all() and torch.isnan(none.logprobs).all()
+    # top logprobs need every row's normaliser: all logprobs come with them
+    info = SamplingBatchInfo.build(params, 40, None, default_generator=gen(9))
+    tops = SAMPLER(logits, info, None, [0, 2, 0, 0], return_logprobs=False)
+    assert torch.allclose(tops.logprobs, ref, atol=1e-5) and len(tops.top_logprobs[1]) == 2
+    with pytest.raises(ValueError, match="return_logprobs"):
+        SAMPLER(logits, info, None, None, return_logprobs=[True])
+
+
+def test_batch_info_parameter_rows():
+    params = [SamplingParams(temperature=0.5, top_p=0.9, min_p=0.1, repetition_penalty=1.2,
+                             frequency_penalty=0.3, presence_penalty=-0.4),
+              SamplingParams(temperature=0.0, top_k=5)]
+    info = SamplingBatchInfo.build(params, 100, None)
+    assert info.temperatures.tolist() == pytest.approx([0.5, 0.0])
+    assert info.top_ps.tolist() == pytest.approx([0.9, 1.0])
+    assert info.min_ps.tolist() == pytest.approx([0.1, 0.0])
+    assert info.repetition_penalties.tolist() == pytest.approx([1.2, 1.0])
+    assert info.frequency_penalties.tolist() == pytest.approx([0.3, 0.0])
+    assert info.presence_penalties.tolist() == pytest.approx([-0.4, 0.0])
+    assert info.top_ks.tolist() == [100, 5] and info.top_ks.dtype == torch.int64
+    assert all(t.dtype == torch.float32 for t in (info.temperatures, info.top_ps, info.min_ps))

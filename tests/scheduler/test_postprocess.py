@@ -147,3 +147,31 @@ def test_prompt_logprobs_rows():
     for i, (v, t) in enumerate(req.input_token_logprobs):
         assert math.isclose(v, logp[i, t].item(), rel_tol=1e-6)
     assert [e[0][1] for e in req.input_top_logprobs] == logp.argmax(-1).tolist()
+
+
+def test_consecutive_rows_are_sampled_from_a_view_and_logprobs_only_where_asked():
+    p = post()
+    a, b, c = (make_req(x, [1], temperature=0) for x in "abc")
+    b.return_logprob = True
+    lg = peaked(2, 4, 6, 8)
+    p.sample_and_advance([a, b, c], lg, [1, 2, 3])
+    assert [r.output_ids for r in (a, b, c)] == [[4], [6], [8]]
+    assert a.output_token_logprobs == [] and c.output_token_logprobs == []
+    (lp, tok), = b.output_token_logprobs
+    assert tok == 6 and lp == pytest.approx(torch.log_softmax(lg[2], -1)[6].item(), abs=1e-5)
+
+
+def test_select_rows_views_consecutive_rows_and_copies_others():
+    from radixrt.scheduler.postprocess import _select_rows
+
+    with torch.inference_mode():  # as the runner's logits
+        lg = torch.arange(12.0).view(4, 3)
+    view = _select_rows(lg, [1, 2], writable=False)
+    assert view.data_ptr() == lg[1].data_ptr() and view.tolist() == lg[1:3].tolist()
+    assert _select_rows(lg, [3], writable=False).data_ptr() == lg[3].data_ptr()
+    copy = _select_rows(lg, [2, 0], writable=False)
+    assert copy.tolist() == [lg[2].tolist(), lg[0].tolist()] and copy.data_ptr() != lg[2].data_ptr()
+    assert _select_rows(lg, [0, 2], writable=False).tolist() == [lg[0].tolist(), lg[2].tolist()]
+    masked = _select_rows(lg, [1, 2], writable=True)  # to be masked in place: a normal tensor
+    masked.fill_(0.0)
+    assert lg[1].tolist() == [3.0, 4.0, 5.0]

@@ -20,11 +20,11 @@ check below errs on the side of keeping characters separate):
 1. *Ends* — at every point where a match of ``E`` is complete, the characters that would extend
    that same match and the characters that may follow ``E`` are disjoint. Then ending early
    never helps, and the greedy lexer ends exactly where every valid parse must.
-2. *Starts* — wherever ``E`` may start, no other position whose character class shares a
-   character with ``E``'s first characters may start at the same input point (the relation
-   "may be next at the same point" is a fixpoint over pairs of positions that can read the
-   same character), except entries of lexemes with the very same regex (the lexer treats them
-   as one). Then, once ``E``'s first character is read, no competing path is alive.
+2. *Starts* — wherever ``E`` may start together with another lexeme or character ``F`` (the
+   relation "may be next at the same input point" is a fixpoint over pairs of positions that
+   can read the same character), there is no common prefix on which one of them is complete
+   while the other can go on with a character that may follow the first (a lexeme with the
+   very same regex is the same lexeme). Then greedy extension never drops a live parse.
 
 Everything else is emitted character by character, so the result is exact: a token is allowed
 iff some continuation completes a string of the GBNF grammar.
@@ -511,8 +511,8 @@ class _Converter:
 
     def _compatible(self, a: _Auto, b: _Auto) -> bool:
         """Check 2 for two lexemes that may start at the same point: on no common prefix is
-        one complete while the other can still go on (the greedy lexer would then drop the
-        complete one's parse)."""
+        one complete while the other can go on with a character that may follow the first
+        (the greedy lexer would then drop the complete one's parse)."""
         seen: set[tuple[int, int]] = set()
         todo = [(-1, -1)]
         while todo:
@@ -524,10 +524,29 @@ class _Converter:
                 self.pair_states += 1
                 if len(seen) > MAX_LEXEME_DFA_STATES or self.pair_states > MAX_PAIR_STATES:
                     return False
-                if (ta & a.last and b.nexts(tb)) or (tb & b.last and a.nexts(ta)):
+                if self._greedy_loses(a, ta, b, tb) or self._greedy_loses(b, tb, a, ta):
                     return False
                 todo.append((ta, tb))
         return True
+
+    def _greedy_loses(self, a: _Auto, ta: int, b: _Auto, tb: int) -> bool:
+        """After a common prefix (``a`` in state ``ta``, ``b`` in ``tb``): is ``a`` complete
+        while ``b`` can go on with a character that may also follow ``a``? (Only then can the
+        lexer, by extending ``b``, drop a parse that ends ``a`` here.)"""
+        done = ta & a.last
+        go_on = b.nexts(tb)
+        if not done or not go_on:
+            return False
+        follow = 0
+        for p in _bits(done):
+            follow |= self.next[p] & ~a.local[p]
+        return _intersects(self._chars(follow), self._chars(go_on))
+
+    def _chars(self, positions: int) -> tuple:
+        out: tuple = ()
+        for p in _bits(positions):
+            out = _union(out, self.classes[p])
+        return out
 
     def _split_pair(self, na: int, nb: int) -> list[tuple[int, int]]:
         """For each character both sides can read next: the positions it reaches on each."""

@@ -1,7 +1,8 @@
 """GBNF token masks against the reference recognizer: on generated strings (and mutations of
 them) of recursive grammars, a token is allowed exactly when some continuation completes the
-text so far plus that token, EOS exactly when the text is complete; plus CfgMatcher's API
-(rollback, copy, EOS, jump-forward, wider bitmasks) and the compiler's cache."""
+text so far plus that token (inside text the grammar forces, only the tokenizer's own split),
+EOS exactly when the text is complete; plus CfgMatcher's API (rollback, copy, EOS,
+jump-forward, wider bitmasks) and the compiler's cache."""
 
 from __future__ import annotations
 
@@ -45,6 +46,10 @@ def _check_position(m: CfgMatcher, ref: Earley, prefix: bytes, rng: random.Rando
     complete = ref.accepts(text)
     for eos in g.eos_token_ids:
         assert (eos in allowed_set) is complete, (text, eos)
+    forced = m.find_jump_forward_string()
+    canonical = _first_token(g, forced)
+    if canonical is not None:  # forced text: the tokenizer's own first token is allowed
+        assert canonical in allowed_set, (text, forced)
     sample = rng.sample(range(g.vocab_size), SAMPLED_TOKENS // 2)
     sample += rng.sample(allowed, min(len(allowed), SAMPLED_TOKENS // 2))
     for tok in sample:
@@ -56,8 +61,23 @@ def _check_position(m: CfgMatcher, ref: Earley, prefix: bytes, rng: random.Rando
         t = _text_of(tb, prefix, tok)
         if t is None:
             continue
-        assert (tok in allowed_set) is ref.viable(t), (text, tb[tok], tok in allowed_set)
+        viable = ref.viable(t)
+        if tok in allowed_set:
+            assert viable, (text, tb[tok])  # never a token that leads nowhere
+        elif viable:
+            # Exact but for one deliberate exception: inside text the grammar forces, only the
+            # tokenizer's own split is offered (as radixrt's canonical DFA masks do).
+            assert forced and forced.startswith(tb[tok]) and tok != canonical, (text, tb[tok], forced)
     return allowed
+
+
+def _first_token(g, forced: bytes) -> int | None:
+    try:
+        text = forced.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    ids = g.encode(text) if text else []
+    return ids[0] if ids and g.vocab.token_bytes[ids[0]] and forced.startswith(g.vocab.token_bytes[ids[0]]) else None
 
 
 @pytest.mark.parametrize("name", sorted(GRAMMARS))

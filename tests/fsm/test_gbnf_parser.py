@@ -166,6 +166,9 @@ def test_safe_pieces_become_lexemes():
     # literals that start alike but never extend one another
     lg = gbnf_to_lark(parse_gbnf('root ::= x (" AS " x | " FROM " x)\nx ::= [a-z]+ | "(" root ")"'))
     assert "/[\\x{20}]AS[\\x{20}]/" in lg.text and "/[\\x{20}]FROM[\\x{20}]/" in lg.text
+    # a keyword an identifier can start with, where what follows tells them apart
+    lg = gbnf_to_lark(parse_gbnf('root ::= t ";" root?\nt ::= [a-z]+ " "? "=" | "not " t'))
+    assert "/not[\\x{20}]/" in lg.text and lg.num_char_lexemes == 1, lg.text
     # llama.cpp's JSON grammar: strings, numbers and keywords are lexemes
     lg = gbnf_to_lark(parse_gbnf(JSON))
     assert lg.num_lexemes >= 10
@@ -176,8 +179,8 @@ def test_safe_pieces_become_lexemes():
     ('root ::= word "s" root?\nword ::= [a-z]+', '(/[a-z]/)+ "s"'),
     # "ab" then "c" vs "a" then "bc": literals that extend one another stay characters
     ('root ::= x ";" root?\nx ::= p q\np ::= "a" | "ab"\nq ::= "bc" | "c" | "(" root ")"', '"a"'),
-    # an identifier and a keyword that starts like one
-    ('root ::= t ";" root?\nt ::= [a-z]+ " "? "=" | "not " t', '/[a-z]/'),
+    # an identifier and a keyword that starts like one, where both can go on alike
+    ('root ::= t ";" root?\nt ::= [a-z]+ ("=" [0-9] | " " [a-z]+) | "not " t', '"n" "o" "t"'),
 ])
 def test_unsafe_pieces_stay_characters(text, kept):
     lg = gbnf_to_lark(parse_gbnf(text))

@@ -85,7 +85,15 @@ ident ::= [a-z] [a-z ]*
 digits ::= [0-9]{1,2}
 """
 
-GRAMMARS = {"parens": PARENS, "arith": ARITH, "json": JSON, "sql": SQL, "tricky": TRICKY}
+# Keywords that identifiers can start with: lexemes only where what follows tells them apart.
+KEYWORDS = r"""
+root ::= stmt (";" stmt)*
+stmt ::= "not" "(" stmt ")" | "if" cond "then " stmt | [a-z]+ "=" [0-9]+ | "end" | "iffy" [0-9]
+cond ::= "(" [a-z]+ ")"
+"""
+
+GRAMMARS = {"parens": PARENS, "arith": ARITH, "json": JSON, "sql": SQL, "tricky": TRICKY,
+            "keywords": KEYWORDS}
 
 
 # ------------------------------------------------------------------ reference recognizer
@@ -305,6 +313,8 @@ def mutate(text: str, rng: random.Random) -> str:
     (SQL, "SELECT FROM t;", False),
     (TRICKY, "cats; abc; abd end; 123; é€!", True),
     (TRICKY, "cat", False),
+    (KEYWORDS, "not(if(x)then end);iffy7;endx=1;nota=2", True),
+    (KEYWORDS, "not(end", False),
 ])
 def test_reference_recognizer(grammar, text, ok):
     assert Earley(grammar).accepts(text) is ok

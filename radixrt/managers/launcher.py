@@ -71,7 +71,9 @@ class ChildProcesses:
         """The arguments of each scheduler worker: the threads split between the workers."""
         if self.dp_size == 1:
             return self.args
-        total = self.args.num_threads or os.cpu_count() or 1
+        cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                else os.cpu_count() or 1)
+        total = self.args.num_threads or cpus
         return dataclasses.replace(self.args, num_threads=max(1, total // self.dp_size))
 
     def _spawn(self, name: str, target, args: tuple, parent_pid: int, *extra: Any) -> None:

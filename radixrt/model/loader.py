@@ -86,7 +86,13 @@ def prepare_model_dir(model_path: str | None, progress: bool = True) -> pathlib.
 
 def load_state_dict(model_dir: pathlib.Path, dtype: torch.dtype = torch.float32
                     ) -> dict[str, torch.Tensor]:
-    """Read every ``*.safetensors`` file in ``model_dir``; floating tensors are cast to dtype."""
+    """Read every ``*.safetensors`` file in ``model_dir``; floating tensors are cast to dtype.
+
+    Every tensor is a copy in its own memory. safetensors hands out views of its mapping of
+    the whole file, and one view kept by the model (the embedding table, a norm) keeps the
+    whole mapping, and every page the loading touched, resident: SmolLM2-135M's 513 MiB file
+    stayed in the RSS of every server holding the model.
+    """
     from safetensors import safe_open
 
     t0 = time.perf_counter()
@@ -101,8 +107,10 @@ def load_state_dict(model_dir: pathlib.Path, dtype: torch.dtype = torch.float32
                     raise ModelLoadError(f"tensor {name} appears in more than one file in {model_dir}")
                 tensor = f.get_tensor(name)
                 if tensor.is_floating_point() and tensor.dtype != dtype:
-                    tensor = tensor.to(dtype)
-                state[name] = tensor
+                    state[name] = tensor.to(dtype)
+                else:
+                    state[name] = tensor.clone()
+                del tensor
     logger.info("read %d tensors from %d safetensors file(s) in %.2fs", len(state), len(files),
                 time.perf_counter() - t0)
     return state

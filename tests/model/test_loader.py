@@ -121,6 +121,26 @@ def test_load_state_dict_casts_dtype(default_model_dir):
     assert all(t.dtype == torch.bfloat16 for t in state.values())
 
 
+def test_load_state_dict_keeps_no_mapping_of_the_files(tmp_path):
+    """A tensor the model keeps must not pin safetensors' mapping of the whole file (it kept
+    the default model's 513 MiB resident in every server)."""
+    import gc
+
+    import psutil
+    from safetensors.torch import save_file
+
+    weights = {"a": torch.randn(64, 32), "b": torch.arange(10), "c": torch.randn(8, dtype=torch.float16)}
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    state = load_state_dict(tmp_path)
+    gc.collect()
+    mapped = [m.path for m in psutil.Process().memory_maps() if m.path.startswith(str(tmp_path))]
+    assert mapped == []
+    assert torch.equal(state["a"], weights["a"]) and torch.equal(state["b"], weights["b"])
+    assert state["c"].dtype == torch.float32 and torch.equal(state["c"], weights["c"].float())
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 4096)  # rewritten in place: our copies stay
+    assert torch.equal(state["a"], weights["a"])
+
+
 # --------------------------------------------------------------------------- tiny GGUF files
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTER, LAYERS = 32, 2, 1, 16, 64, 2

@@ -42,7 +42,12 @@ class LayerWeights:
 
 class LlamaModel:
     def __init__(self, config: ModelConfig, state_dict: dict[str, torch.Tensor], dtype: torch.dtype,
-                 device: torch.device | str, max_positions: int, attn_backend):
+                 device: torch.device | str, max_positions: int, attn_backend,
+                 gguf_weights: GGUFModelWeights | None = None, gguf_isa: int = 0):
+        """With ``gguf_weights`` (``--quantization gguf``) the linear layers and the LM head are
+        built straight on the file's blocks (kernel path ``gguf_isa``); no fp32 copy of them is
+        made, the state dict's float weights serve only as the fallback for types without a
+        kernel."""
         self.config = config
         self.dtype = dtype
         self.device = device
@@ -57,7 +62,9 @@ class LlamaModel:
                 raise ValueError(f"checkpoint is missing weight {name!r}") from None
             return t.to(device=device, dtype=dtype).contiguous()
 
-        def lin(*names: str, bias: torch.Tensor | None = None) -> Linear | Int8Linear:  # fused along out dim
+        def lin(*names: str, bias: torch.Tensor | None = None) -> Linear | GGUFLinear:  # fused along out dim
+            if gguf_weights is not None:
+                return GGUFLinear(gguf_weights.packed(list(names), [w(n) for n in names]), bias, gguf_isa)
             return Linear(torch.cat([w(n) for n in names]), bias)
 
         self.embed = w("model.embed_tokens.weight")
@@ -77,7 +84,13 @@ class LlamaModel:
             ))
         self.norm = w("model.norm.weight")
         if c.tie_word_embeddings or "lm_head.weight" not in state_dict:
-            self.lm_head = Linear(self.embed)
+            if gguf_weights is not None:
+                head = "model.embed_tokens.weight"
+                if "lm_head.weight" in gguf_weights.tensors and not c.tie_word_embeddings:
+                    head = "lm_head.weight"
+                self.lm_head = GGUFLinear(gguf_weights.packed([head], [self.embed]), None, gguf_isa)
+            else:
+                self.lm_head = Linear(self.embed)
         else:
             self.lm_head = lin("lm_head.weight")
         self.num_int8_linears = 0
@@ -88,6 +101,8 @@ class LlamaModel:
         self.attn = attn_backend
         use_fused = torch.device(device).type == "cpu" and dtype == torch.float32
         self.fused = native.fused_ops() if use_fused else None
+        if gguf_weights is not None:
+            self._gguf_done(gguf_weights)
         # --- GPU (CUDA) path: with the Triton attention backend, the layer's element-wise work
         # runs as the Triton fused ops (radixrt/model/triton_ops.py: the same four ops, same
         # signatures as the native ones, so _forward_fused runs either). On CPU this happens
@@ -185,6 +200,9 @@ class LlamaModel:
         tied = c.tie_word_embeddings or "lm_head.weight" not in weights.tensors
         head = "model.embed_tokens.weight" if tied else "lm_head.weight"
         self.lm_head = make(self.lm_head, [head], [c.vocab_size])
+        self._gguf_done(weights)
+
+    def _gguf_done(self, weights: GGUFModelWeights) -> None:
         self.num_gguf_linears = sum(isinstance(m, GGUFLinear) for m in self.linears().values())
         self.gguf_requantized = list(weights.requantized)
         self._decode_layers = self._native_decode_layers()

@@ -73,11 +73,28 @@ def _on_fresh_thread(fn, *args):
     return box["result"]
 
 
+def _release_freed_memory() -> None:
+    """Hand the heap pages freed after loading (the checkpoint's float copies, replaced
+    layers) back to the OS. glibc keeps freed memory of mid-sized blocks in its heap, where it
+    counts as resident for the server's whole life. No-op without glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class ModelRunner:
     def __init__(self, args: ServerArgs):
         self.args = args
         if args.num_threads:
             torch.set_num_threads(args.num_threads)
+        self.tp = None
+        if args.tp_size > 1:  # tensor parallelism: this process's rank (radixrt/model/parallel.py)
+            from radixrt.model.parallel import setup
+
+            self.tp = setup(args, resolve_device(args.device))
         _on_fresh_thread(self._load, args)
 
     def _load(self, args: ServerArgs) -> None:
@@ -102,12 +119,21 @@ class ModelRunner:
         state = load_state_dict(self.model_dir, self.dtype)
         self.attn_backend = make_attention_backend(args.attention_backend, c.head_dim ** -0.5,
                                                    self.device, self.dtype)
-        self.model = LlamaModel(c, state, self.dtype, self.device, self.context_len, self.attn_backend)
+        gguf = self._gguf_weights() if self.quantization_plan.mode == "gguf" else None
+        self.model = LlamaModel(c, state, self.dtype, self.device, self.context_len, self.attn_backend,
+                                gguf, self.quantization_plan.isa)
         del state
+        if self.tp is not None:  # keep this rank's shard of every layer
+            from radixrt.model.parallel import shard_model
+
+            shard_model(self.model, self.tp)
         if self.quantization_plan.mode == "int8":
             self._quantize(args)
-        elif self.quantization_plan.mode == "gguf":
-            self._use_gguf_blocks()
+        elif gguf is not None:
+            logger.info("gguf-block layers: file types %s; requantized to Q8_0: %s",
+                        ", ".join(sorted({t for n, t in gguf.types().items() if n.endswith("proj.weight")})),
+                        ", ".join(self.model.gguf_requantized) or "none")
+        _release_freed_memory()
         m = self.model
         # What actually runs: auto may leave every layer of a small model in fp32.
         self.quantization = "gguf" if m.num_gguf_linears else "int8" if m.num_int8_linears else "none"
@@ -122,18 +148,11 @@ class ModelRunner:
                     self.quantization_plan.describe(), m.num_int8_linears, m.num_gguf_linears,
                     len(m.linears()), self.cpu_features.summary())
 
-    def _use_gguf_blocks(self) -> None:
-        """Swap every linear layer for one on the source GGUF's own blocks."""
+    def _gguf_weights(self):
+        """The source GGUF's tensors, for a model built on the file's own blocks."""
         from radixrt.model.gguf_weights import GGUFModelWeights
 
-        t0 = time.perf_counter()
-        c = self.config
-        weights = GGUFModelWeights(self.quantization_plan.gguf_path, c.num_heads, c.num_kv_heads)
-        self.model.use_gguf_blocks(weights, self.quantization_plan.isa)
-        types = sorted({t for n, t in weights.types().items() if n.endswith("proj.weight")})
-        logger.info("gguf-block layers ready in %.2fs (file types %s; requantized to Q8_0: %s)",
-                    time.perf_counter() - t0, ", ".join(types),
-                    ", ".join(self.model.gguf_requantized) or "none")
+        return GGUFModelWeights(self.quantization_plan.gguf_path, self.config.num_heads, self.config.num_kv_heads)
 
     def _quantize(self, args: ServerArgs) -> None:
         """Measure (or read from the cache) activation ranges, then swap in int8 layers."""
@@ -152,7 +171,8 @@ class ModelRunner:
 
     def _init_pools(self) -> None:
         a, c = self.args, self.config
-        per_tok = TokenToKVPool.bytes_per_token(c.num_layers, c.num_kv_heads, c.head_dim, self.dtype)
+        kv_heads = self.model.config.num_kv_heads  # this rank's, under tensor parallelism
+        per_tok = TokenToKVPool.bytes_per_token(c.num_layers, kv_heads, c.head_dim, self.dtype)
         if a.max_total_tokens is not None:
             total = a.max_total_tokens
         elif self.device.type == "cuda":  # GPU memory plan: radixrt/model/cuda_graph.py
@@ -166,11 +186,13 @@ class ModelRunner:
         self.kv_bytes = total * per_tok
         self.allocator = KVAllocator(total, a.page_size, self.device)
         self.req_to_token_pool = ReqToTokenPool(a.max_running_requests + 8, self.context_len + 8)
-        self.kv_pool = TokenToKVPool(total, c.num_layers, c.num_kv_heads, c.head_dim, self.dtype, self.device,
+        self.kv_pool = TokenToKVPool(total, c.num_layers, kv_heads, c.head_dim, self.dtype, self.device,
                                      a.page_size)
         self.graph_runner = make_graph_runner(self, a)  # decode CUDA graphs (None off CUDA)
 
     def forward(self, fb: ForwardBatch) -> torch.Tensor:
+        if self.tp is not None and self.tp.rank == 0:  # the other ranks run the same batch
+            self.tp.broadcast_batch(fb)
         if self.device.type == "cpu":
             return self.model.forward(fb, self.kv_pool)
         # GPU: the scheduler builds batches on the CPU and samples on the CPU (its sampling

@@ -34,7 +34,7 @@ from radixrt.fsm.json_values import any_object_node, any_value_node, literal_for
 from radixrt.fsm.regex_ast import Node
 from radixrt.fsm.schema_dicts import ANNOTATIONS, Unsatisfiable, enum_values, normalize
 from radixrt.fsm.schema_document import SchemaDocument
-from radixrt.fsm.schema_logic import desugar, exactly_one, has_logic
+from radixrt.fsm.schema_logic import POINTER, desugar, exactly_one, has_logic
 from radixrt.fsm.schema_options import JsonSchemaOptions
 from radixrt.fsm.schema_types import TypeCompiler
 
@@ -172,8 +172,10 @@ class _SchemaCompiler:
         reasons = []
         for i, branch in enumerate(branches):
             sub = {"allOf": [rest, branch]} if has_rest else branch
+            where = branch.get(POINTER, f"{ptr}/{key}/{i}") if isinstance(branch, dict) \
+                else f"{ptr}/{key}/{i}"
             try:
-                nodes.append(self.compile(sub, f"{ptr}/{key}/{i}"))
+                nodes.append(self.compile(sub, where))
             except Unsatisfiable as e:
                 reasons.append(str(e))
         if not nodes:

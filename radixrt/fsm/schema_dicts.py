@@ -28,7 +28,8 @@ NUMBER_KEYWORDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
 ANNOTATIONS = {"title", "description", "examples", "example", "default", "$schema", "$id",
                "$comment", "deprecated", "readOnly", "writeOnly", "contentEncoding",
                "contentMediaType", "contentSchema", "$anchor", "$dynamicAnchor", "$defs",
-               "definitions", "$vocabulary", "discriminator", "xml", "externalDocs"}
+               "definitions", "$vocabulary", "discriminator", "xml", "externalDocs",
+               "x-pointer"}
 MAX_DISTRIBUTED_CASES = 64  # anyOf/oneOf alternatives after allOf distributes two groups
 _LOWER = {"minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties"}
 _UPPER = {"maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties"}

@@ -56,6 +56,16 @@ def _all_of(parts: list[Any]) -> Any:
     return parts[0] if len(parts) == 1 else {"allOf": parts}
 
 
+POINTER = "x-pointer"  # where a rewritten case comes from, for error messages
+
+
+def _at(schema: Any, ptr: str) -> Any:
+    """``schema`` marked with the pointer of the keyword it was rewritten from."""
+    if not isinstance(schema, dict):
+        return schema
+    return {**schema, POINTER: ptr}
+
+
 def has_logic(schema: dict) -> bool:
     return any(k in schema for k in LOGIC_KEYWORDS)
 
@@ -74,7 +84,8 @@ def desugar(schema: dict, ptr: str, resolve) -> dict:
         cond = schema["if"]
         then, other = schema.get("then", True), schema.get("else", True)
         neg = Negator(resolve).negate(cond, f"{ptr}/if")
-        parts.append(_any_of([_all_of([cond, then]), _all_of([neg, other])]))
+        parts.append(_any_of([_at(_all_of([cond, then]), f"{ptr}/then"),
+                              _at(_all_of([neg, other]), f"{ptr}/else")]))
     deps_required = dict(_mapping(schema, "dependentRequired", ptr))
     deps_schemas = dict(_mapping(schema, "dependentSchemas", ptr))
     for name, dep in _mapping(schema, "dependencies", ptr):
@@ -86,8 +97,8 @@ def desugar(schema: dict, ptr: str, resolve) -> dict:
         parts.append(_any_of([{"properties": {name: False}},
                               {"required": list(dict.fromkeys([name, *required]))}]))
     for name, sub in deps_schemas.items():
-        parts.append(_any_of([{"properties": {name: False}},
-                              _all_of([{"required": [name]}, sub])]))
+        parts.append(_any_of([{"properties": {name: False}}, _at(
+            _all_of([{"required": [name]}, sub]), f"{ptr}/dependentSchemas/{name}")]))
     parts = [p for p in parts if p is not True]
     if any(p is False for p in parts):
         return {"allOf": [rest, False]}
@@ -111,9 +122,15 @@ def exactly_one(branches: list[Any], ptr: str, resolve) -> list[Any]:
             f"unsupported JSON schema keyword 'oneOf' at {ptr}: {len(branches)} branches that "
             f"are not provably exclusive (at most {MAX_ONE_OF_BRANCHES} are made exclusive)")
     negator = Negator(resolve)
-    negated = [negator.negate(b, f"{ptr}/oneOf/{j}") for j, b in enumerate(branches)]
-    return [_all_of([b] + [negated[j] for j in range(len(branches)) if j != i])
-            for i, b in enumerate(branches)]
+    try:
+        negated = [negator.negate(b, f"{ptr}/oneOf/{j}") for j, b in enumerate(branches)]
+    except GrammarError as e:
+        raise GrammarError(f"unsupported JSON schema keyword 'oneOf' at {ptr}: the branches are "
+                           f"not provably exclusive, and making them so needs a negation that "
+                           f"cannot be exact ({e}); use anyOf, or discriminate the branches by "
+                           "type, enum/const, or a required property") from None
+    return [_at(_all_of([b] + [negated[j] for j in range(len(branches)) if j != i]),
+                f"{ptr}/oneOf/{i}") for i, b in enumerate(branches)]
 
 
 class Negator:

@@ -163,6 +163,12 @@ def test_real_schema_compiles_and_samples_validate(name, schema):
     ({"not": {"contains": {}, "minContains": 2}}, "'not' at #/not: .*'minContains'"),
     ({"allOf": [{"patternProperties": {"^a": {}}}, {"additionalProperties": False}]},
      "'patternProperties'"),
+    ({"type": "array", "if": {"minItems": 1}, "then": {"uniqueItems": True}},
+     "'uniqueItems' at #/then"),
+    ({"properties": {"a": {"if": {"type": "string"}, "else": {"multipleOf": 0.5}}}},
+     "'multipleOf' at #/properties/a/else"),
+    ({"oneOf": [{"type": "array", "uniqueItems": True}, {"type": "array", "minItems": 1}]},
+     "'oneOf' at #: .*'uniqueItems'"),
     ({"$defs": {"r": {"not": {"$ref": "#/$defs/r"}}}, "$ref": "#/$defs/r"},
      "recursive \\$ref|'not' at"),
 ])

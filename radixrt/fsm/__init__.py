@@ -5,9 +5,10 @@ Map (one line per module):
 - ``regex_parser`` → ``regex_ast`` → ``automaton`` (+ ``dfa``): regex text → tree → minimal
   byte DFA (``dfa``: the DFA type, pruning, minimization, products).
 - ``json_schema`` (+ ``schema_document``, ``schema_types``, ``schema_options``, ``schema_dicts``,
-  ``json_values``, ``json_strings``, ``numeric``, ``formats``): schema → tree (dispatch in
-  ``json_schema``, ``$ref``/``allOf``/``oneOf`` reasoning on dicts in ``schema_document``,
-  per-type trees in ``schema_types``).
+  ``schema_logic``, ``schema_patterns``, ``json_values``, ``json_strings``, ``numeric``,
+  ``formats``): schema → tree (dispatch in ``json_schema``, ``$ref``/``allOf``/``oneOf``
+  reasoning on dicts in ``schema_document``, ``not``/``if``/dependencies/exclusive ``oneOf``
+  rewritten to ``allOf``/``anyOf`` in ``schema_logic``, per-type trees in ``schema_types``).
 - ``token_index``: vocabulary byte trie; which tokens a DFA state allows.
 - ``grammar``: a DFA bound to a vocabulary, with lazily cached packed masks.
 - ``budget``: distances to an accepting end; masks that close the output within a token budget.

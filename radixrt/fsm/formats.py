@@ -5,8 +5,9 @@ a DFA: dates exclude year 0000, times exclude leap
 seconds, URIs are ``scheme:`` + host or path + query + fragment without IP literals or userinfo
 (URI references: the same, or a relative reference of that shape), emails use dot-atom local
 parts and letter-only top-level domains, hostnames are ASCII labels without IDNA (``xn--``)
-labels, at most four labels and 253 characters (see ``_HOSTNAME``). JSON
-pointers are exact. All but JSON pointers are ASCII, so they need no JSON escaping.
+labels, at most four labels and 253 characters (see ``_HOSTNAME``). IPv6
+addresses are hex groups without an embedded IPv4 part or zone id. JSON pointers are exact.
+All but JSON pointers are ASCII, so they need no JSON escaping.
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ FORMAT_PATTERNS: dict[str, str] = {
     "json-pointer": r"(?:/(?:[^/~]|~[01])*)*",
 }
 FORMAT_PATTERNS["uri-reference"] = f"(?:{FORMAT_PATTERNS['uri']}|{_RELATIVE_REF})"
+_G = "[0-9a-fA-F]{1,4}"
+# IPv6 in hex groups: eight, or fewer around one "::" (no embedded IPv4, no zone id).
+FORMAT_PATTERNS["ipv6"] = (
+    f"(?:(?:{_G}:){{7}}{_G}|(?:{_G}:){{1,7}}:|(?:{_G}:){{1,6}}:{_G}"
+    + "".join(f"|(?:{_G}:){{1,{k}}}(?::{_G}){{1,{7 - k}}}" for k in range(5, 0, -1))
+    + f"|:(?:(?::{_G}){{1,7}}|:))")
 
 
 def format_node(name: str, pointer: str = "") -> Node:

@@ -82,6 +82,8 @@ CASES = [
      ["-a.com", "a_b", "xn--abc", "a.", ""]),
     ({"type": "string", "format": "uri-reference"}, ["/a/b?c#d", "../x", "http://h/p", ""],
      ["a b", "1:b", "//h:x"]),
+    ({"type": "string", "format": "ipv6"}, ["::1", "fe80::1:2", "1:2:3:4:5:6:7:8", "::"],
+     ["1:2:3:4:5:6:7:8:9", ":1", "12345::", "1::2::3"]),
     ({"type": "string", "format": "json-pointer"}, ["", "/a/0", "/~0~1"], ["a", "/~2"]),
 ]
 

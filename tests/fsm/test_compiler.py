@@ -69,7 +69,8 @@ def test_compile_async_does_not_block(smol_tokenizer):
 
 
 @pytest.mark.parametrize("kind, spec, message", [
-    ("ebnf", "root ::= x", "unknown grammar kind 'ebnf'"),
+    ("ebnf", "root ::= x", "line 1, column 10: undefined rule 'x'"),
+    ("lark", "x", "unknown grammar kind 'lark'"),
     ("regex", "(a", "regex '\\(a': missing"),
     ("regex", 5, "regex must be a string"),
     ("json_schema", "{not json", "json_schema is not valid JSON"),

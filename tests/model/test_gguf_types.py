@@ -202,8 +202,13 @@ class Case:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    """A private radixrt cache (conversions, calibration) for the module's models."""
+    """A private radixrt cache (conversions, calibration) for the module's models; the native
+    kernels' builds (``ext/``) stay shared with the user's cache, or every run would compile
+    them again."""
     path = tmp_path_factory.mktemp("radixrt-cache")
+    ext = loader.default_cache_dir() / "ext"
+    ext.mkdir(parents=True, exist_ok=True)
+    (path / "ext").symlink_to(ext, target_is_directory=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RADIXRT_CACHE_DIR", str(path))
         yield path

@@ -34,11 +34,13 @@ from radixrt.managers.launcher import ChildProcesses
 from radixrt.managers.messages import (
     AbortReq,
     BatchStrOut,
+    BatchTokenIDOut,
     FlushCacheOut,
     FlushCacheReq,
     GetServerInfoReq,
     ServerInfoOut,
     StrOut,
+    TokenIDOut,
     TokenizedGenerateReq,
     decode,
 )
@@ -183,6 +185,8 @@ class TokenizerManager:
         self._recv_sock = pull_socket(self._actx, self.children.ipc.tokenizer_in)
         self._sctx = zmq.Context()
         self._send_socks = [push_socket(self._sctx, a) for a in self.children.worker_addrs]
+        # To end a dead worker's requests in the detokenizer too (it keeps per-request state).
+        self._detok_sock = push_socket(self._sctx, self.children.ipc.detokenizer_in)
         self._tasks = [asyncio.ensure_future(self._recv_loop()),
                        asyncio.ensure_future(self._watchdog())]
 
@@ -191,7 +195,8 @@ class TokenizerManager:
             t.cancel()
         self._fail_all("the server is shutting down", mark_dead=False)
         self.children.shutdown()
-        for sock in (getattr(self, "_recv_sock", None), *getattr(self, "_send_socks", ())):
+        for sock in (getattr(self, "_recv_sock", None), getattr(self, "_detok_sock", None),
+                     *getattr(self, "_send_socks", ())):
             if sock is not None:
                 sock.close(linger=0)
 
@@ -400,12 +405,17 @@ class TokenizerManager:
         left = len(self.dispatcher.alive)
         logger.error("%s; failing its requests, %d worker(s) left", reason, left)
         now = time.perf_counter()
+        ended = []
         for rid, st in list(self.states.items()):
             if st.worker == worker:
                 st.fail(reason, 503, now)
                 st.event.set()
                 del self.states[rid]
                 self.metrics.on_finish("error", st.e2e_latency)
+                ended.append(TokenIDOut(rid=rid, new_ids=[], meta=st.meta, error=reason,
+                                        error_code=503))
+        if ended and self.dead is None:
+            send(self._detok_sock, BatchTokenIDOut(outputs=ended))
         err = RequestFailed(reason, 503)
         for call_id, w in list(self._call_worker.items()):
             fut = self._calls.get(call_id)

@@ -149,11 +149,49 @@ async def _server_round(url: str, prompts: list[list[int]], params: dict, concur
     t0 = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
     wall = time.perf_counter() - t0
-    return summarize(stats, wall)
+    return {**summarize(stats, wall), "_wall": wall}
 
 
-def run_server(url: str, prompts, params, concurrency: int) -> dict:
-    return asyncio.run(_server_round(url, prompts, params, concurrency))
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process so far (Linux /proc; 0.0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def server_processes(pid: int) -> dict[str, int]:
+    """The server's processes through /proc: its HTTP process, the scheduler(s) and the
+    detokenizer (radixrt spawns the schedulers first, the detokenizer last)."""
+    procs = {"http": pid}
+    try:
+        kids = sorted(int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+        kids = [k for k in kids if b"multiprocessing-fork" in Path(f"/proc/{k}/cmdline").read_bytes()]
+    except OSError:
+        return procs
+    if len(kids) >= 2:  # not e.g. the resource tracker
+        for i, k in enumerate(kids[:-1]):
+            procs["scheduler" if len(kids) == 2 else f"scheduler{i}"] = k
+        procs["detokenizer"] = kids[-1]
+    return procs
+
+
+def run_server(url: str, prompts, params, concurrency: int, procs: dict[str, int] | None = None) -> dict:
+    """One round; with ``procs`` (name -> pid) also the CPU milliseconds each of them, and this
+    client process, spent per output token (``cpu_<name>``): on a shared machine CPU time is a
+    steadier measure of the server's own cost than wall time."""
+    procs = procs or {}
+    before = {n: process_cpu_s(p) for n, p in procs.items()}
+    client0 = time.process_time()
+    res = asyncio.run(_server_round(url, prompts, params, concurrency))
+    tokens = res["out_tok_s"] * res.pop("_wall")
+    if tokens and procs:
+        for n, p in procs.items():
+            res[f"cpu_{n}"] = 1e3 * (process_cpu_s(p) - before[n]) / tokens
+        res["cpu_client"] = 1e3 * (time.process_time() - client0) / tokens
+    return res
 
 
 # ----------------------------------------------------------------- engine side
@@ -263,6 +301,7 @@ def main() -> None:
         extra += ["--num-threads", str(args.num_threads)]
     load_start = os.getloadavg()[0]
     proc, url = start_server(extra)
+    procs = server_processes(proc.pid)
     engine = None
     try:
         engine = Engine(model_path=args.model_path, max_running_requests=64, num_threads=args.num_threads)
@@ -280,7 +319,7 @@ def main() -> None:
                 for system in (("server", "engine") if r % 2 == 0 else ("engine", "server")):
                     httpx.post(url + "/flush_cache", timeout=60)
                     engine.flush_cache()
-                    res = (run_server(url, prompts, params, c) if system == "server"
+                    res = (run_server(url, prompts, params, c, procs) if system == "server"
                            else run_engine(engine, prompts, params, c))
                     runs[system].append(res)
                     print(f"C={c} round {r} {system}: {res}", flush=True)
@@ -291,6 +330,10 @@ def main() -> None:
                              "ratio": ratios[c] if s == "server" else None})
             raw[c] = runs
         print_table(rows, COLUMNS)
+        cpu_cols = [k for k in rows[0] if k.startswith("cpu_")] if rows else []
+        if cpu_cols:
+            print("\nserver rounds, CPU ms per output token by process (medians):")
+            print_table([r for r in rows if r["system"] == "server"], ["concurrency", *cpu_cols])
         save_results("serving", {"args": vars(args), "rows": rows, "runs": raw})
         if not args.no_write:
             write_docs(markdown_table(rows, COLUMNS), args, ratios, (load_start, os.getloadavg()[0]))

@@ -111,11 +111,25 @@ def stored(w: np.ndarray, qtype: Q) -> tuple[np.ndarray, Q | None, np.ndarray]:
     return data, qtype, gguf.quants.dequantize(data, qtype)
 
 
-def write_gguf(path: Path, qtype: Q, tied: bool, seed: int = 0) -> dict[str, np.ndarray]:
-    """A tiny Llama in llama.cpp's layout, 2-D weights in ``qtype``; returns the HF state dict
-    of the values a reader dequantizes (the float reference)."""
+def spm_tokens() -> tuple[list[str], list[int], list[float]]:
+    """A SentencePiece vocabulary as Llama 2 / Mistral GGUFs carry it (tokenizer model
+    ``llama``): unknown, BOS, EOS, 256 byte fallbacks, scored pieces."""
+    pieces = ["\u2581", "\u2581h", "\u2581he", "llo", "\u2581w", "orld", "h", "e", "l", "o", "w", "r", "d"]
+    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{i:02X}>" for i in range(256)), *pieces]
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)  # unknown, control, byte, normal
+    scores = [0.0] * 259 + [-float(i) for i in range(1, len(pieces) + 1)]
+    return tokens, types, scores
+
+
+def write_gguf(path: Path, qtype: Q, tied: bool, seed: int = 0, tokenizer: str = "gpt2") -> dict[str, np.ndarray]:
+    """A tiny Llama in llama.cpp's layout, 2-D weights in ``qtype``, a byte-level BPE
+    (``gpt2``) or SentencePiece (``llama``) tokenizer; returns the HF state dict of the values
+    a reader dequantizes (the float reference)."""
     rng = np.random.default_rng(seed)
-    tokens, types, merges = tiny_tokens()
+    if tokenizer == "gpt2":
+        tokens, types, merges = tiny_tokens()
+    else:
+        tokens, types, scores = spm_tokens()
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name(f"tiny {qtype.name}")
     w.add_block_count(LAYERS)
@@ -129,10 +143,13 @@ def write_gguf(path: Path, qtype: Q, tied: bool, seed: int = 0) -> dict[str, np.
     w.add_rope_freq_base(ROPE_THETA)
     w.add_vocab_size(len(tokens))
     w.add_file_type({Q.F32: 0, Q.F16: 1, Q.Q4_0: 2, Q.Q4_1: 3, Q.Q8_0: 7, Q.Q4_K: 15}[qtype])
-    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_model(tokenizer)
     w.add_token_list(tokens)
     w.add_token_types(types)
-    w.add_token_merges(merges)
+    if tokenizer == "gpt2":
+        w.add_token_merges(merges)
+    else:
+        w.add_token_scores(scores)
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_add_bos_token(False)
@@ -319,6 +336,25 @@ def test_greedy_generation_follows_the_reference(cases, cache, name):
     tol = 1e-3 if mode == "none" else 0.1
     picked = logits.gather(1, torch.tensor(tokens)[:, None])[:, 0]
     assert (picked >= logits.amax(1) - tol * logits.std(1)).all(), (name, mode, tokens)
+
+
+def test_sentencepiece_tokenizer_gguf_serves(tmp_path, cache):
+    """Llama 2 / Mistral style GGUFs carry a SentencePiece vocabulary instead of BPE merges."""
+    from radixrt import Engine
+
+    path = tmp_path / "tiny-spm.gguf"
+    state = write_gguf(path, Q.Q8_0, tied=True, tokenizer="llama")
+    tokens = spm_tokens()[0]
+    with Engine(model_path=str(path), max_total_tokens=256, max_running_requests=4) as engine:
+        ids = engine.tokenizer.encode("hello world")
+        assert [tokens[i] for i in ids][:2] == ["\u2581he", "l"] and "<0x" not in "".join(tokens[i] for i in ids)
+        assert engine.tokenizer.decode(ids) == "hello world"
+        out = engine.generate("hello world", {"max_new_tokens": 6, "temperature": 0, "ignore_eos": True})
+    assert len(out["output_ids"]) == 6 and out["meta_info"]["prompt_tokens"] == len(ids)
+    ref = Case("spm", path, state)
+    logits = ref.ref_logits(ids + out["output_ids"])[len(ids) - 1:-1]
+    picked = logits.gather(1, torch.tensor(out["output_ids"])[:, None])[:, 0]
+    assert (picked >= logits.amax(1) - 0.1 * logits.std(1)).all()
 
 
 # --------------------------------------------------------------------------- errors

@@ -24,7 +24,7 @@ ARRAY_KEYWORDS = {"items", "prefixItems", "minItems", "maxItems", "uniqueItems",
                   "minContains", "maxContains", "unevaluatedItems", "additionalItems"}
 STRING_KEYWORDS = {"minLength", "maxLength", "pattern", "format", "x-not-patterns"}
 NUMBER_KEYWORDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
-                   "x-fraction"}
+                   "x-fraction", "x-not-multiple-of"}
 ANNOTATIONS = {"title", "description", "examples", "example", "default", "$schema", "$id",
                "$comment", "deprecated", "readOnly", "writeOnly", "contentEncoding",
                "contentMediaType", "contentSchema", "$anchor", "$dynamicAnchor", "$defs",
@@ -144,7 +144,7 @@ def merge(a: dict, b: dict, pointer: str) -> dict:
             out[k] = math.lcm(x, y)
         elif k == "x-fraction":
             out[k] = bool(x) or bool(y)
-        elif k in ("x-not-values", "x-not-patterns"):
+        elif k in ("x-not-values", "x-not-patterns", "x-not-multiple-of"):
             out[k] = list(x) + [v for v in y if v not in x]
         elif k == "patternProperties":
             out[k] = {p: _all_of([x.get(p, True), y.get(p, True)]) for p in
@@ -294,7 +294,8 @@ def normalize(schema: dict, ptr: str) -> dict:
     return s
 
 
-_DATA_KEYWORDS = {"enum", "const", "x-not-values", "default", "examples", "example"}
+_DATA_KEYWORDS = {"enum", "const", "x-not-values", "x-not-multiple-of", "default", "examples",
+                  "example"}
 _SCHEMA_MAPS = {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
 
 
@@ -320,10 +321,11 @@ def for_jsonschema(schema: Any) -> Any:
     extra += [{"not": {"type": "string", "pattern": p}} for p in out.get("x-not-patterns", [])]
     if out.get("x-fraction"):
         extra.append({"not": {"type": "integer"}})
+    extra += [{"not": {"multipleOf": k}} for k in out.get("x-not-multiple-of", [])]
     if not extra:
         return out
     rest = {k: v for k, v in out.items() if k not in (
-        "x-not-values", "x-not-patterns", "x-fraction") and (
+        "x-not-values", "x-not-patterns", "x-fraction", "x-not-multiple-of") and (
         k not in ("pattern", "format") or not isinstance(v, list))}
     return {"allOf": [rest, *extra]}
 

@@ -32,6 +32,7 @@ from radixrt.fsm.schema_dicts import ANNOTATIONS, TYPES, finite_number, normaliz
 NOT_VALUES = "x-not-values"
 NOT_PATTERNS = "x-not-patterns"
 FRACTION = "x-fraction"  # a number with a nonzero fraction, written without an exponent
+NOT_MULTIPLE = "x-not-multiple-of"  # integers that are multiples of none of these
 LOGIC_KEYWORDS = ("not", "if", "then", "else", "dependentRequired", "dependentSchemas",
                   "dependencies")
 MAX_ONE_OF_BRANCHES = 8
@@ -221,6 +222,14 @@ class Negator:
         if NOT_PATTERNS in s:
             out += [{"type": "string", "pattern": p} for p in s[NOT_PATTERNS]]
             handled.add(NOT_PATTERNS)
+        m = s.get("multipleOf")
+        if isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0 and m == int(m):
+            out += [{"type": "number", FRACTION: True},
+                    {"type": "integer", NOT_MULTIPLE: [int(m)]}]
+            handled.add("multipleOf")
+        for k in s.get(NOT_MULTIPLE, []):
+            out.append({"type": "number", "multipleOf": k})
+            handled.add(NOT_MULTIPLE)
         flips = {"minimum": "exclusiveMaximum", "exclusiveMinimum": "maximum",
                  "maximum": "exclusiveMinimum", "exclusiveMaximum": "minimum"}
         for key, other in flips.items():

@@ -49,6 +49,7 @@ from radixrt.fsm.schema_dicts import (
 )
 from radixrt.fsm.schema_logic import (
     FRACTION,
+    NOT_MULTIPLE,
     NOT_PATTERNS,
     NOT_VALUES,
     Negator,
@@ -161,6 +162,8 @@ class TypeCompiler:
     def _multiple(self, node: Node, schema: dict, ptr: str) -> Node:
         """``node`` restricted to the multiples of an integral ``multipleOf`` (integers only:
         validators test fractional multiples on doubles, where 0.07 is no multiple of 0.01)."""
+        for k in schema.get(NOT_MULTIPLE, []):
+            node = ra.Difference(node, multiples_of(k))
         if "multipleOf" not in schema:
             return node
         m = schema["multipleOf"]
@@ -173,7 +176,7 @@ class TypeCompiler:
 
     def _number(self, schema: dict, ptr: str) -> Node:
         lo, lo_strict, hi, hi_strict = read_bounds(schema, ptr)
-        if "multipleOf" in schema:  # multiples of an integer are integers
+        if "multipleOf" in schema or NOT_MULTIPLE in schema:  # generated as integers
             return self._integer(schema, ptr)
         if lo is None and hi is None:
             return self._without_numbers(NUMBER, schema, ptr)

@@ -75,6 +75,7 @@ CASES = [
     ({"type": "number", "multipleOf": 5, "not": {"const": 10}}, [15, -5, 0], [3, 2.5, 10]),
     ({"allOf": [{"multipleOf": 4}, {"multipleOf": 6}], "type": "integer"}, [12, 24],
      [4, 6, 18]),
+    ({"type": "number", "not": {"multipleOf": 2}}, [1, 1.5, -3], [2, 4.0, 0]),
     ({"type": "object", "properties": {"long_name": {}, "ok": {}},
       "propertyNames": {"pattern": "^[a-z]{1,3}$"}}, [{"ok": 1}, {"zz": 2}],
      [{"long_name": 1}, {"ZZ": 2}]),

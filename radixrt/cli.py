@@ -52,7 +52,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from radixrt.entrypoints.http_server import launch_server
 
-    launch_server(ServerArgs.from_cli_args(args))
+    server_args = ServerArgs.from_cli_args(args)
+    if server_args.node_rank > 0:  # a tensor-parallel node other than 0: its ranks, no server
+        from radixrt.model.parallel import serve_node
+
+        _setup_logging(server_args.log_level)
+        return serve_node(server_args)
+    launch_server(server_args)
     return 0
 
 

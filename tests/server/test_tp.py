@@ -17,7 +17,7 @@ PROMPTS = [[1, 504, 3458, 314, 260, 1345, 30], [1, 23, 4567, 89, 1011, 1213, 141
 GREEDY = {"max_new_tokens": 8, "temperature": 0}
 
 
-def test_two_node_tp2_matches_tp1_and_shuts_down(tiny_model_dir):
+def test_two_node_tp2_matches_tp1_and_shuts_down(tiny_model_dir):  # noqa: F811
     from radixrt.entrypoints.engine import Engine
 
     with Engine(model_path=str(tiny_model_dir), quantization="none", num_threads=1,

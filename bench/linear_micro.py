@@ -8,6 +8,9 @@ Routes, each on the same random weight, timed in alternating rounds (median per 
   w8-pack     torch._weight_int8pack_mm (weight-only int8)
   w8-dequant  weight-only int8, dequantized to fp32 on every call, then x @ W^T
   bf16        F.linear in bfloat16 (only meaningful on CPUs with native BF16)
+  q4_1        radixrt.model.gguf_weights.GGUFLinear on Q4_1 blocks of the weight (the gguf
+              mode's kernel, radixrt/csrc/quant_gemm.cpp, on this CPU's fastest path)
+  q8_0        the same on Q8_0 blocks (the default model's LM head)
 
 Shapes: the default model's (SmolLM2-135M: fused qkv, o, fused gate/up, down, LM head) and
 square layers 64..1024 to find where int8 starts to pay (``AUTO_MIN_WEIGHTS``).
@@ -34,7 +37,7 @@ from radixrt.model.linear import Int8Linear, Linear, quantize_weight  # noqa: E4
 MODEL_SHAPES = {"qkv 960x576": (960, 576), "o 576x576": (576, 576), "gate_up 3072x576": (3072, 576),
                 "down 576x1536": (576, 1536), "lm_head 49152x576": (49152, 576)}
 SQUARE_SHAPES = {f"{n}x{n}": (n, n) for n in (64, 128, 256, 384, 512, 768, 1024)}
-ROUTES = ("fp32", "int8", "dynamic", "w8-pack", "w8-dequant", "bf16")
+ROUTES = ("fp32", "int8", "dynamic", "w8-pack", "w8-dequant", "bf16", "q4_1", "q8_0")
 
 
 def make_routes(weight: torch.Tensor, x: torch.Tensor, names: list[str]) -> dict:
@@ -56,6 +59,16 @@ def make_routes(weight: torch.Tensor, x: torch.Tensor, names: list[str]) -> dict
     if "bf16" in names:
         wb, xb = weight.bfloat16(), x.bfloat16()
         out["bf16"] = lambda: F.linear(xb, wb)
+    for qtype in ("q4_1", "q8_0"):
+        if qtype in names and weight.shape[1] % 32 == 0:
+            from gguf import GGMLQuantizationType
+            from gguf.quants import quantize
+
+            from radixrt.model.gguf_weights import GGUFLinear, pack_blocks
+
+            t = GGMLQuantizationType[qtype.upper()]
+            ql = GGUFLinear(pack_blocks(quantize(weight.numpy(), t), qtype.upper()))
+            out[qtype] = lambda ql=ql: ql(x)
     return out
 
 

@@ -6,6 +6,7 @@ the last one kills a worker."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -94,11 +95,23 @@ def test_killed_worker_fails_only_its_requests(dp_server):
     info = dp_server.server_info()
     pids = info["pids"]
     results: dict[int, tuple[int, dict, float]] = {}
+    params = {"max_new_tokens": 160, "ignore_eos": True, "temperature": 0}
 
     def run(i: int) -> None:
-        r = generate(dp_server.url, f"Story number {i}: a traveller walks north and",
-                     {"max_new_tokens": 160, "ignore_eos": True, "temperature": 0}, timeout=90)
-        results[i] = (r.status_code, r.json(), time.monotonic())
+        text = f"Story number {i}: a traveller walks north and"
+        if i % 2 == 0:
+            r = generate(dp_server.url, text, params, timeout=90)
+            results[i] = (r.status_code, r.json(), time.monotonic())
+            return
+        events = []  # odd ones stream: a failure is an error event, then [DONE]
+        with httpx.stream("POST", dp_server.url + "/generate", timeout=90, json={
+                "text": text, "sampling_params": params, "stream": True}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+        assert events[-1] == "[DONE]", events[-3:]
+        last = json.loads(events[-2])
+        results[i] = (503 if "error" in last else 200, last, time.monotonic())
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
     for t in threads:

@@ -74,7 +74,7 @@ def test_compile_async_does_not_block(smol_tokenizer):
     ("regex", "(a", "regex '\\(a': missing"),
     ("regex", 5, "regex must be a string"),
     ("json_schema", "{not json", "json_schema is not valid JSON"),
-    ("json_schema", {"type": "string", "format": "ipv6"}, "'format' value 'ipv6'"),
+    ("json_schema", {"type": "string", "format": "idn-email"}, "'format' value 'idn-email'"),
     ("choices", "[1, 2]", "choices must be a non-empty list of strings"),
     ("choices", "[]", "choices must be a non-empty list of strings"),
     ("regex", "[^\\s\\S]", "matches no text"),

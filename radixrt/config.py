@@ -225,6 +225,10 @@ class ServerArgs:
     def __post_init__(self) -> None:
         if self.dp_size < 1:
             raise ValueError("dp_size must be >= 1")
+        if self.dp_size > 1 and (self.tp_size > 1 or self.nnodes > 1):
+            raise ValueError("dp_size > 1 cannot be combined with tp_size > 1 or nnodes > 1 "
+                             "(untested): run tensor-parallel replicas behind sglang-router "
+                             "instead (docs/scale-out.md)")
         if self.tp_size < 1 or self.nnodes < 1 or self.tp_size % self.nnodes:
             raise ValueError("tp_size must be >= 1 and a multiple of nnodes (>= 1)")
         if not 0 <= self.node_rank < self.nnodes:

@@ -60,3 +60,10 @@ def test_dead_workers_and_dead_child(children):
     c.procs["scheduler-0"] = FakeProc(10)
     c.procs["detokenizer"] = FakeProc(12, False, 1)
     assert c.dead_child() == "the detokenizer process exited unexpectedly (exit code 1)"
+
+
+def test_dp_with_tp_is_refused():
+    with pytest.raises(ValueError, match="dp_size > 1 cannot be combined"):
+        ServerArgs(dp_size=2, tp_size=2)
+    with pytest.raises(ValueError, match="dp_size must be >= 1"):
+        ServerArgs(dp_size=0)

@@ -61,6 +61,9 @@ logger = logging.getLogger("radixrt.parallel")
 COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=120)
 # Ranks > 0 wait for the next batch on the control group as long as the server is idle.
 IDLE_TIMEOUT = datetime.timedelta(days=365)
+# Flags rank 0 hands to the other ranks (TensorParallel.sync_args).
+SHARED_ARGS = ("dtype", "quantization", "context_length", "max_total_tokens", "kv_cache_memory_gb",
+               "mem_fraction_static", "page_size", "max_running_requests", "attention_backend")
 _worker_rank: int | None = None  # set in a rank > 0 process (worker_main)
 _BATCH_TENSORS = ("input_ids", "positions", "out_cache_loc", "kv_indices", "seq_lens", "extend_lens",
                   "q_starts", "logits_indices")
@@ -90,6 +93,23 @@ class TensorParallel:
         self.ctrl = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
         self.children: list[subprocess.Popen] = []
         self.closed = False
+
+    def sync_args(self, args) -> None:
+        """Make the flags every rank must agree on (model, dtype, context, KV pool sizing) rank
+        0's: a node > 0 may have been started with other ones."""
+        box = [{k: getattr(args, k) for k in SHARED_ARGS}]
+        dist.broadcast_object_list(box, src=0, group=self.ctrl)
+        if self.rank != 0:
+            for k, v in box[0].items():
+                if getattr(args, k) != v:
+                    logger.info("tensor-parallel rank %d: %s = %r (rank 0's)", self.rank, k, v)
+                    setattr(args, k, v)
+
+    def agree_kv_slots(self, total: int) -> int:
+        """The smallest KV pool any rank can hold: every rank's pool must take rank 0's slots."""
+        t = torch.tensor([total], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.ctrl)
+        return int(t.item())
 
     # -- collectives of the forward
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,7 +185,9 @@ def setup(args, device: torch.device) -> TensorParallel:
     """Join the tensor-parallel group from a ModelRunner. In a rank > 0 process (``worker_main``
     made the group) that is all; on rank 0 this starts node 0's other ranks first."""
     if _worker_rank is not None:
-        return TensorParallel(_worker_rank, args.tp_size, device)
+        tp = TensorParallel(_worker_rank, args.tp_size, device)
+        tp.sync_args(args)
+        return tp
     if dist.is_initialized():
         raise RuntimeError("this process is already in a torch.distributed group (one tensor-parallel "
                            "model runner per process)")
@@ -200,6 +222,7 @@ def setup(args, device: torch.device) -> TensorParallel:
         raise box["error"]
     tp = TensorParallel(0, args.tp_size, device)
     tp.children = children
+    tp.sync_args(args)
     atexit.register(tp.close)
     return tp
 

@@ -182,6 +182,8 @@ class ModelRunner:
         else:
             total = int(a.kv_cache_memory_gb * 2**30 // per_tok)
         total = max(a.page_size, total // a.page_size * a.page_size)
+        if self.tp is not None:  # every rank's pool must hold rank 0's slot numbers
+            total = self.tp.agree_kv_slots(total)
         self.max_total_tokens = total
         self.kv_bytes = total * per_tok
         self.allocator = KVAllocator(total, a.page_size, self.device)

@@ -17,12 +17,28 @@ PROMPTS = [[1, 504, 3458, 314, 260, 1345, 30], [1, 23, 4567, 89, 1011, 1213, 141
 GREEDY = {"max_new_tokens": 8, "temperature": 0}
 
 
-def test_two_node_tp2_matches_tp1_and_shuts_down(tiny_model_dir):  # noqa: F811
-    from radixrt.entrypoints.engine import Engine
+def _greedy_tp1(model_dir, prompt: list[int], n: int) -> list[int]:
+    """The unsharded model's greedy tokens (argmax of each step's logits), on a ModelRunner."""
+    import torch
 
-    with Engine(model_path=str(tiny_model_dir), quantization="none", num_threads=1,
-                max_total_tokens=1024, log_level="warning") as eng:
-        ref = [eng.generate(input_ids=p, sampling_params=GREEDY)["output_ids"] for p in PROMPTS]
+    from radixrt.config import ServerArgs
+    from radixrt.model.forward_batch import ForwardBatch
+    from radixrt.model.runner import ModelRunner
+
+    runner = ModelRunner(ServerArgs(model_path=str(model_dir), quantization="none", num_threads=1,
+                                    max_total_tokens=256, log_level="warning"))
+    rt = torch.arange(256, dtype=torch.int64).view(1, 256)
+    seq, out = list(prompt), []
+    fb = ForwardBatch.build(seq, [len(seq)], [len(seq)], rt[0, :len(seq)], rt, [0])
+    for _ in range(n):
+        out.append(int(runner.forward(fb)[0].argmax()))
+        seq.append(out[-1])
+        fb = ForwardBatch.build(out[-1:], [len(seq)], [1], rt[0, len(seq) - 1:len(seq)], rt, [0])
+    return out
+
+
+def test_two_node_tp2_matches_tp1_and_shuts_down(tiny_model_dir):  # noqa: F811
+    ref = [_greedy_tp1(tiny_model_dir, p, GREEDY["max_new_tokens"]) for p in PROMPTS]
 
     addr = f"127.0.0.1:{free_port()}"
     tp = ["--model-path", str(tiny_model_dir), "--tp-size", "2", "--nnodes", "2",

@@ -63,9 +63,10 @@ class LlamaModel:
             return t.to(device=device, dtype=dtype).contiguous()
 
         def lin(*names: str, bias: torch.Tensor | None = None) -> Linear | GGUFLinear:  # fused along out dim
-            if gguf_weights is not None:
-                return GGUFLinear(gguf_weights.packed(list(names), [w(n) for n in names]), bias, gguf_isa)
-            return Linear(torch.cat([w(n) for n in names]), bias)
+            weights = [w(n) for n in names]
+            if gguf_weights is not None and weights[0].shape[1] % 32 == 0:  # blocks need K % 32 == 0
+                return GGUFLinear(gguf_weights.packed(list(names), weights), bias, gguf_isa)
+            return Linear(torch.cat(weights), bias)
 
         self.embed = w("model.embed_tokens.weight")
         self.layers: list[LayerWeights] = []
@@ -84,7 +85,7 @@ class LlamaModel:
             ))
         self.norm = w("model.norm.weight")
         if c.tie_word_embeddings or "lm_head.weight" not in state_dict:
-            if gguf_weights is not None:
+            if gguf_weights is not None and self.embed.shape[1] % 32 == 0:
                 head = "model.embed_tokens.weight"
                 if "lm_head.weight" in gguf_weights.tensors and not c.tie_word_embeddings:
                     head = "lm_head.weight"

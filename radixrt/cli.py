@@ -15,10 +15,19 @@ def _setup_logging(level: str) -> None:
                         stream=sys.stderr)
 
 
+def _server_args(args: argparse.Namespace) -> ServerArgs:
+    """ServerArgs from the parsed flags; an invalid combination is a usage error (exit 2), not a traceback."""
+    try:
+        return ServerArgs.from_cli_args(args)
+    except ValueError as e:
+        args.parser.error(str(e))
+        raise  # unreachable: parser.error exits
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from radixrt.entrypoints.engine import Engine
 
-    sargs = ServerArgs.from_cli_args(args)
+    sargs = _server_args(args)
     params = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
               "top_p": args.top_p, "top_k": args.top_k}
     if args.seed_sample is not None:
@@ -52,7 +61,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from radixrt.entrypoints.http_server import launch_server
 
-    server_args = ServerArgs.from_cli_args(args)
+    server_args = _server_args(args)
     if server_args.node_rank > 0:  # a tensor-parallel node other than 0: its ranks, no server
         from radixrt.model.parallel import serve_node
 
@@ -82,11 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", default=None, help="Stop string (repeatable).")
     gen.add_argument("--json", action="store_true", help="Print the full result (text, ids, meta_info) as JSON.")
     ServerArgs.add_cli_args(gen)
-    gen.set_defaults(func=_cmd_generate)
+    gen.set_defaults(func=_cmd_generate, parser=gen)
 
     serve = sub.add_parser("serve", help="Run the HTTP server (native SGLang + OpenAI-compatible API).")
     ServerArgs.add_cli_args(serve)
-    serve.set_defaults(func=_cmd_serve)
+    serve.set_defaults(func=_cmd_serve, parser=serve)
 
     conv = sub.add_parser("convert", help="Convert a .gguf (or the default model) into radixrt's "
                           "cache of safetensors + config + tokenizer and print the directory.")

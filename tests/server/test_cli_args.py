@@ -1,0 +1,18 @@
+"""`radixrt serve|generate` turn an invalid flag combination into a usage error, not a traceback."""
+
+import pytest
+
+from radixrt.cli import main
+
+
+@pytest.mark.parametrize("command", ["serve", "generate"])
+def test_invalid_combination_is_a_usage_error(command, capsys):
+    argv = [command, "--dp-size", "2", "--tp-size", "2"]
+    if command == "generate":
+        argv.insert(1, "hello")
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"radixrt {command}: error:" in err and "dp_size" in err
+    assert "Traceback" not in err

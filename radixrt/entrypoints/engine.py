@@ -45,6 +45,9 @@ class Engine:
         from radixrt.tokenizer import load_tokenizer
 
         self.server_args = server_args or ServerArgs(**kwargs)
+        if self.server_args.dp_size > 1:
+            raise ValueError("dp_size > 1 needs the server (radixrt serve --dp-size N); the in-process "
+                             "Engine runs one scheduler worker")
         self.runner = ModelRunner(self.server_args)
         self.tokenizer = load_tokenizer(self.server_args.tokenizer_path or self.runner.model_dir)
         self.scheduler = Scheduler(self.server_args, self.runner, self.tokenizer)

@@ -16,3 +16,10 @@ def test_invalid_combination_is_a_usage_error(command, capsys):
     err = capsys.readouterr().err
     assert f"radixrt {command}: error:" in err and "dp_size" in err
     assert "Traceback" not in err
+
+
+def test_engine_refuses_dp_size():
+    from radixrt.entrypoints.engine import Engine
+
+    with pytest.raises(ValueError, match="dp_size > 1 needs the server"):
+        Engine(dp_size=2)

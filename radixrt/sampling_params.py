@@ -42,7 +42,7 @@ class SamplingParams(msgspec.Struct, omit_defaults=True):
     json_schema: str | None = None
     ebnf: str | None = None
     # SGLang's: free text in which a trigger opens a tagged JSON section (begin, a value of
-    # the schema, end); JSON text (radixrt/scheduler/structural_tag.py, docs/api.md).
+    # the schema, end); JSON text (radixrt/fsm/structural_tag.py, docs/api.md).
     structural_tag: str | None = None
     no_jump_forward: bool = False
     # Keep the output free to run out of max_new_tokens mid-document (see docs/structured.md).

@@ -1,8 +1,8 @@
 """Tool-calling constraint cost: compile time, mask time, and decode overhead on a server.
 
 1. Compile: the structural_tag of N tools (N = 1, 4, 16; tool_choice auto and required), each
-   with a fresh StructuralTagCompiler (the process-wide DFA cache of shared subtrees stays warm,
-   as in a server); includes the start state's mask. Median of --repeats.
+   compiled afresh every time (a GrammarCompiler with no grammar cache; the process-wide DFA
+   cache of shared subtrees stays warm, as in a server); includes the start state's mask. Median of --repeats.
 2. Masks along a text that chats, then calls a tool (the default model's tokenizer): first visit
    of each state (computing its mask) and cached (lookup + copy), per token.
 3. With --url (a running `radixrt serve`): the same /generate prompt decoding --tokens tokens
@@ -59,21 +59,18 @@ def median_ms(xs: list[float]) -> float:
 def bench_compile(tok, repeats: int) -> list[dict]:
     from radixrt.entrypoints.tool_calls import parse_tools
     from radixrt.fsm import GrammarCompiler
-    from radixrt.scheduler.structural_tag import StructuralTagCompiler
 
-    compiler = GrammarCompiler(tok)
+    compiler = GrammarCompiler(tok, cache_size=0)
     rows = []
     for n in (1, 4, 16):
         for choice in ("auto", "required"):
             spec = parse_tools(tools(n), choice, True).structural_tag()
             times, states = [], 0
             for _ in range(repeats):
-                st = StructuralTagCompiler(compiler)
                 t0 = time.perf_counter()
-                g = st.compile(spec)
+                g = compiler.compile("structural_tag", spec)
                 times.append(time.perf_counter() - t0)
                 states = g.dfa.num_states
-                st.close()
             rows.append({"tools": n, "tool_choice": choice, "dfa_states": states,
                          "compile_ms_p50": median_ms(times)})
     compiler.close()
@@ -83,11 +80,9 @@ def bench_compile(tok, repeats: int) -> list[dict]:
 def bench_masks(tok) -> dict:
     from radixrt.entrypoints.tool_calls import format_call, parse_tools
     from radixrt.fsm import GrammarCompiler, GrammarMatcher, allocate_token_bitmask
-    from radixrt.scheduler.structural_tag import StructuralTagCompiler
 
     compiler = GrammarCompiler(tok)
-    st = StructuralTagCompiler(compiler)
-    g = st.compile(parse_tools(tools(4), "auto", True).structural_tag())
+    g = compiler.compile("structural_tag", parse_tools(tools(4), "auto", True).structural_tag())
     text = ("Sure, I can look that up for you. Let me check the forecast first. "
             + format_call("get_weather_0", '{"city":"Paris","unit":"celsius"}') + " Done.")
     ids = tok.encode(text, add_special_tokens=False)
@@ -100,7 +95,6 @@ def bench_masks(tok) -> dict:
             m.fill_bitmask(bitmask, 0)
             pass_times.append(time.perf_counter() - t0)
             assert m.accept_token(t)
-    st.close()
     compiler.close()
     q = statistics.quantiles
     return {"tokens": len(ids), "first_visit_ms_p50": median_ms(first),

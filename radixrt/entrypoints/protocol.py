@@ -179,7 +179,7 @@ class JsonSchemaSpec(StrictModel):
 class ResponseFormat(StrictModel):
     type: Literal["text", "json_object", "json_schema", "structural_tag"]
     json_schema: JsonSchemaSpec | None = None
-    # SGLang's structural_tag response format (radixrt/scheduler/structural_tag.py)
+    # SGLang's structural_tag response format (radixrt/fsm/structural_tag.py)
     structures: list[dict[str, Any]] | None = None
     triggers: list[str] | None = None
 

@@ -7,7 +7,7 @@ Call format (the one Hermes/Qwen-style chat templates use)::
     {"name": "get_weather", "arguments": {"city":"Paris"}}
     </tool_call>
 
-The constraint is a `structural_tag` (radixrt/scheduler/structural_tag.py): one structure per
+The constraint is a `structural_tag` (radixrt/fsm/structural_tag.py): one structure per
 allowed tool, begin = ``<tool_call>\\n{"name": "<name>", "arguments": ``, the tool's
 ``parameters`` schema, end = ``}\\n</tool_call>``, trigger ``<tool_call>``.
 

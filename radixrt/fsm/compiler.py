@@ -25,7 +25,7 @@ from radixrt.fsm.regex_parser import parse_regex
 from radixrt.fsm.token_index import TokenTrie
 from radixrt.fsm.vocabulary import get_vocabulary
 
-KINDS = ("regex", "json_schema", "json_object", "choices", "ebnf")
+KINDS = ("regex", "json_schema", "json_object", "choices", "ebnf", "structural_tag")
 
 
 class GrammarCompiler:
@@ -146,6 +146,10 @@ class GrammarCompiler:
             return json_schema_to_ast(text, self.options)
         if kind == "json_object":
             return any_json_object(self.options)
+        if kind == "structural_tag":
+            from radixrt.fsm.structural_tag import structural_tag_ast
+
+            return structural_tag_ast(text, self.options)
         try:
             choices = json.loads(text)
         except json.JSONDecodeError as e:

@@ -63,7 +63,6 @@ class GrammarManager:
         self.canonical_tokens = canonical_tokens
         self.budget_closing = budget_closing
         self._compiler = None
-        self._structural_tags = None
         self.pending: list[Req] = []
         # Per compiled grammar (shared by every request with the same constraint, dropped with
         # it): DFA state -> the tokens the model produced for the text forced there.
@@ -82,14 +81,7 @@ class GrammarManager:
 
     def submit(self, req: Req, kind: str, spec: str) -> None:
         """Start compiling; raises ValueError at once if the spec is rejected up front."""
-        if kind == "structural_tag":  # radixrt/scheduler/structural_tag.py
-            if self._structural_tags is None:
-                from radixrt.scheduler.structural_tag import StructuralTagCompiler
-
-                self._structural_tags = StructuralTagCompiler(self.compiler)
-            fut = self._structural_tags.compile_async(spec)
-        else:
-            fut = self.compiler.compile_async(kind, spec)
+        fut = self.compiler.compile_async(kind, spec)
         if fut.done() and fut.exception() is not None:
             raise ValueError(f"sampling_params.{kind}: {fut.exception()}")
         req.grammar_future = fut
@@ -274,5 +266,3 @@ class GrammarManager:
     def close(self) -> None:
         if self._compiler is not None:
             self._compiler.close()
-        if self._structural_tags is not None:
-            self._structural_tags.close()

@@ -24,22 +24,17 @@ structures that begin with it, after which it is free again. F is an exact regul
 (the difference of "anything" and "anything, a trigger, anything"), not a heuristic: a trigger
 can only be written as the start of a section.
 
-This belongs with the other grammar kinds in ``radixrt.fsm.compiler``; it lives here, next to
-the grammar manager that calls it, until it moves there.
+It is one of ``GrammarCompiler``'s kinds (``compile_async("structural_tag", spec)``): compiled
+off the scheduler loop and cached with the others.
 """
 
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from radixrt.fsm import regex_ast as ra
-from radixrt.fsm.automaton import compile_regex_ast
 from radixrt.fsm.errors import GrammarError
-from radixrt.fsm.grammar import CompiledGrammar
 from radixrt.fsm.json_schema import json_schema_to_ast
 from radixrt.fsm.utf8 import MAX_CODE_POINT
 
@@ -107,78 +102,3 @@ def structural_tag_ast(spec: Any, options=None) -> ra.Node:
     if stop:
         return ra.cat(free, ra.opt(section))
     return ra.cat(free, ra.star(ra.cat(section, free)))
-
-
-class StructuralTagCompiler:
-    """Compiles structural tags with a GrammarCompiler's vocabulary and JSON options, in one
-    background thread, caching the last ``cache_size`` grammars by spec text."""
-
-    def __init__(self, compiler, cache_size: int = 64):
-        self.compiler = compiler
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, CompiledGrammar] = OrderedDict()
-        self._inflight: dict[str, Future] = {}
-        self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
-
-    def compile(self, spec: str) -> CompiledGrammar:
-        return self.compile_async(spec).result()
-
-    def compile_async(self, spec: str) -> Future:
-        """A Future of the CompiledGrammar (its exception is a GrammarError)."""
-        with self._lock:
-            hit = self._cache.get(spec)
-            f: Future
-            if hit is not None:
-                self._cache.move_to_end(spec)
-                f = Future()
-                f.set_result(hit)
-                return f
-            f = self._inflight.get(spec)
-            if f is None:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="radixrt-structural-tag")
-                f = self._pool.submit(self._compile_and_store, spec)
-                self._inflight[spec] = f
-            return f
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def _compile_and_store(self, spec: str) -> CompiledGrammar:
-        try:
-            grammar = self._build(spec)
-            with self._lock:
-                self._cache[spec] = grammar
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-            return grammar
-        finally:
-            with self._lock:
-                self._inflight.pop(spec, None)
-
-    def _build(self, spec: str) -> CompiledGrammar:
-        c = self.compiler
-        try:
-            dfa = compile_regex_ast(structural_tag_ast(spec, c.options))
-        except RecursionError:
-            raise GrammarError("structural_tag is nested too deeply to compile") from None
-        if dfa.is_empty():
-            raise GrammarError("structural_tag matches no text")
-        tokenizer = c.tokenizer
-
-        def encode(text: str) -> list[int]:
-            return list(tokenizer.encode(text, add_special_tokens=False))
-
-        def encode_batch(texts: list[str]) -> list[list[int]]:
-            fast = getattr(tokenizer, "_tokenizer", None)  # a transformers fast tokenizer's core
-            if fast is not None and hasattr(fast, "encode_batch"):
-                return [list(e.ids) for e in fast.encode_batch(texts, add_special_tokens=False)]
-            return [encode(t) for t in texts]
-
-        grammar = CompiledGrammar("structural_tag", spec, dfa, c.vocab, c.vocab_size,
-                                  c.eos_token_ids, encode=encode, encode_batch=encode_batch,
-                                  canonical=c.canonical_tokens)
-        grammar.mask(grammar.start_state)  # the first mask is part of compiling
-        return grammar

@@ -1,14 +1,15 @@
-"""The structural_tag constraint (radixrt/scheduler/structural_tag.py): the exact language of
+"""The structural_tag constraint (radixrt/fsm/structural_tag.py, a GrammarCompiler kind): the exact language of
 free text with tagged JSON sections, token by token on the default model's tokenizer."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
 
 from radixrt.fsm import GrammarCompiler, GrammarError, GrammarMatcher
-from radixrt.scheduler.structural_tag import StructuralTagCompiler, parse_structural_tag
+from radixrt.fsm.structural_tag import parse_structural_tag
 from radixrt.tokenizer import load_tokenizer
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
@@ -33,9 +34,7 @@ def spec(**options) -> str:
 def tags(default_model_dir):
     tok = load_tokenizer(default_model_dir)
     compiler = GrammarCompiler(tok)
-    st = StructuralTagCompiler(compiler)
-    yield tok, st
-    st.close()
+    yield tok, functools.partial(compiler.compile, "structural_tag")
     compiler.close()
 
 
@@ -43,7 +42,7 @@ def accepts(tags, spec_text: str, text: str, end: bool = True) -> bool:
     """Whether the grammar takes ``text`` (tokenized as the tokenizer would) and, with
     ``end``, may stop there (EOS)."""
     tok, st = tags
-    m = GrammarMatcher(st.compile(spec_text))
+    m = GrammarMatcher(st(spec_text))
     if not m.accept_tokens(tok.encode(text, add_special_tokens=False)):
         return False
     return not end or m.accept_token(tok.eos_token_id)
@@ -75,7 +74,7 @@ def test_stop_after_first(tags):
     tok, st = tags
     s = spec(stop_after_first=True)
     assert accepts(tags, s, "text only")
-    m = GrammarMatcher(st.compile(s))
+    m = GrammarMatcher(st(s))
     assert m.accept_tokens(tok.encode("Sure: " + call("Paris"), add_special_tokens=False))
     assert m.is_terminated()  # nothing may follow: the request ends here
     assert not accepts(tags, s, call("Paris") + " more", end=False)
@@ -88,14 +87,14 @@ def test_at_least_one(tags):
     assert not accepts(tags, s, "text first " + call("Paris"), end=False)
     assert not accepts(tags, s, "", end=True)
     tok, st = tags
-    m = GrammarMatcher(st.compile(spec(at_least_one=True, stop_after_first=True)))
+    m = GrammarMatcher(st(spec(at_least_one=True, stop_after_first=True)))
     assert m.accept_tokens(tok.encode(call("Paris"), add_special_tokens=False)) and m.is_terminated()
 
 
 def test_cache(tags):
     _, st = tags
     s = spec()
-    assert st.compile(s) is st.compile(s)
+    assert st(s) is st(s)
 
 
 @pytest.mark.parametrize("bad, field", [
@@ -118,4 +117,4 @@ def test_bad_schema_names_its_structure(tags):
     bad = {"structures": [{"begin": "<a>", "schema": {"type": "string", "pattern": "(?<=x)y"},
                            "end": "</a>"}], "triggers": ["<a>"]}
     with pytest.raises(GrammarError, match=r"structures\[0\]\.schema"):
-        st.compile(json.dumps(bad))
+        st(json.dumps(bad))

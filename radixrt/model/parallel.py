@@ -177,6 +177,7 @@ def _init_group(args, rank: int, addr: str, device: torch.device) -> None:
 def _spawn_rank(args, rank: int, addr: str) -> subprocess.Popen:
     a = dataclasses.asdict(args)
     a["dist_init_addr"] = addr
+    a["api_key"] = None  # the command line is visible to every user of the machine; ranks need no key
     return subprocess.Popen([sys.executable, "-m", "radixrt.model.parallel", "--rank", str(rank),
                              "--parent-pid", str(os.getpid()), "--args-json", json.dumps(a)])
 

@@ -162,6 +162,8 @@ class Engine:
         self._thread.join(timeout=30)
         if not self._thread.is_alive():
             self.scheduler.close()
+        if self.runner.tp is not None:  # tensor parallelism: stop the other ranks, leave the group
+            self.runner.tp.close()
 
     def __enter__(self) -> Engine:
         return self

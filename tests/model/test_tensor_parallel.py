@@ -111,3 +111,24 @@ def test_tp_rejects_what_it_cannot_run(tiny_model_dir):
     with pytest.raises(ValueError, match="multiple of nnodes"):
         ServerArgs(tp_size=3, nnodes=2, dist_init_addr="127.0.0.1:1")
     assert vocab_slices(10, 3) == [(0, 4), (4, 8), (8, 10)]
+
+
+def test_engine_tp2_greedy_and_shutdown(tiny_model_dir):
+    """Through the scheduler (in-process Engine): the same greedy tokens as tp 1, and shutdown()
+    stops the rank processes (so a second tp Engine in this process can start)."""
+    from radixrt.entrypoints.engine import Engine
+
+    params = {"max_new_tokens": 6, "temperature": 0}
+    kw = dict(model_path=str(tiny_model_dir), num_threads=1, max_total_tokens=512, log_level="warning")
+    with Engine(quantization="none", **kw) as eng:
+        ref = [eng.generate(input_ids=p, sampling_params=params)["output_ids"] for p in PROMPTS]
+    before = _children()
+    eng = Engine(tp_size=2, **kw)
+    ranks = [psutil.Process(p) for p in _children() - before]
+    try:
+        assert len(ranks) == 1
+        assert [eng.generate(input_ids=p, sampling_params=params)["output_ids"] for p in PROMPTS] == ref
+    finally:
+        eng.shutdown()
+    _, alive = psutil.wait_procs(ranks, timeout=10)
+    assert not alive

@@ -20,7 +20,11 @@ In the gguf mode a decode step normally runs each decoder layer as one native ca
 per-op path (the same arithmetic), and the last row gives the untimed per-op step next to the
 untimed one-call-per-layer step.
 
-  python bench/decode_profile.py [--modes none,int8] [--batch 1] [--steps 96] [--block 16]
+With --cpu-time every timer reads the process's CPU time instead of the wall clock: on a
+machine shared with other jobs, run it single-threaded (OMP_NUM_THREADS=1) for a breakdown the
+other jobs do not distort.
+
+  python bench/decode_profile.py [--modes none,int8] [--batch 1] [--steps 96] [--block 16] [--cpu-time]
 """
 
 from __future__ import annotations
@@ -42,16 +46,20 @@ PARTS = ["qkv", "o", "gate_up", "down", "lm_head", "attention", "element-wise", 
          "scheduler + Python"]
 
 
+CLOCK = {"fn": time.perf_counter}  # --cpu-time: time.process_time
+
+
 class Timer:
-    """Wraps a callable; adds its wall time to ``totals[name]``."""
+    """Wraps a callable; adds its wall (or CPU) time to ``totals[name]``."""
 
     def __init__(self, fn, totals: dict[str, float], name: str):
         self.fn, self.totals, self.name = fn, totals, name
 
     def __call__(self, *args, **kwargs):
-        t0 = time.perf_counter()
+        clock = CLOCK["fn"]
+        t0 = clock()
         out = self.fn(*args, **kwargs)
-        self.totals[self.name] += time.perf_counter() - t0
+        self.totals[self.name] += clock() - t0
         return out
 
 
@@ -99,11 +107,12 @@ class Setup:
         if timed or per_op:
             model._decode_layers = None
         out = []
+        clock = CLOCK["fn"]
         for _ in range(n):
             self.totals.clear()
-            t0 = time.perf_counter()
+            t0 = clock()
             self.scheduler.step()
-            wall = time.perf_counter() - t0
+            wall = clock() - t0
             t = dict(self.totals)
             layers = sum(t.get(k, 0.0) for k in ("qkv", "o", "gate_up", "down", "lm_head"))
             parts = {k: t.get(k, 0.0) for k in ("qkv", "o", "gate_up", "down", "lm_head")}
@@ -126,7 +135,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=96,
                     help="decode steps measured per mode, timed and untimed each (at most ~190)")
     ap.add_argument("--block", type=int, default=16, help="steps per turn before switching mode")
+    ap.add_argument("--cpu-time", action="store_true", help="time in CPU time of the process, not wall time")
     args = ap.parse_args()
+    if args.cpu_time:
+        CLOCK["fn"] = time.process_time
     modes = [m for m in args.modes.split(",") if m]
     setups = {m: Setup(m, args.model_path, args.batch) for m in modes}
     for s in setups.values():  # warm-up
@@ -157,7 +169,9 @@ def main() -> None:
                      **{f"{m} ms": 1e3 * statistics.median(per_op[m] or plain[m]) for m in modes}})
     cols = ["part"] + [f"{m} ms" for m in modes]
     threads = torch.get_num_threads()
-    print(f"\none decode step of {args.batch} request(s), {len(plain[modes[0]])} steps per mode, {threads} threads\n")
+    clock = "CPU time" if args.cpu_time else "wall time"
+    print(f"\none decode step of {args.batch} request(s), {len(plain[modes[0]])} steps per mode, {threads} threads, "
+          f"{clock}\n")
     print_table(rows, cols)
     print()
     print(markdown_table(rows, cols))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
+import sys
 import threading
 
 import zmq
@@ -83,8 +85,18 @@ def run_scheduler_process(args: ServerArgs, ipc: IpcPaths, ready_conn, parent_pi
 
     worker = threading.Thread(target=run, name="radixrt-scheduler-loop", daemon=True)
     worker.start()
-    while worker.is_alive():
-        worker.join(1.0)
+    tp = getattr(runner, "tp", None)
+    if tp is not None:
+        # The launcher stops this process with SIGTERM: leave through the finally below so the
+        # other tensor-parallel ranks get the stop message (a clean exit) rather than a
+        # closed connection.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while worker.is_alive():
+            worker.join(1.0)
+    finally:
+        if tp is not None:
+            tp.close()
     if failed:
         raise SystemExit(1)
 

@@ -149,8 +149,9 @@ def check_tree(rig: Rig, locks: int = 0) -> None:
             assert len(node.host_value) == len(node.key) and node.loading is None
             hosted.add(node)
             host_tokens += len(node.key)
-        if node.loading is not None:  # disk blocks being read into device slots
-            assert node.value is None and node.lock_ref > 0
+        if node.loading is not None:  # disk blocks being read into device slots (or, if an
+            # insert gave the node device slots meanwhile, read in vain and freed when done)
+            assert node.lock_ref > 0
             assert len(node.loading.pending[node]) == len(node.key)
             jobs.add(node.loading)
         if tier(node) == 2:

@@ -457,10 +457,10 @@ class HiCacheMachine(RuleBasedStateMachine):
     def hold(self, i):
         if not self.seqs or len(self.holds) >= 2:
             return
-        m = self.rig.lookup(self.seqs[i % len(self.seqs)], wait=False)
-        if m is not None:
-            self.rig.cache.inc_lock_ref(m.last_node)
-            self.holds.append(m.last_node)
+        # Waits for reads: which rules can run next (release) must not depend on I/O timing.
+        m = self.rig.lookup(self.seqs[i % len(self.seqs)])
+        self.rig.cache.inc_lock_ref(m.last_node)
+        self.holds.append(m.last_node)
 
     @precondition(lambda self: self.holds)
     @rule()

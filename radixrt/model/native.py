@@ -27,6 +27,7 @@ int64 indices and no autograd; anything else silently takes the torch path):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -48,7 +49,6 @@ _QGEMM_SOURCE = _SOURCE.with_name("quant_gemm.cpp")
 _HEADERS = [_SOURCE.with_name("fast_exp.h"), _SOURCE.with_name("team_size.h")]
 _CFLAGS = ["-O3", "-fopenmp"]
 _LDFLAGS = ["-fopenmp"]
-_STALE_LOCK_S = 600.0  # a build lock older than this is left over from a killed build
 
 _lock = threading.Lock()
 _state: dict[str, object] = {"tried": False, "ops": None, "reason": "not loaded yet"}
@@ -72,16 +72,24 @@ def _build_dir(source: bytes) -> Path:
     return _cache_root() / "ext" / h.hexdigest()[:16]
 
 
-def _clear_stale_lock(build_dir: Path) -> None:
-    # cpp_extension serialises builds with a "lock" file; a build killed mid-way leaves it
-    # behind and every later load would wait on it forever.
-    lock = build_dir / "lock"
-    try:
-        if lock.exists() and time.time() - lock.stat().st_mtime > _STALE_LOCK_S:
-            logger.warning("removing stale native-kernel build lock %s", lock)
-            lock.unlink()
-    except OSError:
-        pass
+@contextlib.contextmanager
+def _build_lock(build_dir: Path):
+    """Serialise builds of one build dir across processes with an flock, which the kernel drops
+    when its holder dies. cpp_extension's own "lock" file stays behind when a build is killed
+    mid-way, and every later load would wait on it forever; under the flock nobody else is
+    building here, so such a file is stale and removed."""
+    import fcntl
+
+    with open(build_dir / "build.flock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            baton = build_dir / "lock"
+            if baton.exists():
+                logger.warning("removing the build lock a killed native-kernel build left: %s", baton)
+                baton.unlink()
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _build():
@@ -99,11 +107,11 @@ def _build():
 
     build_dir = _build_dir(b"\0".join(f.read_bytes() for f in files))
     build_dir.mkdir(parents=True, exist_ok=True)
-    _clear_stale_lock(build_dir)
     t0 = time.perf_counter()
-    cpp_extension.load(name=_EXT_NAME, sources=[str(s) for s in sources], extra_cflags=list(_CFLAGS),
-                       extra_ldflags=list(_LDFLAGS), build_directory=str(build_dir),
-                       is_python_module=False, verbose=False)
+    with _build_lock(build_dir):
+        cpp_extension.load(name=_EXT_NAME, sources=[str(s) for s in sources], extra_cflags=list(_CFLAGS),
+                           extra_ldflags=list(_LDFLAGS), build_directory=str(build_dir),
+                           is_python_module=False, verbose=False)
     ops = torch.ops.radixrt_pa
     isa = ops.isa()
     logger.info("native paged-attention kernels loaded from %s (%s, %.1fs)", build_dir, isa,

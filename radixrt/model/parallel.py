@@ -18,13 +18,13 @@ Layout (the Megatron scheme SGLang and vLLM use), over ``tp`` ranks:
 
 Control: rank 0 (the scheduler's process, or the in-process Engine) owns the radix tree and
 the slot allocator. Before each forward it broadcasts the batch (the ``ForwardBatch`` tensors:
-token ids, positions, KV slots) on a gloo group; ranks > 0 (``worker_main``) wait for it, run
+token ids, positions, KV slots) on a gloo group; ranks > 0 (``tp_worker.worker_main``) wait for it, run
 the same forward on their shard of the weights and KV pool, and so follow rank 0's slot
 decisions. Rank 0 sends ``None`` on exit; a rank exits when it gets that, when rank 0 dies (the
 gloo connection closes) or, on rank 0's node, when its parent process is gone.
 
 Processes: node 0 runs rank 0 in the scheduler process and starts ranks 1 .. tp/nnodes - 1
-as child processes (``python -m radixrt.model.parallel``); node k > 0 (``radixrt serve
+as child processes (``python -m radixrt.model.tp_worker``); node k > 0 (``radixrt serve
 --node-rank k``, ``serve_node``) starts its ranks k*tp/nnodes ... and blocks until they end.
 
 LlamaModel is left as it is: sharding rebuilds its linear layers from row/column slices,
@@ -36,7 +36,6 @@ counts), which the forward and the KV pool read.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import dataclasses
 import datetime
@@ -64,7 +63,7 @@ IDLE_TIMEOUT = datetime.timedelta(days=365)
 # Flags rank 0 hands to the other ranks (TensorParallel.sync_args).
 SHARED_ARGS = ("dtype", "quantization", "context_length", "max_total_tokens", "kv_cache_memory_gb",
                "mem_fraction_static", "page_size", "max_running_requests", "attention_backend")
-_worker_rank: int | None = None  # set in a rank > 0 process (worker_main)
+_worker_rank: int | None = None  # set in a rank > 0 process (tp_worker.worker_main)
 _BATCH_TENSORS = ("input_ids", "positions", "out_cache_loc", "kv_indices", "seq_lens", "extend_lens",
                   "q_starts", "logits_indices")
 
@@ -178,12 +177,12 @@ def _spawn_rank(args, rank: int, addr: str) -> subprocess.Popen:
     a = dataclasses.asdict(args)
     a["dist_init_addr"] = addr
     a["api_key"] = None  # the command line is visible to every user of the machine; ranks need no key
-    return subprocess.Popen([sys.executable, "-m", "radixrt.model.parallel", "--rank", str(rank),
+    return subprocess.Popen([sys.executable, "-m", "radixrt.model.tp_worker", "--rank", str(rank),
                              "--parent-pid", str(os.getpid()), "--args-json", json.dumps(a)])
 
 
 def setup(args, device: torch.device) -> TensorParallel:
-    """Join the tensor-parallel group from a ModelRunner. In a rank > 0 process (``worker_main``
+    """Join the tensor-parallel group from a ModelRunner. In a rank > 0 process (``tp_worker.worker_main``
     made the group) that is all; on rank 0 this starts node 0's other ranks first."""
     if _worker_rank is not None:
         tp = TensorParallel(_worker_rank, args.tp_size, device)
@@ -340,48 +339,6 @@ def shard_model(model, tp: TensorParallel) -> None:
 
 
 # ---------------------------------------------------------------------------- ranks > 0
-def _watch_parent(parent_pid: int) -> None:
-    """Exit when the process that started this rank is gone (node 0: rank 0's process)."""
-    def run() -> None:
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(0)
-            time.sleep(0.5)
-
-    threading.Thread(target=run, name="radixrt-tp-parent-watch", daemon=True).start()
-
-
-def worker_main(args, rank: int, parent_pid: int | None = None) -> int:
-    """A rank > 0: join the group, load this rank's shard, run the forward of every batch rank 0
-    broadcasts, until it says stop or goes away. Returns the exit status."""
-    from radixrt.model.runner import ModelRunner, resolve_device
-
-    if parent_pid is not None:
-        _watch_parent(parent_pid)
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    global _worker_rank
-    _init_group(args, rank, args.dist_init_addr, resolve_device(args.device))
-    _worker_rank = rank
-    runner = ModelRunner(args)
-    tp = runner.tp
-    try:
-        while True:
-            fb = tp.broadcast_batch(None)
-            if fb is None:
-                break
-            runner.forward(fb)
-    except RuntimeError as e:  # rank 0 gone (connection closed) or a collective timed out
-        logger.warning("tensor-parallel rank %d: %s; exiting", rank, str(e).splitlines()[0])
-        os._exit(1)
-    tp.closed = True
-    try:
-        dist.destroy_process_group()
-    except Exception:
-        pass
-    return 0
-
-
 def serve_node(args) -> int:
     """``radixrt serve --node-rank k`` (k > 0): run this node's ranks until they exit."""
     n = ranks_per_node(args)
@@ -405,22 +362,3 @@ def serve_node(args) -> int:
                     p.kill()
                     p.wait()
     return code
-
-
-def _main() -> None:
-    from radixrt.config import ServerArgs
-
-    ap = argparse.ArgumentParser(description="one tensor-parallel rank > 0 (started by radixrt)")
-    ap.add_argument("--rank", type=int, required=True)
-    ap.add_argument("--parent-pid", type=int, default=None)
-    ap.add_argument("--args-json", required=True)
-    ns = ap.parse_args()
-    args = ServerArgs(**json.loads(ns.args_json))
-    logging.basicConfig(level=args.log_level.upper(), format=f"[tp{ns.rank}] %(levelname)s %(name)s: %(message)s")
-    raise SystemExit(worker_main(args, ns.rank, ns.parent_pid))
-
-
-if __name__ == "__main__":  # run as radixrt.model.parallel, so the module state is the runner's
-    from radixrt.model import parallel
-
-    parallel._main()

@@ -13,7 +13,9 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def engine(default_model_dir):
-    eng = sgl.Engine(max_total_tokens=8192)
+    # fp32: the test reads the model's greedy answer, and the 135M model's top tokens are near
+    # ties that the quantized modes' rounding may flip (docs/benchmarks.md, accuracy tables).
+    eng = sgl.Engine(max_total_tokens=8192, quantization="none")
     yield eng
     sgl.set_default_backend(None)
     eng.shutdown()

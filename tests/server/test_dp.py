@@ -106,6 +106,10 @@ def test_killed_worker_fails_only_its_requests(dp_server):
         events = []  # odd ones stream: a failure is an error event, then [DONE]
         with httpx.stream("POST", dp_server.url + "/generate", timeout=90, json={
                 "text": text, "sampling_params": params, "stream": True}) as r:
+            if r.status_code != 200:  # failed before its first chunk: a plain error answer
+                r.read()
+                results[i] = (r.status_code, r.json(), time.monotonic())
+                return
             for line in r.iter_lines():
                 if line.startswith("data: "):
                     events.append(line[6:])

@@ -120,7 +120,7 @@ def main() -> None:
     # One mode: one Engine for the whole run, against HF. Several modes: an Engine per mode
     # and run, shut down before the next mode's starts (timed after its warm-up), because two
     # live Engines mean two stepping threads with OpenMP pools, which slows both (see
-    # radixrt.model.runner._on_fresh_thread).
+    # radixrt.model.runner.on_fresh_thread).
     systems = {f"radixrt {m}" if len(modes) > 1 else "radixrt": RadixrtSystem(m, args.model_path, len(modes) == 1)
                for m in modes}
     vocab = next(iter(systems.values())).vocab_size

@@ -13,6 +13,7 @@ cache == allocator.size``.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -36,7 +37,9 @@ class KVAllocator:
     def clear(self) -> None:
         # Page ids 1..num_pages (page 0 would contain the padding slot 0).
         self._free_pages: list[int] = list(range(self.num_pages, 0, -1))
-        self._is_free = torch.ones(self.num_pages + 1, dtype=torch.bool)
+        # Filled by NumPy: a torch fill this size is an OpenMP region, and this may run on a
+        # thread other than the forward's (see model.runner.on_fresh_thread).
+        self._is_free = torch.from_numpy(np.ones(self.num_pages + 1, dtype=np.bool_))
         self._is_free[0] = False
 
     def available_size(self) -> int:
@@ -164,11 +167,30 @@ def copy_kv(src: TokenToKVPool, src_slots: torch.Tensor, dst: TokenToKVPool,
             bd.index_copy_(0, d, bs.index_select(0, s).to(dst.device, non_blocking=non_blocking))
 
 
+def _byte_rows(t: torch.Tensor):
+    """A contiguous CPU tensor ``[rows, ...]`` as a NumPy uint8 array ``[rows, row_bytes]``
+    (any dtype, bf16 included: NumPy only sees bytes)."""
+    return t.view(t.shape[0], -1).view(torch.uint8).numpy()
+
+
 def gather_kv(pool: TokenToKVPool, slots: torch.Tensor) -> torch.Tensor:
-    """Rows ``slots`` of every layer as one CPU tensor ``[layers, 2, len(slots), heads, dim]``."""
+    """Rows ``slots`` of every layer as one CPU tensor ``[layers, 2, len(slots), heads, dim]``.
+
+    On a CPU pool the rows move with NumPy: the cache's I/O threads call this, and a torch op
+    there would open an OpenMP team of its own next to the forward's; with more OpenMP threads
+    than cores, libgomp stops spinning between regions and every parallel op of the forward
+    pays a wake-up (measured: batch-1 decode 2x slower while a writer thread ran)."""
     s = slots.to(pool.device, torch.int64)
     k0 = pool.k_buffers[0]
     out = torch.empty((pool.num_layers, 2, len(s), *k0.shape[1:]), dtype=k0.dtype)
+    if pool.device.type == "cpu":
+        idx, dst = s.numpy(), out.view(pool.num_layers * 2 * len(s), -1).view(torch.uint8).numpy()
+        n = len(s)
+        for layer in range(pool.num_layers):
+            for j, bufs in enumerate((pool.k_buffers, pool.v_buffers)):
+                row = (layer * 2 + j) * n
+                np.take(_byte_rows(bufs[layer]), idx, axis=0, out=dst[row:row + n])
+        return out
     for layer in range(pool.num_layers):
         out[layer, 0].copy_(pool.k_buffers[layer].index_select(0, s))
         out[layer, 1].copy_(pool.v_buffers[layer].index_select(0, s))
@@ -177,8 +199,16 @@ def gather_kv(pool: TokenToKVPool, slots: torch.Tensor) -> torch.Tensor:
 
 def scatter_kv(pool: TokenToKVPool, slots: torch.Tensor, data: torch.Tensor) -> None:
     """Inverse of `gather_kv`: write ``data [layers, 2, len(slots), heads, dim]`` into rows
-    ``slots``."""
+    ``slots`` (on a CPU pool with NumPy, for the reason given there)."""
     s = slots.to(pool.device, torch.int64)
+    if pool.device.type == "cpu":
+        idx, n = s.numpy(), len(s)
+        src = data.contiguous().view(pool.num_layers * 2 * n, -1).view(torch.uint8).numpy()
+        for layer in range(pool.num_layers):
+            for j, bufs in enumerate((pool.k_buffers, pool.v_buffers)):
+                row = (layer * 2 + j) * n
+                _byte_rows(bufs[layer])[idx] = src[row:row + n]
+        return
     data = data.to(pool.device)
     for layer in range(pool.num_layers):
         pool.k_buffers[layer].index_copy_(0, s, data[layer, 0])

@@ -41,7 +41,7 @@ logger = logging.getLogger("radixrt.engine")
 
 class Engine:
     def __init__(self, server_args: ServerArgs | None = None, **kwargs: Any):
-        from radixrt.model.runner import ModelRunner
+        from radixrt.model.runner import ModelRunner, on_fresh_thread
         from radixrt.tokenizer import load_tokenizer
 
         self.server_args = server_args or ServerArgs(**kwargs)
@@ -50,7 +50,9 @@ class Engine:
                              "Engine runs one scheduler worker")
         self.runner = ModelRunner(self.server_args)
         self.tokenizer = load_tokenizer(self.server_args.tokenizer_path or self.runner.model_dir)
-        self.scheduler = Scheduler(self.server_args, self.runner, self.tokenizer)
+        # Built on a thread that ends (like the model): its parallel ops (pool set-up) must not
+        # leave an OpenMP team next to the scheduler thread's (model.runner.on_fresh_thread).
+        self.scheduler = on_fresh_thread(Scheduler, self.server_args, self.runner, self.tokenizer)
         self.limits = PromptLimits(self.runner.config.vocab_size, self.runner.context_len,
                                    self.runner.max_total_tokens)
         self.token_texts = TokenTexts(self.tokenizer)

@@ -49,13 +49,15 @@ def run_scheduler_process(args: ServerArgs, ipc: IpcPaths, ready_conn, parent_pi
     """Entry point of the spawned scheduler process."""
     setup_child("scheduler", args.log_level)
     try:
-        from radixrt.model.runner import ModelRunner
+        from radixrt.model.runner import ModelRunner, on_fresh_thread
         from radixrt.scheduler.scheduler import Scheduler
         from radixrt.tokenizer import load_tokenizer
 
         runner = ModelRunner(args)
         tokenizer = load_tokenizer(args.tokenizer_path or runner.model_dir)
-        scheduler = Scheduler(args, runner, tokenizer)
+        # On a thread that ends, as the model loads: the loop steps on another thread, and
+        # an OpenMP team left here would slow every parallel op (model.runner.on_fresh_thread).
+        scheduler = on_fresh_thread(Scheduler, args, runner, tokenizer)
         loop = SchedulerLoop(scheduler, ipc, parent_pid)
     except Exception as e:
         logger.exception("scheduler start-up failed")

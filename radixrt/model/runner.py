@@ -46,7 +46,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
-def _on_fresh_thread(fn, *args):
+def on_fresh_thread(fn, *args):
     """``fn(*args)`` on a thread that ends when it returns; its result, or its exception.
 
     torch's OpenMP runtime (libgomp) keeps a pool of worker threads for every thread that ran a
@@ -95,7 +95,7 @@ class ModelRunner:
             from radixrt.model.parallel import setup
 
             self.tp = setup(args, resolve_device(args.device))
-        _on_fresh_thread(self._load, args)
+        on_fresh_thread(self._load, args)
 
     def _load(self, args: ServerArgs) -> None:
         from radixrt.model.gguf_weights import source_gguf

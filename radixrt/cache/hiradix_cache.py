@@ -280,25 +280,6 @@ class HiRadixCache(RadixCache):
         super().cache_finished_req(token_ids, kv_indices, prefix_len, last_node)
         self._write_through(_as_list(token_ids))
 
-    # ------------------------------------------------------------------ locking
-    def inc_lock_ref(self, node: TreeNode | None) -> None:
-        while node is not None and node is not self.root:
-            if node.lock_ref == 0 and node.value is not None:
-                self._evictable -= len(node.key)
-                self._protected += len(node.key)
-            node.lock_ref += 1
-            node = node.parent
-
-    def dec_lock_ref(self, node: TreeNode | None) -> None:
-        while node is not None and node is not self.root:
-            if node.lock_ref <= 0:
-                raise RuntimeError(f"dec_lock_ref on an unlocked node {node}")
-            if node.lock_ref == 1 and node.value is not None:
-                self._protected -= len(node.key)
-                self._evictable += len(node.key)
-            node.lock_ref -= 1
-            node = node.parent
-
     # ------------------------------------------------------------------ eviction
     def evict(self, num_tokens: int) -> int:
         """Free device slots from unlocked leaves of the device tier, least recently used

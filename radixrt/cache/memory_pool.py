@@ -184,8 +184,8 @@ def gather_kv(pool: TokenToKVPool, slots: torch.Tensor) -> torch.Tensor:
     k0 = pool.k_buffers[0]
     out = torch.empty((pool.num_layers, 2, len(s), *k0.shape[1:]), dtype=k0.dtype)
     if pool.device.type == "cpu":
-        idx, dst = s.numpy(), out.view(pool.num_layers * 2 * len(s), -1).view(torch.uint8).numpy()
-        n = len(s)
+        idx, n = s.numpy(), len(s)
+        dst = _byte_rows(out.view(pool.num_layers * 2 * n, -1))
         for layer in range(pool.num_layers):
             for j, bufs in enumerate((pool.k_buffers, pool.v_buffers)):
                 row = (layer * 2 + j) * n
@@ -203,7 +203,7 @@ def scatter_kv(pool: TokenToKVPool, slots: torch.Tensor, data: torch.Tensor) -> 
     s = slots.to(pool.device, torch.int64)
     if pool.device.type == "cpu":
         idx, n = s.numpy(), len(s)
-        src = data.contiguous().view(pool.num_layers * 2 * n, -1).view(torch.uint8).numpy()
+        src = _byte_rows(data.contiguous().view(pool.num_layers * 2 * n, -1))
         for layer in range(pool.num_layers):
             for j, bufs in enumerate((pool.k_buffers, pool.v_buffers)):
                 row = (layer * 2 + j) * n

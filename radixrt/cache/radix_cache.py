@@ -176,9 +176,11 @@ class RadixCache(BasePrefixCache):
         return pos
 
     # ------------------------------------------------------------------ locking
+    # The evictable/protected counts are of KV-pool slots: a node without a value (a subclass's
+    # node whose KV lives on a lower tier) holds none. Here every node but the root has one.
     def inc_lock_ref(self, node: TreeNode | None) -> None:
         while node is not None and node is not self.root:
-            if node.lock_ref == 0:
+            if node.lock_ref == 0 and node.value is not None:
                 self._evictable -= len(node.key)
                 self._protected += len(node.key)
             node.lock_ref += 1
@@ -188,7 +190,7 @@ class RadixCache(BasePrefixCache):
         while node is not None and node is not self.root:
             if node.lock_ref <= 0:
                 raise RuntimeError(f"dec_lock_ref on an unlocked node {node}")
-            if node.lock_ref == 1:
+            if node.lock_ref == 1 and node.value is not None:
                 self._protected -= len(node.key)
                 self._evictable += len(node.key)
             node.lock_ref -= 1

@@ -26,6 +26,7 @@ from radixrt.fsm.errors import GrammarError
 from radixrt.fsm.gbnf import parse_gbnf
 from radixrt.fsm.grammar import CompiledGrammar
 from radixrt.fsm.jump_forward import JumpForward
+from radixrt.fsm.matcher import GrammarMatcher
 from radixrt.fsm.token_index import pack_token_ids, unpack_token_ids
 from radixrt.fsm.vocabulary import Vocabulary
 
@@ -199,14 +200,8 @@ class CfgMatcher:
         self._tokens.append(token_id)
         return True
 
-    def accept_tokens(self, token_ids: list[int]) -> bool:
-        """Accept all or none."""
-        n = len(self._tokens)
-        for t in token_ids:
-            if not self.accept_token(t):
-                self.rollback(len(self._tokens) - n)
-                return False
-        return True
+    # All or none, through accept_token and rollback: the DFA matcher's loop serves both.
+    accept_tokens = GrammarMatcher.accept_tokens
 
     def rollback(self, num_tokens: int) -> None:
         if num_tokens < 0 or num_tokens > len(self._tokens):

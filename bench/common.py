@@ -24,6 +24,13 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def cpu_name() -> str:
+    """The CPU's model name (what a speed claim names), from radixrt's own feature detection."""
+    from radixrt.model.cpu_features import detect_cpu_features
+
+    return detect_cpu_features().model or platform.processor() or "unknown CPU"
+
+
 def machine_info() -> dict[str, Any]:
     import torch
 

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, bar_plot, markdown_table, median, save_results  # noqa: E402
+from common import RESULTS_DIR, bar_plot, cpu_name, markdown_table, median, save_results  # noqa: E402
 
 LLAMA_CPP_VERSION = "0.3.36"
 LLAMA = "llama.cpp"
@@ -370,18 +370,6 @@ def summarize(args: argparse.Namespace, engines: list[EngineProcess], measured: 
 COLUMNS = ["engine", "resolved", "decode tok/s", "decode x llama", "prefill tok/s", "prefill x llama",
            "ttft (ms)", "rss MiB", "peak rss MiB", "kv pool MiB", "rss <= llama + kv",
            "same first tokens (min)"]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.getcwd())  # the radixrt of the checkout this runs from
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # bench/common.py
-from common import markdown_table, print_table, save_results  # noqa: E402
+from common import cpu_name, markdown_table, print_table, save_results  # noqa: E402
 
 PARTS = ["plan", "sampling", "postprocess", "scheduler", "report", "detokenize", "stream"]
 
@@ -51,16 +50,6 @@ class Timed:
             return self.fn(*args, **kwargs)
         finally:
             self.totals[self.name] += time.perf_counter() - t0
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def measure(runner, tokenizer, args, batch: int, steps: int, forward: bool) -> dict[str, float]:

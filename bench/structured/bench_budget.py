@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +30,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "bench" / "structured"))
 
 from bench_compile import REALISTIC  # noqa: E402
-from common import machine_info, markdown_table, print_table, save_results  # noqa: E402
+from common import cpu_name, machine_info, markdown_table, print_table, save_results  # noqa: E402
 
 # Schemas as APIs write them: few bounds, so a small model can ramble in any field.
 OPEN_SCHEMAS = {
@@ -111,15 +109,6 @@ def score(docs, results) -> dict:
     return {"valid": valid, "cut off": cut, "finished invalid": finished_invalid, "closed": closed}
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                    if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-path", default=None)
@@ -167,10 +156,10 @@ def main() -> None:
     cols = list(rows[0])
     print_table(rows, cols)
     print()
-    print(f"CPU: {cpu_model()}; schemas: {len(SCHEMAS)} ({sum(accepted.values())} accepted), "
+    print(f"CPU: {cpu_name()}; schemas: {len(SCHEMAS)} ({sum(accepted.values())} accepted), "
           f"{args.docs_per_schema} prompts each")
     print(markdown_table(rows, cols))
-    save_results("structured_budget", {"machine": {**machine_info(), "cpu": cpu_model()},
+    save_results("structured_budget", {"machine": {**machine_info(), "cpu": cpu_name()},
                                        "args": vars(args), "rows": rows})
 
 

@@ -130,6 +130,12 @@ class ServerArgs:
     hicache_disk_size_gb: float = _flag(
         "Disk tier size in GiB; least recently used blocks are deleted beyond it.", default=8.0
     )
+    hicache_warm_start_ratio: float = _flag(
+        "Warm start: at start-up, read the most recently written disk-tier runs in the "
+        "background into free KV pool slots, up to this fraction of the pool (0 turns it "
+        "off). It takes free slots only and gives way to requests' own disk reads "
+        "(docs/hicache.md).", default=0.25
+    )
     # --- scheduling ---
     max_running_requests: int = _flag(
         "Maximum number of requests decoding at once.", default=64
@@ -253,6 +259,8 @@ class ServerArgs:
             raise ValueError("hicache_ratio must be > 0")
         if self.hicache_size < 0 or self.hicache_disk_size_gb < 0:
             raise ValueError("hicache_size and hicache_disk_size_gb must be >= 0")
+        if not 0 <= self.hicache_warm_start_ratio <= 1:
+            raise ValueError("hicache_warm_start_ratio must be in [0, 1]")
         if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static < 1:
             raise ValueError("mem_fraction_static must be in (0, 1)")
         if self.cuda_graph_max_bs is not None and self.cuda_graph_max_bs < 1:

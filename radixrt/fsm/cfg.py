@@ -8,19 +8,22 @@ matcher of radixrt's own). Regex and JSON schema keep radixrt's DFA path.
 
 ``CfgMatcher`` has the interface the scheduler uses for ``GrammarMatcher`` (accept, rollback,
 fill a bitmask row, jump-forward, canonical checks), so ``GrammarManager`` treats both alike.
-Two differences: budget closing is not available for grammars (``fill_bitmask`` ignores
-``tokens_left``), and the matcher's ``state`` is the text the grammar forces from here (what a
-jump-forward draft is learned under), not a DFA state number.
+Budget closing (``fill_bitmask`` with ``tokens_left``) runs radixrt's own Earley chart of the
+text beside llguidance's matcher (``cfg_budget``), built on first use and fed lazily, so
+requests without it pay nothing. The matcher's ``state`` is the text the grammar forces from
+here (what a jump-forward draft is learned under), not a DFA state number.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from radixrt.fsm.bitmask import bitmask_words
+from radixrt.fsm.cfg_budget import CfgCloser, CfgClosing
 from radixrt.fsm.cfg_lark import LarkGrammar, gbnf_to_lark
 from radixrt.fsm.errors import GrammarError
 from radixrt.fsm.gbnf import parse_gbnf
@@ -110,6 +113,18 @@ class CfgGrammar:
         if self._fresh.is_error():
             raise GrammarError(f"ebnf grammar rejected: {self._fresh.get_error()}")
         self._eos_only = pack_token_ids(np.asarray(self.eos_token_ids, np.int64), self.num_words)
+        self._closing: CfgClosing | None = None
+        self._closing_lock = threading.Lock()
+
+    @property
+    def closing(self) -> CfgClosing:
+        """The grammar's budget-closing tables (``cfg_budget``), built on first use."""
+        if self._closing is None:
+            with self._closing_lock:
+                if self._closing is None:
+                    self._closing = CfgClosing(parse_gbnf(self.spec), self.vocab, self.vocab_size,
+                                               self.eos_token_ids, self.num_words)
+        return self._closing
 
     # The canonical-split check (is token b what the tokenizer writes after token a?) depends
     # only on the vocabulary, so it is CompiledGrammar's, reused as is.
@@ -158,6 +173,7 @@ class CfgMatcher:
         self._m = grammar.new_matcher()
         self._tokens: list[int] = []
         self._eos_accepted = False
+        self._closer: CfgCloser | None = None  # budget closing's chart, from its first use
 
     @property
     def state(self) -> bytes:
@@ -216,6 +232,8 @@ class CfgMatcher:
             self._check()
             raise RuntimeError(f"grammar matcher could not roll back {k} tokens")
         del self._tokens[len(self._tokens) - num_tokens:]
+        if self._closer is not None:
+            self._closer.truncate(len(self._tokens))
 
     def is_accepting(self) -> bool:
         return self._eos_accepted or self._m.is_accepting()
@@ -225,8 +243,9 @@ class CfgMatcher:
         return self._eos_accepted or (self._m.is_stopped() and self._m.is_accepting())
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int = 0, tokens_left: int | None = None) -> bool:
-        """Write the allowed tokens into ``bitmask[row]`` (int32 [B, W] on the CPU). Budget
-        closing does not apply to grammars: ``tokens_left`` is ignored and this returns False."""
+        """Write the allowed tokens into ``bitmask[row]`` (int32 [B, W] on the CPU). With
+        ``tokens_left`` (this token included), only tokens after which an accepting end still
+        fits (``cfg_budget.CfgCloser.restrict``); returns True when that removed tokens."""
         g = self.grammar
         w = g.num_words
         if bitmask.shape[1] < w:
@@ -241,7 +260,19 @@ class CfgMatcher:
             self._check()
         if bitmask.shape[1] > w:
             bitmask[row, w:] = 0
-        return False
+        if tokens_left is None or self._eos_accepted:
+            return False
+        return self.closer().restrict(bitmask[row, :w].numpy(), tokens_left)
+
+    def closer(self) -> CfgCloser:
+        """The Earley chart of the accepted text (budget closing), fed up to the last token."""
+        c = self._closer
+        if c is None:
+            c = self._closer = CfgCloser(self.grammar.closing)
+        tb = self.grammar._token_bytes
+        for t in self._tokens[c.num_tokens:]:
+            c.feed(tb[t] if t not in self.grammar.eos_token_ids else b"")
+        return c
 
     def allowed_token_ids(self) -> list[int]:
         mask = torch.zeros((1, self.grammar.num_words), dtype=torch.int32)
@@ -254,6 +285,7 @@ class CfgMatcher:
         other._m = self._m.deep_copy()
         other._tokens = list(self._tokens)
         other._eos_accepted = self._eos_accepted
+        other._closer = None if self._closer is None else self._closer.copy()
         return other
 
     # ------------------------------------------------------------ jump-forward

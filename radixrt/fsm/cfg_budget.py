@@ -1,0 +1,735 @@
+"""Budget closing for GBNF grammars: the shortest way to an accepting end, from an Earley chart.
+
+llguidance gives the token masks of a grammar but no distance to an accepting end, so radixrt
+keeps its own small Earley recognizer over the same grammar tree (``gbnf.Grammar``), one byte
+per step, beside the llguidance matcher of each request whose budget closing is on.
+
+Per grammar, once (``CfgIndex``): the tree as byte-level BNF (character classes become UTF-8
+byte-set sequences, ``x*`` a left-recursive rule, ``x{m,n}`` ``m`` copies and a chain of
+optionals), and per nonterminal the fewest bytes of a complete derivation and one such string
+(a fixpoint over the rules: every reachable rule is productive, ``gbnf`` checks that).
+
+Per chart set ``i`` (built once, never changed afterwards): ``C_i[X]``, the fewest bytes that
+finish the parse after a nonterminal ``X`` started at ``i`` is complete — the minimum over the
+items of set ``i`` waiting for ``X`` of (the rest of their rule) + ``C_origin[their lhs]``, a
+shortest path whose same-set edges are relaxed to a fixpoint — and the set's distance, the
+minimum over its items of (the rest of the rule) + ``C_origin[lhs]``. Following the argmin
+parents back to the start gives one shortest completion ``w``; its fewest-token split over the
+vocabulary's trie (``close``) bounds the true token distance from above.
+
+Masks (``CfgCloser.restrict``, with ``left`` tokens left, this one included): nothing changes
+while ``left - 1 >= close + CLOSING_MARGIN`` (the cheap test uses the byte distance, which
+bounds ``close`` when the vocabulary has every byte of ``w`` as a token). Below that only
+tokens whose chart can still close in ``left - 1`` tokens are kept, from a candidate set:
+tokens that leave the chart equivalent to the current one (free text: the same items, a
+different position; they keep ``close``), the tokens of a bounded trie walk that never moves
+the end further than the budget (each checked exactly: Earley steps, then ``close``), and EOS
+in an accepting chart. The walk starts with the first token of the remembered completion
+(``route``: a completion of the chart at some earlier position whose text so far it still
+spells), so a request whose close fits always keeps one token that lowers it by one, and the
+invariant ``close <= left`` carries to the end. ``CLOSING_MARGIN`` is what a single token
+taken before the restriction starts may add to ``close``; a grammar where one token adds more
+can still run out (then the tokens closest to an end are kept).
+"""
+
+from __future__ import annotations
+
+import threading
+from heapq import heappop, heappush
+
+import numpy as np
+
+from radixrt.fsm.budget import UNREACHABLE, _TrieWalk
+from radixrt.fsm.gbnf import Alt, Chars, Grammar, Ref, Repeat, Seq
+from radixrt.fsm.token_index import TokenTrie, pack_token_ids
+from radixrt.fsm.utf8 import utf8_sequences
+
+# Tokens of slack kept free of any restriction (see the module docstring).
+CLOSING_MARGIN = 12
+# Earley steps one restricted mask may spend walking the vocabulary trie for candidates.
+MAX_WALK_STEPS = 64
+# Exact token splits one restricted mask may spend on candidates whose byte distance alone
+# does not show that they fit.
+MAX_WALK_SPLITS = 24
+# Completions whose token split is cached per grammar.
+_SPLIT_CACHE_LIMIT = 4096
+# Longest token (bytes) considered for the "free text" candidates.
+MAX_FREE_TOKEN_BYTES = 32
+
+_END, _NT, _TERM = 0, 1, 2
+
+
+class CfgIndex:
+    """A GBNF tree as byte-level BNF with cores (dotted rules) numbered for the recognizer."""
+
+    def __init__(self, tree: Grammar):
+        self.nt_names: list[str] = []
+        self.prods: list[list[list]] = []  # per nonterminal: productions (lists of symbols)
+        self._rule_nt: dict[str, int] = {}
+        self._chars_nt: dict[tuple, tuple] = {}
+        start = self._new_nt("<start>")
+        for name in tree.rules:
+            self._rule_nt[name] = self._new_nt(name)
+        self.prods[start].append([("N", self._rule_nt[tree.root])])
+        for name, body in tree.rules.items():
+            nt = self._rule_nt[name]
+            for alt in (body.items if isinstance(body, Alt) else (body,)):
+                self.prods[nt].append(self._syms(alt))
+        self.start = start
+        self._lengths()
+        self._cores()
+
+    # ------------------------------------------------------------ building
+    def _new_nt(self, name: str) -> int:
+        self.nt_names.append(name)
+        self.prods.append([])
+        return len(self.prods) - 1
+
+    def _one(self, node) -> tuple:
+        syms = self._syms(node)
+        if len(syms) == 1:
+            return syms[0]
+        nt = self._new_nt("<group>")
+        self.prods[nt].append(syms)
+        return ("N", nt)
+
+    def _syms(self, node) -> list:
+        if isinstance(node, Chars):
+            return [self._chars(node.ranges)]
+        if isinstance(node, Ref):
+            return [("N", self._rule_nt[node.name])]
+        if isinstance(node, Seq):
+            return [s for item in node.items for s in self._syms(item)]
+        if isinstance(node, Alt):
+            nt = self._new_nt("<alt>")
+            for item in node.items:
+                self.prods[nt].append(self._syms(item))
+            return [("N", nt)]
+        if isinstance(node, Repeat):
+            x = self._one(node.item)
+            out = [x] * node.min
+            if node.max is None:  # S ::= | S x (left recursion: a constant number of items)
+                nt = self._new_nt("<star>")
+                self.prods[nt] += [[], [("N", nt), x]]
+                out.append(("N", nt))
+            elif node.max > node.min:  # O_k ::= | x O_{k-1}
+                prev = None
+                for _ in range(node.max - node.min):
+                    nt = self._new_nt("<opt>")
+                    self.prods[nt] += [[], [x] + ([("N", prev)] if prev is not None else [])]
+                    prev = nt
+                out.append(("N", prev))
+            return out
+        raise TypeError(f"unknown grammar node {node!r}")
+
+    def _chars(self, ranges: tuple) -> tuple:
+        hit = self._chars_nt.get(ranges)
+        if hit is not None:
+            return hit
+        single = 0
+        multi: list[list[tuple]] = []
+        for lo, hi in ranges:
+            for seq in utf8_sequences(lo, hi):
+                if len(seq) == 1:
+                    single |= _byte_set(*seq[0])
+                else:
+                    multi.append([("T", _byte_set(a, b)) for a, b in seq])
+        if not multi:
+            sym = ("T", single)
+        else:
+            nt = self._new_nt("<chars>")
+            if single:
+                self.prods[nt].append([("T", single)])
+            self.prods[nt].extend(multi)
+            sym = ("N", nt)
+        self._chars_nt[ranges] = sym
+        return sym
+
+    def _lengths(self) -> None:
+        """Fewest bytes per nonterminal and the production that realizes it (a fixpoint), then
+        the shortest strings in the order their lengths became final (that order is acyclic)."""
+        n = len(self.prods)
+        length = [UNREACHABLE] * n
+        choice = [-1] * n
+        order: list[int] = []
+        changed = True
+        while changed:
+            changed = False
+            for nt in range(n):
+                for k, prod in enumerate(self.prods[nt]):
+                    total = 0
+                    for kind, v in prod:
+                        total += 1 if kind == "T" else length[v]
+                        if total >= UNREACHABLE:
+                            break
+                    if total < length[nt]:
+                        length[nt], choice[nt] = total, k
+                        changed = True
+                        order.append(nt)
+        self.min_len = length
+        strings: list[bytes | None] = [None] * n
+        for nt in _last_occurrences(order):
+            strings[nt] = b"".join(bytes((_pick(v),)) if kind == "T" else strings[v]
+                                   for kind, v in self.prods[nt][choice[nt]])
+        self.min_str = strings
+        self.nullable = [x == 0 for x in length]
+
+    def _cores(self) -> None:
+        """Dotted rules as integers: per core its lhs, next symbol kind and value, and the
+        fewest bytes of the rest of its rule; ``first[p]`` per production."""
+        lhs, kind, value, rest = [], [], [], []
+        self.first_cores: list[list[int]] = []
+        for nt, prods in enumerate(self.prods):
+            firsts = []
+            for prod in prods:
+                firsts.append(len(lhs))
+                tail = [0] * (len(prod) + 1)
+                for j in range(len(prod) - 1, -1, -1):
+                    k, v = prod[j]
+                    tail[j] = tail[j + 1] + (1 if k == "T" else self.min_len[v])
+                for j, (k, v) in enumerate(prod):
+                    lhs.append(nt)
+                    kind.append(_TERM if k == "T" else _NT)
+                    value.append(v)
+                    rest.append(tail[j])
+                lhs.append(nt)
+                kind.append(_END)
+                value.append(-1)
+                rest.append(0)
+            self.first_cores.append(firsts)
+        self.lhs, self.kind, self.value, self.rest = lhs, kind, value, rest
+        self._rest_str: dict[int, bytes] = {}
+        self._locals: dict[int, tuple] = {}
+
+    def rest_str(self, core: int) -> bytes:
+        """One shortest string for the rest of ``core``'s rule."""
+        hit = self._rest_str.get(core)
+        if hit is not None:
+            return hit
+        parts = []
+        c = core
+        while self.kind[c] != _END:
+            v = self.value[c]
+            parts.append(bytes((_pick(v),)) if self.kind[c] == _TERM else self.min_str[v])
+            c += 1
+        out = self._rest_str[core] = b"".join(parts)
+        return out
+
+    # ------------------------------------------------------------ chart sets
+    def start_set(self) -> _Set:
+        return self._close([(self.first_cores[self.start][0], 0)], 0, [])
+
+    def advance(self, chart: list[_Set], b: int) -> _Set | None:
+        """The set after byte ``b`` (None if no item scans it); ``chart`` is not changed."""
+        cur = chart[-1]
+        seeds = [(c + 1, o) for mask, c, o in cur.scans if mask >> b & 1]
+        if not seeds:
+            return None
+        return self._close(seeds, len(chart), chart)
+
+    def _local(self, x: int) -> tuple[list[int], list[tuple[int, int]], list[tuple[int, int]]]:
+        """What predicting ``x`` adds by itself at a position (all with that position as
+        origin): its rules' cores up to the first non-nullable symbol, the scans among them
+        (byte set, core) and the nonterminals they wait for (nonterminal, core)."""
+        hit = self._locals.get(x)
+        if hit is None:
+            kind, value, nullable = self.kind, self.value, self.nullable
+            cores, scans, waits = [], [], []
+            for c in self.first_cores[x]:
+                while True:
+                    cores.append(c)
+                    k = kind[c]
+                    if k == _TERM:
+                        scans.append((value[c], c))
+                    elif k == _NT:
+                        waits.append((value[c], c))
+                        if nullable[value[c]]:
+                            c += 1
+                            continue
+                    break
+            hit = self._locals[x] = (cores, scans, waits)
+        return hit
+
+    def _close(self, seeds: list[tuple[int, int]], i: int, chart) -> _Set:
+        kind, value, lhs, nullable = self.kind, self.value, self.lhs, self.nullable
+        local = self._local
+        s = _Set()
+        seen = set()
+        items, waiting, scans = s.items, s.waiting, s.scans
+        predicted = set()
+        todo: list[int] = []  # nonterminals to predict
+        work = list(seeds)  # items with an earlier origin
+        while work or todo:
+            while work:
+                item = work.pop()
+                if item in seen:
+                    continue
+                seen.add(item)
+                items.append(item)
+                core, org = item
+                k = kind[core]
+                if k == _TERM:
+                    scans.append((value[core], core, org))
+                elif k == _NT:
+                    x = value[core]
+                    w = waiting.get(x)
+                    if w is None:
+                        waiting[x] = [item]
+                    else:
+                        w.append(item)
+                    if x not in predicted:
+                        predicted.add(x)
+                        todo.append(x)
+                    if nullable[x]:
+                        work.append((core + 1, org))
+                else:  # complete (a nullable one at i was advanced when predicted)
+                    for pc, po in chart[org].waiting.get(lhs[core], ()):
+                        work.append((pc + 1, po))
+            while todo:  # predictions: their items have origin i and come precomputed
+                cores, sc, waits = local(todo.pop())
+                items.extend([(c, i) for c in cores])
+                scans.extend([(m, c, i) for m, c in sc])
+                for y, c in waits:
+                    w = waiting.get(y)
+                    if w is None:
+                        waiting[y] = [(c, i)]
+                    else:
+                        w.append((c, i))
+                    if y not in predicted:
+                        predicted.add(y)
+                        todo.append(y)
+        self._costs(s, i, chart)
+        return s
+
+    def _costs(self, s: _Set, i: int, chart: list[_Set]) -> None:
+        rest, lhs = self.rest, self.lhs
+        cost: dict[int, int] = {}
+        parent: dict[int, tuple[int, int]] = {}
+        if i == 0:
+            cost[self.start] = 0
+        same: list[tuple[int, int]] = []  # (x, waiting core) with origin i
+        heap: list[tuple[int, int]] = []
+        for x, entries in s.waiting.items():
+            for pc, po in entries:
+                y = lhs[pc]
+                if po == i:
+                    same.append((x, pc))
+                    continue
+                c = rest[pc + 1] + chart[po].cost[y]
+                if c < cost.get(x, UNREACHABLE):
+                    cost[x], parent[x] = c, (pc, po)
+        if same:  # shortest paths through the items predicted in this set
+            by_y: dict[int, list[tuple[int, int]]] = {}
+            for x, pc in same:
+                by_y.setdefault(lhs[pc], []).append((x, pc))
+            for x, c in cost.items():
+                heap.append((c, x))
+            heap.sort()
+            done = set()
+            while heap:
+                c, y = heappop(heap)
+                if y in done or c > cost.get(y, UNREACHABLE):
+                    continue
+                done.add(y)
+                for x, pc in by_y.get(y, ()):
+                    nc = c + rest[pc + 1]
+                    if nc < cost.get(x, UNREACHABLE):
+                        cost[x], parent[x] = nc, (pc, i)
+                        heappush(heap, (nc, x))
+        s.cost, s.parent = cost, parent
+        best, arg = UNREACHABLE, None
+        for core, org in s.items:
+            c = rest[core] + (cost if org == i else chart[org].cost).get(lhs[core], UNREACHABLE)
+            if c < best:
+                best, arg = c, (core, org)
+        s.dist, s.best = best, arg
+
+    def completion(self, chart) -> bytes:
+        """One shortest completion of the text that ``chart`` (a list of sets, or a
+        ``_Chart``) has read."""
+        core, org = chart[-1].best
+        return self.rest_str(core) + self._context(chart, self.lhs[core], org)
+
+    def _context(self, chart, x: int, org: int) -> bytes:
+        """One shortest text that finishes the parse once ``x`` (started at ``org``) is
+        complete; memoized in the sets (they never change)."""
+        path = []
+        while not (x == self.start and org == 0):
+            s = chart[org]
+            hit = s.ctx.get(x)
+            if hit is not None:
+                break
+            pc, po = s.parent[x]
+            path.append((s, x, pc))
+            x, org = self.lhs[pc], po
+        else:
+            hit = b""
+        for s, x, pc in reversed(path):
+            hit = s.ctx[x] = self.rest_str(pc + 1) + hit
+        return hit
+
+    def signature(self, s: _Set, i: int) -> frozenset:
+        """The set's unfinished items with its own position as -1: equal signatures of two sets
+        mean the text between them changed nothing the rest of the parse can see (finished
+        items have already done all they do)."""
+        end = _END
+        kind = self.kind
+        return frozenset((c, -1 if o == i else o) for c, o in s.items if kind[c] != end)
+
+
+class _Chart:
+    """A chart as a shared prefix plus a few sets of its own (candidate walks)."""
+
+    __slots__ = ("base", "n", "tail")
+
+    def __init__(self, base: list, n: int, tail: tuple = ()):
+        self.base, self.n, self.tail = base, n, tail
+
+    def __len__(self) -> int:
+        return self.n + len(self.tail)
+
+    def __getitem__(self, k: int):
+        if k < 0:
+            k += self.n + len(self.tail)
+        return self.base[k] if k < self.n else self.tail[k - self.n]
+
+    def plus(self, s) -> _Chart:
+        return _Chart(self.base, self.n, self.tail + (s,))
+
+
+class _Set:
+    __slots__ = ("items", "waiting", "scans", "cost", "parent", "dist", "best", "ctx")
+
+    def __init__(self):
+        self.items: list[tuple[int, int]] = []
+        self.waiting: dict[int, list[tuple[int, int]]] = {}
+        self.scans: list[tuple[int, int, int]] = []
+        self.ctx: dict[int, bytes] = {}
+
+
+def _byte_set(lo: int, hi: int) -> int:
+    return ((1 << (hi + 1)) - 1) ^ ((1 << lo) - 1)
+
+
+def _pick(mask: int) -> int:
+    """The byte a shortest string uses for a byte set: printable ASCII first."""
+    printable = mask & _byte_set(0x20, 0x7E)
+    m = printable or mask
+    return (m & -m).bit_length() - 1
+
+
+def _last_occurrences(order: list[int]) -> list[int]:
+    last = {nt: k for k, nt in enumerate(order)}
+    return sorted(last, key=last.__getitem__)
+
+
+# ------------------------------------------------------------------ per grammar
+class CfgClosing:
+    """What budget closing needs per grammar and vocabulary, shared by its requests."""
+
+    def __init__(self, tree: Grammar, vocab, vocab_size: int, eos_token_ids: tuple[int, ...],
+                 num_words: int):
+        self.index = CfgIndex(tree)
+        self.vocab = vocab
+        self.vocab_size = vocab_size
+        self.eos_token_ids = eos_token_ids
+        self.num_words = num_words
+        self.token_bytes = vocab.token_bytes
+        self.walk = _TrieWalk.of(TokenTrie.of(vocab), vocab, vocab_size)
+        key = f"cfg_budget_single:{vocab_size}"
+        single = vocab._cache.get(key)
+        if single is None:
+            tb = vocab.token_bytes
+            single = vocab._cache[key] = frozenset(
+                tb[i][0] for i in range(min(vocab_size, len(tb))) if len(tb[i]) == 1)
+        self.single = single  # the bytes that are tokens of their own
+        self._free_masks: dict[int, np.ndarray] = {}
+        self._splits: dict[bytes, tuple[list[int], list[int]]] = {}
+        self._lock = threading.Lock()
+
+    def split(self, text: bytes) -> tuple[list[int], list[int]]:
+        """Fewest tokens that spell each suffix ``text[k:]`` and the first token of such a
+        split (``UNREACHABLE`` / -1 where the vocabulary cannot); cached per text."""
+        hit = self._splits.get(text)
+        if hit is None:
+            hit = self._split(text)
+            with self._lock:
+                if len(self._splits) > _SPLIT_CACHE_LIMIT:
+                    self._splits.clear()
+                self._splits[text] = hit
+        return hit
+
+    def _split(self, text: bytes) -> tuple[list[int], list[int]]:
+        n = len(text)
+        best = [UNREACHABLE] * (n + 1)
+        first = [-1] * (n + 1)
+        best[n] = 0
+        walk = self.walk
+        node_token = walk.node_token
+        for k in range(n - 1, -1, -1):
+            node = 0
+            for j in range(k, n):
+                node = walk.child(node, text[j])
+                if node < 0:
+                    break
+                t = node_token[node]
+                if t >= 0 and best[j + 1] + 1 < best[k]:
+                    best[k], first[k] = best[j + 1] + 1, t
+        return best, first
+
+    def free_mask(self, byte_mask: int) -> np.ndarray:
+        """Packed mask of the tokens (at most ``MAX_FREE_TOKEN_BYTES`` long) made only of the
+        bytes in ``byte_mask``."""
+        hit = self._free_masks.get(byte_mask)
+        if hit is not None:
+            return hit
+        mat, lengths = self._token_matrix()
+        ok = np.zeros(257, np.bool_)
+        ok[256] = True
+        ok[[b for b in range(256) if byte_mask >> b & 1]] = True
+        rows = ok[mat].all(axis=1) & (lengths > 0)
+        out = pack_token_ids(np.flatnonzero(rows).astype(np.int64), self.num_words)
+        with self._lock:
+            if len(self._free_masks) > 64:
+                self._free_masks.clear()
+            self._free_masks[byte_mask] = out
+        return out
+
+    def _token_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        key = f"cfg_budget_matrix:{self.vocab_size}"
+        hit = self.vocab._cache.get(key)
+        if hit is None:
+            tb = self.token_bytes
+            n = self.vocab_size
+            mat = np.full((n, MAX_FREE_TOKEN_BYTES), 256, np.int16)
+            lengths = np.zeros(n, np.int64)
+            for i in range(min(n, len(tb))):
+                b = tb[i]
+                if b and len(b) <= MAX_FREE_TOKEN_BYTES:
+                    mat[i, :len(b)] = np.frombuffer(b, np.uint8)
+                    lengths[i] = len(b)
+            hit = self.vocab._cache[key] = (mat, lengths)
+        return hit
+
+
+class CfgCloser:
+    """Per request: the Earley chart of the text so far and the masks that keep an accepting end
+    within the tokens left (see the module docstring)."""
+
+    def __init__(self, closing: CfgClosing):
+        self.closing = closing
+        self.index = closing.index
+        self.chart: list[_Set] = [self.index.start_set()]
+        self.text = bytearray()
+        self.ends: list[int] = []  # len(text) after each token fed
+        self.dead = False
+        self.route: tuple[int, bytes, list[int], list[int]] | None = None
+
+    def copy(self) -> CfgCloser:
+        other = CfgCloser.__new__(CfgCloser)
+        other.__dict__.update(self.__dict__)
+        other.chart = list(self.chart)
+        other.text = bytearray(self.text)
+        other.ends = list(self.ends)
+        return other
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.ends)
+
+    def feed(self, data: bytes) -> None:
+        """Advance by one token's bytes."""
+        if not self.dead:
+            for b in data:
+                s = self.index.advance(self.chart, b)
+                if s is None:  # cannot happen for tokens the grammar allowed
+                    self.dead = True
+                    break
+                self.chart.append(s)
+                self.text.append(b)
+        self.ends.append(len(self.text) if not self.dead else -1)
+
+    def truncate(self, num_tokens: int) -> None:
+        """Forget the tokens after the first ``num_tokens``."""
+        if num_tokens >= len(self.ends):
+            return
+        del self.ends[num_tokens:]
+        if self.dead and (not self.ends or self.ends[-1] >= 0):
+            self.dead = False
+        n = self.ends[-1] if self.ends else 0
+        if n >= 0:
+            del self.chart[n + 1:]
+            del self.text[n:]
+            if self.route is not None and self.route[0] > n:
+                self.route = None
+
+    # ------------------------------------------------------------ distances
+    @property
+    def byte_distance(self) -> int:
+        return UNREACHABLE if self.dead else self.chart[-1].dist
+
+    def close_tokens(self) -> tuple[int, int]:
+        """Fewest tokens known to spell a completion of the text so far, and the first token of
+        that split (``UNREACHABLE``, -1 if none)."""
+        if self.dead:
+            return UNREACHABLE, -1
+        if self.chart[-1].dist == 0:
+            return 0, -1
+        pos = len(self.text)
+        got = self._route_cost(pos)
+        w = self.index.completion(self.chart)
+        best, first = self.closing.split(w)
+        if best[0] < got[0] or self.route is None or got[0] >= UNREACHABLE:
+            self.route = (pos, w, best, first)
+            return best[0], first[0]
+        return got
+
+    def _route_cost(self, pos: int, extra: bytes = b"") -> tuple[int, int]:
+        """The remembered completion's cost after the text up to ``pos`` plus ``extra``."""
+        r = self.route
+        if r is None:
+            return UNREACHABLE, -1
+        start, w, best, first = r
+        done = bytes(self.text[start:pos]) + extra
+        if not w.startswith(done):
+            return UNREACHABLE, -1
+        k = len(done)
+        return best[k], first[k]
+
+    def _close_after(self, chart, data: bytes, after: int, splits: list[int]) -> int:
+        """``close_tokens`` of ``chart`` (the current chart after ``data``) where it is at
+        most ``after``; some value above ``after`` otherwise. ``splits`` counts the exact
+        splits spent (at most ``MAX_WALK_SPLITS``; past that, an unknown cost counts as too
+        high)."""
+        d = chart[-1].dist
+        if d == 0:
+            return 0
+        r = self._route_cost(len(self.text), data)[0]
+        if r <= after:
+            return r
+        w = self.index.completion(chart)
+        if d <= after and self.closing.single.issuperset(w):
+            return d  # every byte is a token: d tokens spell the shortest completion
+        if splits[0] >= MAX_WALK_SPLITS and w not in self.closing._splits:
+            return UNREACHABLE
+        splits[0] += 1
+        return min(r, self.closing.split(w)[0][0])
+
+    # ------------------------------------------------------------ masks
+    def restrict(self, row: np.ndarray, tokens_left: int) -> bool:
+        """AND ``row`` (the grammar's packed mask, int32, modified in place) with the tokens
+        after which an accepting end still fits in ``tokens_left`` tokens (this one included);
+        False (and nothing changed) when that restricts nothing."""
+        if self.dead:
+            return False
+        after = tokens_left - 1
+        d = self.chart[-1].dist
+        if d >= UNREACHABLE:
+            return False
+        if after >= d + CLOSING_MARGIN and self._bytes_are_tokens():
+            return False
+        close, head = self.close_tokens()
+        if close >= UNREACHABLE or after >= close + CLOSING_MARGIN:
+            return False
+        cands = self._candidates(after, head)
+        fits = self._free() if close <= after else np.zeros_like(row)
+        ok = [t for t, c in cands.items() if c <= after]
+        if not ok and not fits.any() and cands:  # too late already: head for the end
+            lo = min(cands.values())
+            ok = [t for t, c in cands.items() if c == lo]
+        if ok:
+            fits |= pack_token_ids(np.asarray(ok, np.int64), self.closing.num_words)
+        new = row & fits
+        if not new.any() or np.array_equal(new, row):
+            return False
+        row[:] = new
+        return True
+
+    def _bytes_are_tokens(self) -> bool:
+        """Every byte of the current shortest completion is a token of its own (so the byte
+        distance bounds the token distance)."""
+        single = self.closing.single
+        return len(single) == 256 or single.issuperset(self.index.completion(self.chart))
+
+    def _free(self) -> np.ndarray:
+        """Tokens made of bytes that leave the chart equivalent to the current one."""
+        index, chart = self.index, self.chart
+        cur = chart[-1]
+        if not cur.scans:
+            return np.zeros(self.closing.num_words, np.int32)
+        i = len(chart) - 1
+        classes = [(1 << 256) - 1]  # bytes no scan tells apart behave alike
+        for mask in {m for m, _, _ in cur.scans}:
+            classes = [part for c in classes for part in (c & mask, c & ~mask) if part]
+        union = 0
+        for mask, _, _ in cur.scans:
+            union |= mask
+        sig = index.signature(cur, i)
+        stationary = 0
+        for c in classes:
+            if c & union:
+                s = index.advance(chart, (c & -c).bit_length() - 1)
+                if s is not None and index.signature(s, i + 1) == sig:
+                    stationary |= c
+        if not stationary:
+            return np.zeros(self.closing.num_words, np.int32)
+        return self.closing.free_mask(stationary)
+
+    def _candidates(self, after: int, head: int) -> dict[int, int]:
+        """Tokens found by a bounded walk of the vocabulary trie (the remembered route's first
+        token first), each with its ``close`` after it (exact where it fits in ``after``);
+        EOS in an accepting chart."""
+        index, walk = self.index, self.closing.walk
+        tb, vocab_size = self.closing.token_bytes, self.closing.vocab_size
+        out: dict[int, int] = {}
+        cur = self.chart[-1]
+        if cur.dist == 0:
+            for e in self.closing.eos_token_ids:
+                out[e] = 0
+        base = _Chart(self.chart, len(self.chart))
+        steps, splits = 0, [0]
+        if 0 <= head < len(tb):  # the route's first token, byte by byte
+            chart, node = base, 0
+            for b in tb[head]:
+                s = index.advance(chart, b)
+                node = walk.child(node, b)
+                steps += 1
+                if s is None or node < 0:
+                    break
+                chart = chart.plus(s)
+            else:
+                out[head] = self._close_after(chart, tb[head], after, splits)
+        # Best-first over the trie: first the bytes on a shortest completion (the ones that
+        # close), then the smallest detours, never past the byte budget, skipping free-text
+        # bytes at the first level (``_free`` covers those tokens wholesale).
+        limit = max(cur.dist, after)
+        sig0 = None
+        heap: list[tuple[int, int, int, _Chart, bytes, int]] = [(0, 0, 0, base, b"", 0)]
+        pushed = 0
+        while heap and steps < MAX_WALK_STEPS:
+            _, depth, _, chart, data, node = heappop(heap)
+            union = 0
+            for mask, _, _ in chart[-1].scans:
+                union |= mask
+            for j in range(walk.child_start[node], walk.child_end[node]):
+                b = walk.byte[j]
+                if not union >> b & 1:
+                    continue
+                if steps >= MAX_WALK_STEPS:
+                    break
+                s = index.advance(chart, b)
+                steps += 1
+                if s is None or s.dist > limit:
+                    continue
+                if not data:
+                    if sig0 is None:
+                        sig0 = index.signature(cur, len(self.chart) - 1)
+                    if index.signature(s, len(self.chart)) == sig0:
+                        continue  # free text: ``_free``
+                nxt, nd = chart.plus(s), data + bytes((b,))
+                t = walk.node_token[j]
+                if 0 <= t < vocab_size and t not in out:
+                    out[t] = self._close_after(nxt, nd, after, splits)
+                pushed += 1
+                heappush(heap, (s.dist + depth + 1 - cur.dist, depth + 1, pushed, nxt, nd, j))
+        return out

@@ -631,18 +631,20 @@ class CfgCloser:
         close, head = self.close_tokens()
         if close >= UNREACHABLE or after >= close + CLOSING_MARGIN:
             return False
-        cands = self._candidates(after, head)
-        fits = self._free() if close <= after else np.zeros_like(row)
+        cands = {t: c for t, c in self._candidates(after, head).items()
+                 if 0 <= t < 32 * len(row) and int(row[t >> 5]) >> (t & 31) & 1}
+        fits = row & self._free() if close <= after else np.zeros_like(row)
         ok = [t for t, c in cands.items() if c <= after]
-        if not ok and not fits.any() and cands:  # too late already: head for the end
-            lo = min(cands.values())
+        if not ok and not fits.any():
+            if not cands:
+                return False  # nothing known to close: the grammar's mask stands
+            lo = min(cands.values())  # too late already: head for the end
             ok = [t for t, c in cands.items() if c == lo]
         if ok:
             fits |= pack_token_ids(np.asarray(ok, np.int64), self.closing.num_words)
-        new = row & fits
-        if not new.any() or np.array_equal(new, row):
+        if np.array_equal(fits, row):
             return False
-        row[:] = new
+        row[:] = fits
         return True
 
     def _bytes_are_tokens(self) -> bool:

@@ -91,6 +91,38 @@ class RunningKV:
         self.table[req.row, req.kv_len:req.kv_len + n] = slots
         return slots
 
+    def append_decode_slots_batch(self, reqs: list[Req], ns: list[int]) -> torch.Tensor:
+        """``append_decode_slots`` for a whole decode batch: the slots of ``ns[i]`` new tokens
+        after each ``reqs[i]``'s last one, concatenated in order (room made beforehand). With
+        single-slot pages this is one allocation and one table write for the batch (the same
+        slots the per-request calls would hand out), not a few small tensor ops per request."""
+        if self.page_size > 1:  # each request continues its own last page
+            parts = [self.append_decode_slots(r, n) for r, n in zip(reqs, ns, strict=True)]
+            return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
+        total = sum(ns)
+        if len(ns) != len(reqs) or min(ns, default=0) < 0:
+            raise ValueError(f"need one non-negative count per request, got {ns} for {len(reqs)}")
+        if total == 0:
+            return torch.empty(0, dtype=torch.int64)
+        slots = self.allocator.alloc(total)
+        if slots is None:
+            raise RuntimeError("KV allocation failed after reserving decode memory")
+        # One by one, each request would take the free list's last n slots (in list order):
+        # hand out the block from its end the same way.
+        if min(ns) == 1 == max(ns):  # one token each (plain decode)
+            slots = slots.flip(0)
+            rows, cols = [r.row for r in reqs], [r.kv_len for r in reqs]
+        else:
+            block, order, end = slots.tolist(), [], total
+            for n in ns:
+                order.extend(block[end - n:end])
+                end -= n
+            slots = torch.tensor(order, dtype=torch.int64)
+            rows = [r.row for r, n in zip(reqs, ns) for _ in range(n)]
+            cols = [r.kv_len + i for r, n in zip(reqs, ns) for i in range(n)]
+        self.table[torch.tensor(rows), torch.tensor(cols)] = slots
+        return slots
+
     def commit_draft(self, req: Req, kept: int, proposed: int) -> None:
         """KV was written for ``proposed`` draft tokens after ``req.kv_len``; keep the first
         ``kept`` and free the slots of the rest (the page holding the last kept slot stays)."""

@@ -12,6 +12,9 @@ Routes, each on the same random weight, timed in alternating rounds (median per 
               mode's kernel, radixrt/csrc/quant_gemm.cpp, on this CPU's fastest path)
   q8_0        the same on Q8_0 blocks (the default model's LM head)
 
+Each route's time (us) and rate (GOP/s, 2 ops per multiply-add) are listed too; without the
+fp32 route, only those.
+
 Shapes: the default model's (SmolLM2-135M: fused qkv, o, fused gate/up, down, LM head) and
 square layers 64..1024 to find where int8 starts to pay (``AUTO_MIN_WEIGHTS``).
 
@@ -113,12 +116,18 @@ def main() -> None:
     for label, shape, rows in tqdm(jobs, desc="shapes", file=sys.stderr):
         t = measure(shape, rows, names, args.rounds)
         row = {"shape": label, "rows": rows, "fp32_us": t.get("fp32", float("nan")) * 1e6}
+        ops = 2 * shape[0] * shape[1] * rows
         for name in names:
             if name != "fp32" and "fp32" in t:
                 row[name] = t["fp32"] / t[name]  # speed-up over fp32
+            if name in t:
+                row[f"{name} us"] = t[name] * 1e6
+                row[f"{name} GOP/s"] = ops / t[name] / 1e9
         results.append(row)
-    cols = ["shape", "rows", "fp32_us"] + [n for n in names if n != "fp32"]
-    print(f"\nspeed-up over fp32 (median of alternating rounds), {torch.get_num_threads()} threads\n")
+    cols = ["shape", "rows", "fp32_us"] + [n for n in names if n != "fp32" and "fp32" in names]
+    cols += [f"{n} {unit}" for n in names for unit in ("us", "GOP/s")]
+    print(f"\nspeed-up over fp32, then each route's time and GOP/s (2 ops per multiply-add; median of "
+          f"alternating rounds), {torch.get_num_threads()} threads\n")
     print_table(results, cols)
     print()
     print(markdown_table(results, cols))

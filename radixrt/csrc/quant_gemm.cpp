@@ -23,16 +23,25 @@
 // sums anywhere.
 //
 // Activations are quantized per row and 32-block to int8 with their own scale sx = max|x|/127
-// (q = round(x / sx)); with S = sum(q) over the block, a block's contribution is
+// (q = round(x / sx); vectorized per path, the same bits on every path); with S = sum(q) over
+// the block, a block's contribution is
 //   sum_i (d u_i + m) sx q_i = d sx * sum_i(u_i q_i) + m sx S,
-// the integer sum exact in int32. The float steps follow, so results match a float reference
+// the integer sum exact in int32. 8-bit blocks always have m = -128 d (Q8_0), so there the
+// mins go into the integer instead: d sx * (sum_i(u_i q_i) - 128 S), one float step per block
+// fewer (the stored m is not read). The float steps follow, so results match a float reference
 // to the activations' rounding (~0.4% of a block's largest |x|).
+//
+// Work split: one OpenMP region per call. Its threads first quantize the rows of x, then each
+// takes a contiguous range of row groups, walked in chunks whose weights fit in L2; within a
+// chunk, a tile of up to 8 rows of x (in L1) meets every group of the chunk before the next
+// tile, so each weight byte comes from memory once per call and from L2 once per row tile.
+// Every output is computed by the same instructions whatever the thread count or batch.
 //
 // Paths: AVX-512 VNNI (vpdpbusd), AVX2 (vpmaddubsw + vpmaddwd; for 8-bit weights with the
 // sign trick, since u8 x s8 pair sums of 8-bit values overflow int16) and scalar. One build
 // runs on any x86-64: each path is compiled for its own target and picked at run time
 // (`isa`: 0 auto, 1 scalar, 2 avx2, 3 avx512-vnni; RADIXRT_QGEMM_ISA=scalar|avx2|vnni
-// forces auto's pick). OpenMP over row groups; rows of x in tiles that reuse each weight load.
+// forces auto's pick). Rows of x in tiles that reuse each weight load.
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -88,28 +97,25 @@ static inline float half_to_float(uint16_t h) { return static_cast<float>(c10::H
 
 // ---- activation quantization ------------------------------------------------------------------
 
-static void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* d, float* ms, int32_t* s,
-                          int nt) {
-  const int64_t nb = K / kBlock;
-#pragma omp parallel for num_threads(nt) if (nt > 1)
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t b = 0; b < nb; ++b) {
-      const float* xb = x + m * K + b * kBlock;
-      float amax = 0.0f;
-      for (int i = 0; i < kBlock; ++i) amax = std::max(amax, std::fabs(xb[i]));
-      const float sx = amax / 127.0f;
-      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-      int8_t* qb = q + m * K + b * kBlock;
-      int32_t sum = 0;
-      for (int i = 0; i < kBlock; ++i) {
-        const int v = static_cast<int>(std::nearbyint(xb[i] * inv));
-        qb[i] = static_cast<int8_t>(std::min(127, std::max(-127, v)));
-        sum += qb[i];
-      }
-      d[m * nb + b] = sx;
-      s[m * nb + b] = sum;
-      ms[m * nb + b] = sx * static_cast<float>(sum);
+// One row of K values (K a multiple of 32): q, and per block sx = max|x|/127, sum(q), sx*sum(q).
+// The vector versions below compute the same bits (same float operations, exact max and sum).
+static void quantize_row_scalar(const float* x, int64_t nb, int8_t* q, float* d, float* ms, int32_t* s) {
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* xb = x + b * kBlock;
+    float amax = 0.0f;
+    for (int i = 0; i < kBlock; ++i) amax = std::max(amax, std::fabs(xb[i]));
+    const float sx = amax / 127.0f;
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    int8_t* qb = q + b * kBlock;
+    int32_t sum = 0;
+    for (int i = 0; i < kBlock; ++i) {
+      const int v = static_cast<int>(std::nearbyint(xb[i] * inv));
+      qb[i] = static_cast<int8_t>(std::min(127, std::max(-127, v)));
+      sum += qb[i];
     }
+    d[b] = sx;
+    s[b] = sum;
+    ms[b] = sx * static_cast<float>(sum);
   }
 }
 
@@ -135,14 +141,19 @@ static void group_scalar(const Weights& w, const Act& a, int64_t g, int64_t m0, 
             }
       } else {
         const uint8_t* blk = gq + b * 512;
+        for (int r = 0; r < kRows; ++r) isum[r] = -128 * a.s[m * a.nb + b];  // the mins: m = -128 d
         for (int st = 0; st < 8; ++st)
           for (int r = 0; r < kRows; ++r)
             for (int j = 0; j < 4; ++j) isum[r] += blk[(st * kRows + r) * 4 + j] * xb[4 * st + j];
       }
       const uint16_t* dmb = gdm + b * 2 * kRows;
       const float sx = a.d[m * a.nb + b], msx = a.ms[m * a.nb + b];
-      for (int r = 0; r < kRows; ++r)
-        acc[r] += static_cast<float>(isum[r]) * (half_to_float(dmb[r]) * sx) + half_to_float(dmb[kRows + r]) * msx;
+      if (w.bits == 4) {
+        for (int r = 0; r < kRows; ++r)
+          acc[r] += static_cast<float>(isum[r]) * (half_to_float(dmb[r]) * sx) + half_to_float(dmb[kRows + r]) * msx;
+      } else {
+        for (int r = 0; r < kRows; ++r) acc[r] += static_cast<float>(isum[r]) * (half_to_float(dmb[r]) * sx);
+      }
     }
     const int64_t n0 = g * kRows, cnt = std::min<int64_t>(kRows, N - n0);
     std::memcpy(y + m * ldy + n0, acc, cnt * sizeof(float));
@@ -155,6 +166,30 @@ static void group_scalar(const Weights& w, const Act& a, int64_t g, int64_t m0, 
 
 #define RADIXRT_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")))
 
+RADIXRT_VNNI_TARGET static void quantize_row_avx512(const float* x, int64_t nb, int8_t* q, float* d, float* ms,
+                                                    int32_t* s) {
+  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* xb = x + b * kBlock;
+    const __m512 x0 = _mm512_loadu_ps(xb), x1 = _mm512_loadu_ps(xb + 16);
+    // max_ps(a, b) returns b where a is NaN: NaNs are skipped, as the scalar std::max does
+    const float amax = _mm512_reduce_max_ps(
+        _mm512_max_ps(_mm512_abs_ps(x1), _mm512_max_ps(_mm512_abs_ps(x0), _mm512_setzero_ps())));
+    const float sx = amax / 127.0f;
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const __m512 iv = _mm512_set1_ps(inv);
+    // round to nearest even (the default rounding mode, as nearbyint), then clamp
+    const __m512i q0 = _mm512_min_epi32(hi, _mm512_max_epi32(lo, _mm512_cvtps_epi32(_mm512_mul_ps(x0, iv))));
+    const __m512i q1 = _mm512_min_epi32(hi, _mm512_max_epi32(lo, _mm512_cvtps_epi32(_mm512_mul_ps(x1, iv))));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kBlock), _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kBlock + 16), _mm512_cvtepi32_epi8(q1));
+    const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    d[b] = sx;
+    s[b] = sum;
+    ms[b] = sx * static_cast<float>(sum);
+  }
+}
+
 template <int MB>
 RADIXRT_VNNI_TARGET static void tile_vnni(const Weights& w, const Act& a, int64_t g, int64_t m0, float* y,
                                           int64_t ldy, int64_t N) {
@@ -165,7 +200,11 @@ RADIXRT_VNNI_TARGET static void tile_vnni(const Weights& w, const Act& a, int64_
   for (int mi = 0; mi < MB; ++mi) acc[mi] = _mm512_setzero_ps();
   for (int64_t b = 0; b < w.nb; ++b) {
     __m512i isum[MB];
-    for (int mi = 0; mi < MB; ++mi) isum[mi] = _mm512_setzero_si512();
+    if (w.bits == 4) {
+      for (int mi = 0; mi < MB; ++mi) isum[mi] = _mm512_setzero_si512();
+    } else {  // 8-bit: start from the mins, -128 S (m = -128 d)
+      for (int mi = 0; mi < MB; ++mi) isum[mi] = _mm512_set1_epi32(-128 * a.s[(m0 + mi) * a.nb + b]);
+    }
     const int8_t* xb0 = a.q + m0 * a.K + b * kBlock;
     if (w.bits == 4) {
       const uint8_t* blk = gq + b * 256;
@@ -195,11 +234,18 @@ RADIXRT_VNNI_TARGET static void tile_vnni(const Weights& w, const Act& a, int64_
     }
     const uint16_t* dmb = gdm + b * 2 * kRows;
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dmb)));
-    const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dmb + kRows)));
-    for (int mi = 0; mi < MB; ++mi) {
-      const int64_t k = (m0 + mi) * a.nb + b;
-      acc[mi] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[mi]), _mm512_mul_ps(d, _mm512_set1_ps(a.d[k])), acc[mi]);
-      acc[mi] = _mm512_fmadd_ps(mn, _mm512_set1_ps(a.ms[k]), acc[mi]);
+    if (w.bits == 4) {
+      const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dmb + kRows)));
+      for (int mi = 0; mi < MB; ++mi) {
+        const int64_t k = (m0 + mi) * a.nb + b;
+        acc[mi] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[mi]), _mm512_mul_ps(d, _mm512_set1_ps(a.d[k])), acc[mi]);
+        acc[mi] = _mm512_fmadd_ps(mn, _mm512_set1_ps(a.ms[k]), acc[mi]);
+      }
+    } else {
+      for (int mi = 0; mi < MB; ++mi) {
+        const int64_t k = (m0 + mi) * a.nb + b;
+        acc[mi] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[mi]), _mm512_mul_ps(d, _mm512_set1_ps(a.d[k])), acc[mi]);
+      }
     }
   }
   const int64_t n0 = g * kRows, cnt = std::min<int64_t>(kRows, N - n0);
@@ -220,6 +266,43 @@ RADIXRT_VNNI_TARGET static void group_vnni(const Weights& w, const Act& a, int64
 // ---- AVX2 -------------------------------------------------------------------------------------
 
 #define RADIXRT_AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
+
+RADIXRT_AVX2_TARGET static void quantize_row_avx2(const float* x, int64_t nb, int8_t* q, float* d, float* ms,
+                                                  int32_t* s) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* xb = x + b * kBlock;
+    __m256 xv[4];
+    __m256 mx = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+      xv[i] = _mm256_loadu_ps(xb + 8 * i);
+      mx = _mm256_max_ps(_mm256_and_ps(xv[i], absmask), mx);  // NaN lanes keep the running max
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+    const float amax = _mm_cvtss_f32(m4);
+    const float sx = amax / 127.0f;
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const __m256 iv = _mm256_set1_ps(inv);
+    __m256i qi[4];
+    for (int i = 0; i < 4; ++i)
+      qi[i] = _mm256_min_epi32(hi, _mm256_max_epi32(lo, _mm256_cvtps_epi32(_mm256_mul_ps(xv[i], iv))));
+    // int32 -> int8 (values already in [-127, 127]); the packs interleave 128-bit lanes, undone last
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kBlock), _mm256_permutevar8x32_epi32(p, order));
+    const __m256i t = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
+    __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+    t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0x4E));
+    t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0xB1));
+    const int32_t sum = _mm_cvtsi128_si32(t4);
+    d[b] = sx;
+    s[b] = sum;
+    ms[b] = sx * static_cast<float>(sum);
+  }
+}
 
 // 8 rows (one half of a group) at a time: a 32-byte half of each 64-byte chunk holds 4
 // consecutive weights of 8 rows.
@@ -268,17 +351,22 @@ RADIXRT_AVX2_TARGET static void tile_avx2(const Weights& w, const Act& a, int64_
             isum[mi] = _mm256_add_epi32(isum[mi], _mm256_madd_epi16(p, ones));
           }
         }
-        // sum(u x) = sum(q x) + 128 sum(x): the same integer the other paths compute.
-        for (int mi = 0; mi < MB; ++mi)
-          isum[mi] = _mm256_add_epi32(isum[mi], _mm256_set1_epi32(128 * a.s[(m0 + mi) * a.nb + b]));
+        // sum(q x) = sum(u x) - 128 sum(x): the same integer (mins included) the other paths compute.
       }
       const uint16_t* dmb = gdm + b * 2 * kRows + 8 * half;
       const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(dmb)));
-      const __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(dmb + kRows)));
-      for (int mi = 0; mi < MB; ++mi) {
-        const int64_t k = (m0 + mi) * a.nb + b;
-        acc[mi] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[mi]), _mm256_mul_ps(d, _mm256_set1_ps(a.d[k])), acc[mi]);
-        acc[mi] = _mm256_fmadd_ps(mn, _mm256_set1_ps(a.ms[k]), acc[mi]);
+      if (w.bits == 4) {
+        const __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(dmb + kRows)));
+        for (int mi = 0; mi < MB; ++mi) {
+          const int64_t k = (m0 + mi) * a.nb + b;
+          acc[mi] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[mi]), _mm256_mul_ps(d, _mm256_set1_ps(a.d[k])), acc[mi]);
+          acc[mi] = _mm256_fmadd_ps(mn, _mm256_set1_ps(a.ms[k]), acc[mi]);
+        }
+      } else {
+        for (int mi = 0; mi < MB; ++mi) {
+          const int64_t k = (m0 + mi) * a.nb + b;
+          acc[mi] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[mi]), _mm256_mul_ps(d, _mm256_set1_ps(a.d[k])), acc[mi]);
+        }
       }
     }
     const int64_t n0 = g * kRows + 8 * half;
@@ -356,6 +444,13 @@ bool supported(int64_t isa) {
 // Below this many weight bytes x rows a call stays on the calling thread: waking the team
 // costs more than a small layer takes.
 static constexpr int64_t kSerialWork = int64_t{1} << 17;
+// Weight bytes per chunk of groups (a part of a core's L2) and rows of x per tile (int8 rows
+// of a tile stay in L1 across the chunk's groups).
+static constexpr int64_t kChunkBytes = int64_t{256} << 10;
+static constexpr int64_t kTileRows = 8;
+
+using GroupFn = void (*)(const Weights&, const Act&, int64_t, int64_t, int64_t, float*, int64_t, int64_t);
+using QuantizeFn = void (*)(const float*, int64_t, int8_t*, float*, float*, int32_t*);
 
 at::Tensor gemm(const at::Tensor& x_in, const at::Tensor& qs, const at::Tensor& dm, int64_t N, int64_t bits,
                 int64_t isa_arg) {
@@ -383,7 +478,8 @@ at::Tensor gemm(const at::Tensor& x_in, const at::Tensor& qs, const at::Tensor& 
   if (M == 0) return y;
 
   const bool serial = G * nb * per_block * M < kSerialWork;
-  // Activation scratch: thread-local, grown as needed (no allocation per call).
+  // Activation scratch: thread-local to the caller, grown as needed (no allocation per call);
+  // the team writes it, each thread its own rows.
   thread_local std::vector<int8_t> q_buf;
   thread_local std::vector<float> d_buf, ms_buf;
   thread_local std::vector<int32_t> s_buf;
@@ -393,30 +489,51 @@ at::Tensor gemm(const at::Tensor& x_in, const at::Tensor& qs, const at::Tensor& 
     ms_buf.resize(M * nb);
     s_buf.resize(M * nb);
   }
-  quantize_rows(x.data_ptr<float>(), M, K, q_buf.data(), d_buf.data(), ms_buf.data(), s_buf.data(),
-                team_size(M, M * K < (int64_t{1} << 16)));
-  const Act a{q_buf.data(), d_buf.data(), ms_buf.data(), s_buf.data(), K, nb};
+  // (thread_local names would mean each team thread's own buffers: pass the caller's pointers)
+  int8_t* qp = q_buf.data();
+  float* dp = d_buf.data();
+  float* msp = ms_buf.data();
+  int32_t* sp = s_buf.data();
+  const Act a{qp, dp, msp, sp, K, nb};
   const Weights w{qs.data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(dm.data_ptr<at::Half>()), nb,
                   static_cast<int>(bits)};
+  const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  // Rows of x in chunks that keep a chunk's int8 activations in L1/L2 while all groups stream.
-  const int64_t m_chunk = std::max<int64_t>(8, (int64_t{1} << 16) / K / 8 * 8);
-  const int nt = team_size(G, serial);
-  for (int64_t m0 = 0; m0 < M; m0 += m_chunk) {
-    const int64_t mb = std::min(m_chunk, M - m0);
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-    for (int64_t g = 0; g < G; ++g) {
-      switch (path) {
+  GroupFn group = group_scalar;
+  QuantizeFn quantize = quantize_row_scalar;
+  switch (path) {
 #ifdef RADIXRT_X86
-        case kVnni:
-          group_vnni(w, a, g, m0, mb, yp, N, N);
-          break;
-        case kAvx2:
-          group_avx2(w, a, g, m0, mb, yp, N, N);
-          break;
+    case kVnni:
+      group = group_vnni;
+      quantize = quantize_row_avx512;
+      break;
+    case kAvx2:
+      group = group_avx2;
+      quantize = quantize_row_avx2;
+      break;
 #endif
-        default:
-          group_scalar(w, a, g, m0, mb, yp, N, N);
+    default:
+      break;
+  }
+  // Groups per chunk: the chunk's weights (and scales) stay in L2 while the row tiles pass.
+  const int64_t chunk = std::max<int64_t>(1, kChunkBytes / (w.group_bytes() + nb * 2 * kRows * 2));
+  const int nt = team_size(G, serial);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    int t = 0, T = 1;
+#ifdef _OPENMP
+    t = omp_get_thread_num();
+    T = omp_get_num_threads();
+#endif
+    for (int64_t m = M * t / T; m < M * (t + 1) / T; ++m)
+      quantize(xp + m * K, nb, qp + m * K, dp + m * nb, msp + m * nb, sp + m * nb);
+#pragma omp barrier
+    const int64_t g0 = G * t / T, g1 = G * (t + 1) / T;
+    for (int64_t gc = g0; gc < g1; gc += chunk) {
+      const int64_t ge = std::min(g1, gc + chunk);
+      for (int64_t m0 = 0; m0 < M; m0 += kTileRows) {
+        const int64_t mb = std::min<int64_t>(kTileRows, M - m0);
+        for (int64_t g = gc; g < ge; ++g) group(w, a, g, m0, mb, yp, N, N);
       }
     }
   }

@@ -89,4 +89,6 @@ def make_prefix_cache(args, runner) -> BasePrefixCache:
     logger.info("hierarchical cache: host tier %d tokens (%.1f MiB)%s", n_host,
                 n_host * per_tok / 2**20,
                 f", disk tier {disk.dir} ({args.hicache_disk_size_gb:g} GiB)" if disk else "")
-    return HiRadixCache(runner.allocator, pool, host_pool, host_alloc, disk, args.page_size)
+    cache = HiRadixCache(runner.allocator, pool, host_pool, host_alloc, disk, args.page_size)
+    cache.warm_start(int(args.hicache_warm_start_ratio * runner.max_total_tokens))
+    return cache

@@ -20,6 +20,11 @@ So a match is a device prefix followed by host nodes, then disk nodes.
 - Disk nodes are only split at block boundaries (their blocks are whole), except where an
   insert promotes the upper half to the device.
 - At start-up the disk's index (block headers) becomes disk nodes; bytes are read on demand.
+- Warm start (`warm_start`): right after start-up the most recently written disk runs are read
+  in the background into free device slots, up to a budget, so the first requests after a
+  restart find them on the device. Warm reads are ordinary read jobs that a request's own read
+  (or an eviction that finds nothing else) cancels between two blocks: what was read is kept,
+  the rest stays on disk.
 
 Counters ``_evictable`` / ``_protected`` and ``_leaves`` (device nodes without device children)
 cover the device tier only, so the scheduler's accounting is unchanged.
@@ -63,11 +68,13 @@ class HiCacheStats:
     disk_blocks_read: int = 0
     disk_read_errors: int = 0  # missing, torn, corrupt or foreign blocks (recomputed)
     dropped_tokens: int = 0  # evicted with no lower tier to take them
+    warm_start_tokens: int = 0  # read from disk into the device pool by the warm start
+    warm_start_cancelled: int = 0  # warm reads cut short by a request's read or an eviction
 
 
 class _ReadJob:
     def __init__(self, lock_node: TreeNode, span_start: int, first: int, blocks: list,
-                 slots: torch.Tensor):
+                 slots: torch.Tensor, cancel: threading.Event | None = None):
         self.nodes: set[TreeNode] = set()
         self.pending: dict[TreeNode, torch.Tensor] = {}  # each node's share of ``slots``
         self.lock_node = lock_node
@@ -79,6 +86,11 @@ class _ReadJob:
         self.nbytes = 0
         self.seconds = 0.0
         self.errors = 0
+        # Warm-start reads share one event: set, every queued warm read stops before its next
+        # block (one event, so a later warm read never fills nodes below an earlier one that
+        # stopped short).
+        self.cancel = cancel
+        self.cancelled = False
 
 
 class _WriteJob:
@@ -116,6 +128,9 @@ class HiRadixCache(RadixCache):
         # Device nodes brought back from a lower tier ("host" / "disk") that no admitted
         # request has used yet: the hit counters attribute them to that tier.
         self._origin: dict[TreeNode, str] = {}
+        self._warm_cancel = threading.Event()
+        self._warm_in_flight = 0
+        self._recent: list[list[int]] = []  # restored runs, most recently written first
         if disk is not None:
             self._restore(disk.scan())
 
@@ -299,7 +314,14 @@ class HiRadixCache(RadixCache):
                 freed += len(released[-1])
                 if parent in self._leaves and parent.lock_ref == 0:
                     heapq.heappush(heap, (parent.last_access_time, parent.id, parent))
-            if freed >= num_tokens or not self._in_flight["write"]:
+            if freed >= num_tokens:
+                break
+            if self._warm_in_flight:  # warm reads hold slots: stop them, keep what was read
+                self._warm_cancel.set()
+                while self._warm_in_flight:
+                    self.wait_io()
+                continue
+            if not self._in_flight["write"]:
                 break
             self.wait_io(writes=True)
         if released:
@@ -461,23 +483,30 @@ class HiRadixCache(RadixCache):
         return out
 
     def _within(self, nodes: list[TreeNode], limit: int) -> list[TreeNode]:
-        """The leading ``nodes`` that hold at most ``limit`` tokens (a multiple of the block),
-        the last one split at a block boundary if needed."""
-        out, total = [], 0
+        """The leading ``nodes`` that hold at most ``limit`` tokens and end at a block
+        boundary (``nodes`` may start inside a block), the last one split there if needed."""
+        if not nodes:
+            return []
+        end = (nodes[0].start + limit) // self.disk.block_tokens * self.disk.block_tokens
+        out = []
         for x in nodes:
-            if total + len(x.key) > limit:
-                if limit - total > 0:
-                    out.append(self._split(x, limit - total))
+            if x.start >= end:
+                break
+            if x.start + len(x.key) > end:
+                out.append(self._split(x, end - x.start))
                 break
             out.append(x)
-            total += len(x.key)
         return out
 
-    def _start_read(self, tokens: list[int], nodes: list[TreeNode]) -> bool:
+    def _start_read(self, tokens: list[int], nodes: list[TreeNode], warm: bool = False) -> int:
         """Queue a read of disk nodes ``nodes`` (consecutive on one path below the device
-        part, the last ending at a block boundary) straight into new device slots. False when
-        nothing could be queued (no room)."""
+        part, the last ending at a block boundary) straight into new device slots. Returns the
+        tokens queued: 0 when nothing could be (no room). A ``warm`` read (warm start) takes free slots only
+        and can be cancelled; any other read cancels the warm reads still queued, which would
+        delay it."""
         b = self.disk.block_tokens
+        if not warm:
+            self._cancel_warm()
         limit = self.allocator.size // 2 // b * b  # one read takes at most half the pool
         held = nodes[-1]
         self.inc_lock_ref(held)  # the path stays while room is made
@@ -487,14 +516,14 @@ class HiRadixCache(RadixCache):
                 nodes = self._within(nodes, limit)
                 n = sum(len(x.key) for x in nodes)
                 slots = self.allocator.alloc(n)
-                if slots is None:
+                if slots is None and not warm:
                     self.evict(n + self.page_size)
                     slots = self.allocator.alloc(n)
                 if slots is not None:
                     break
                 limit = limit // 2 // b * b
             if slots is None or not nodes:
-                return False
+                return 0
             # Ascending slots: a whole block then usually lands in consecutive pool rows,
             # which the reader fills straight from the file.
             slots = slots.sort().values
@@ -502,7 +531,10 @@ class HiRadixCache(RadixCache):
             first = start // b
             keys = self.disk.chain_keys(tokens, end // b)[first:]
             blocks = [(k, tokens[(first + i) * b:(first + i + 1) * b]) for i, k in enumerate(keys)]
-            job = _ReadJob(nodes[-1], start, first, blocks, slots)
+            job = _ReadJob(nodes[-1], start, first, blocks, slots,
+                           self._warm_cancel if warm else None)
+            if warm:
+                self._warm_in_flight += 1
             off = 0
             for x in nodes:
                 job.pending[x] = slots[off:off + len(x.key)]
@@ -513,13 +545,16 @@ class HiRadixCache(RadixCache):
             self._protected += len(slots)
             self.inc_lock_ref(nodes[-1])
             self._submit("read", job)
-            return True
+            return len(slots)
         finally:
             self.dec_lock_ref(held)
 
     def _read(self, job: _ReadJob) -> None:
         b, pos, pool = self.disk.block_tokens, job.span_start, self.device_pool
         for i, (key, tokens) in enumerate(job.blocks):
+            if job.cancel is not None and job.cancel.is_set():
+                job.cancelled = True
+                break
             t0 = time.perf_counter()
             lo = pos - (job.first + i) * b
             off = pos - job.span_start
@@ -550,6 +585,15 @@ class HiRadixCache(RadixCache):
         self.stats.disk_blocks_read += len(job.blocks) - job.errors
         self.stats.disk_read_errors += job.errors
         self._protected -= len(job.slots)
+        if job.cancel is not None:
+            self._warm_in_flight -= 1
+            self.stats.warm_start_tokens += job.ok_end - job.span_start
+            self.stats.warm_start_cancelled += job.cancelled
+            if not self._warm_in_flight:
+                self._warm_cancel.clear()
+        # A cancelled read leaves the nodes it did not reach on disk, whole; a failed one
+        # drops them (their blocks are gone).
+        keep = job.cancelled and not job.errors
         unused = []
         for x in sorted(job.nodes, key=lambda n: n.start):
             x.loading = None
@@ -566,10 +610,12 @@ class HiRadixCache(RadixCache):
                 self._gain_device(upper, slots[:k])
                 self._origin[upper] = "disk"
                 unused.append(slots[k:])
-                self._drop(x)
+                if not keep:
+                    self._drop(x)
             else:
                 unused.append(slots)
-                self._drop(x)
+                if not keep:
+                    self._drop(x)
         self.dec_lock_ref(job.lock_node)
         if unused:
             self.allocator.free(torch.cat(unused))
@@ -652,6 +698,8 @@ class HiRadixCache(RadixCache):
             children.setdefault(info.parent, []).append(key)
         stack = [(k, []) for k in children.get(self.disk.root_key, [])]
         restored = 0
+        order = {key: i for i, key in enumerate(blocks)}  # oldest file first
+        runs: list[tuple[int, list[int]]] = []
         while stack:
             key, prefix = stack.pop()
             tokens = prefix + blocks[key].tokens
@@ -659,6 +707,7 @@ class HiRadixCache(RadixCache):
             if kids:
                 stack.extend((k, tokens) for k in kids)
                 continue
+            runs.append((order[key], tokens))
             path = self._path(tokens, len(tokens), fine=True)
             pos = path[-1].start + len(path[-1].key) if path else 0
             for x in path:
@@ -669,8 +718,48 @@ class HiRadixCache(RadixCache):
                 leaf.disk_end = len(tokens)
                 parent.children[self._child_key(tokens, pos)] = leaf
             restored += len(tokens) - pos
+        runs.sort(key=lambda r: -r[0])
+        self._recent = [tokens for _, tokens in runs]
         if restored:
             logger.info("hicache: %d tokens of KV on disk in %s", restored, self.disk.dir)
+
+    def warm_start(self, max_tokens: int) -> int:
+        """Queue background reads of the most recently written disk runs into free device
+        slots, at most ``max_tokens`` (and never more than the pool has free: nothing is
+        evicted for it). A request that needs a node being warm-read waits for that read
+        instead of reading it again; a request that needs another read, or an eviction that
+        finds nothing else, cancels what is left of the warm start. Returns the tokens
+        queued."""
+        if self.disk is None or max_tokens <= 0:
+            return 0
+        b = self.disk.block_tokens
+        budget = min(max_tokens, self.allocator.available_size()) // b * b
+        queued = 0
+        for tokens in self._recent:
+            if budget - queued < b:
+                break
+            path = self._path(tokens, len(tokens))
+            lower = [n for n in path if n.value is None]
+            # A prefix another warm read is filling is skipped: reads run in order and stop
+            # together, so this one only lands if that one did.
+            while lower and lower[0].loading is not None:
+                lower.pop(0)
+            if not lower or any(n.loading is not None or n.host_value is not None
+                                for n in lower):
+                continue
+            nodes = self._whole_blocks(lower)
+            if nodes:
+                nodes = self._within(nodes, budget - queued)
+            if nodes:
+                queued += self._start_read(tokens, nodes, warm=True)
+        self._recent = []
+        if queued:
+            logger.info("hicache: warm start reads %d tokens of KV from disk", queued)
+        return queued
+
+    def _cancel_warm(self) -> None:
+        if self._warm_in_flight:
+            self._warm_cancel.set()
 
     # ------------------------------------------------------------------ I/O threads
     def _submit(self, kind: str, job) -> None:

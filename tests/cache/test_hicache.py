@@ -55,9 +55,12 @@ class Rig:
                                  self.disk_bytes) if self.use_disk else None)
         self.cache = HiRadixCache(self.alloc, self.pool, self.hpool, self.halloc, self.disk, ps)
 
-    def restart(self) -> None:
+    def restart(self, warm: int = 0) -> None:
+        """A new cache over the same disk folder; ``warm``: its warm-start budget (tokens)."""
         self.cache.close()
         self.build()
+        if warm:
+            self.cache.warm_start(warm)
 
     def expected(self, tokens: list[int], start: int, end: int) -> torch.Tensor:
         codes = torch.tensor([prefix_code(tokens, i) for i in range(start, end)])
@@ -399,6 +402,146 @@ def test_writes_hold_their_nodes_until_done(tmp_path):
     check_tree(rig)
 
 
+# ---------------------------------------------------------------------------- warm start
+class GatedReads:
+    """Holds the disk reads of ``rig`` until ``open()`` or until the warm start is being
+    cancelled; counts the blocks read."""
+
+    def __init__(self, rig: Rig):
+        import threading
+
+        self.gate, self.blocks, self.rig = threading.Event(), [], rig
+        self.inner = rig.disk.read_block
+        rig.disk.read_block = self.read
+
+    def read(self, key, tokens, into=None):
+        import time
+
+        deadline = time.monotonic() + 30
+        while not self.gate.is_set():
+            if self.rig.cache._warm_cancel.is_set():
+                self.gate.set()  # and every read after it
+            assert time.monotonic() < deadline, "read never released"
+            time.sleep(0.001)
+        self.blocks.append(key)
+        return self.inner(key, tokens, into)
+
+    def open(self):
+        self.gate.set()
+
+
+def written(tmp_path: Path, seqs: list[list[int]], **kw) -> Rig:
+    rig = Rig(tmp_path, **kw)
+    for s in seqs:
+        assert rig.request(s) == 0
+    rig.cache.drain_io()
+    return rig
+
+
+def test_warm_start_loads_recent_runs_within_budget(tmp_path):
+    seqs = [[s * 100 + i for i in range(1, 17)] for s in range(1, 5)]  # 4 blocks each
+    rig = written(tmp_path, seqs, block=4)
+    rig.restart(warm=24)  # room for 1.5 runs: the newest run, then 2 blocks of the next
+    c = rig.cache
+    c.drain_io()
+    assert c.stats.warm_start_tokens == 24 and c.stats.disk_blocks_read == 6
+    assert c.tier_tokens() == {"device": 24, "host": 0, "disk": 40}
+    check_tree(rig)
+    before = c.stats.disk_blocks_read
+    m = rig.lookup(seqs[3])  # the newest: on the device already, rows checked
+    assert len(m.indices) == 16 and m.disk_tokens == 16
+    c.note_hit(m)
+    assert c.stats.hit_tokens_disk == 16 and c.stats.disk_blocks_read == before
+    assert rig.request(seqs[2]) == 16  # half warm, half read on demand
+    assert c.stats.disk_blocks_read == before + 2
+    assert rig.request(seqs[0]) == 16  # not warm: read on demand
+    check_tree(rig)
+
+
+def test_warm_start_off_or_nothing_on_disk(tmp_path):
+    rig = written(tmp_path, [list(range(1, 17))], block=4)
+    rig.restart(warm=0)
+    assert rig.cache.stats.warm_start_tokens == 0 and not rig.cache.io_pending()
+    empty = Rig(tmp_path / "empty", block=4)
+    assert empty.cache.warm_start(64) == 0 and not empty.cache.io_pending()
+    nodisk = Rig(tmp_path / "none", block=4, disk=False)
+    assert nodisk.cache.warm_start(64) == 0
+
+
+def test_warm_start_takes_free_slots_only(tmp_path):
+    seqs = [[s * 100 + i for i in range(1, 17)] for s in range(1, 5)]
+    rig = written(tmp_path, seqs, block=4)
+    rig.cache.close()
+    rig.build()
+    c = rig.cache
+    hold = rig.alloc.alloc(56)  # 8 of 64 slots free
+    assert c.warm_start(64) == 8
+    c.drain_io()
+    assert c.tier_tokens()["device"] == 8 and rig.alloc.available_size() == 0
+    rig.alloc.free(hold)
+    check_tree(rig)
+
+
+def test_request_for_a_warm_run_waits_for_it_without_a_second_read(tmp_path):
+    seqs = [[s * 100 + i for i in range(1, 17)] for s in range(1, 3)]
+    rig = written(tmp_path, seqs, block=4)
+    rig.cache.close()
+    rig.build()
+    gate = GatedReads(rig)
+    c = rig.cache
+    assert c.warm_start(64) == 32
+    assert rig.lookup(seqs[1], wait=False) is None  # being warm-read: wait for it
+    check_tree(rig)
+    gate.open()
+    assert rig.request(seqs[1]) == 16 and rig.request(seqs[0]) == 16
+    assert len(gate.blocks) == 8 and len(set(gate.blocks)) == 8  # each block read once
+    assert c.stats.warm_start_tokens == 32 and c.stats.warm_start_cancelled == 0
+    check_tree(rig)
+
+
+def test_a_requests_own_read_cancels_the_warm_start(tmp_path):
+    seqs = [[s * 100 + i for i in range(1, 17)] for s in range(1, 5)]
+    rig = written(tmp_path, seqs, block=4)
+    rig.cache.close()
+    rig.build()
+    gate = GatedReads(rig)
+    c = rig.cache
+    assert c.warm_start(32) == 32  # the two newest runs
+    # The oldest run is not warm: its request reads it and cancels the warm reads queued
+    # (the first warm read finishes the block it is in, if any).
+    assert rig.lookup(seqs[0], wait=False) is None
+    assert rig.request(seqs[0]) == 16
+    c.drain_io()
+    gate.open()
+    assert c.stats.warm_start_cancelled == 2 and c.stats.warm_start_tokens in (0, 4)
+    check_tree(rig)
+    # What the warm start did not read is still on disk, whole.
+    assert rig.request(seqs[3]) == 16 and rig.request(seqs[2]) == 16
+    assert c.stats.disk_read_errors == 0
+    check_tree(rig)
+
+
+def test_eviction_cancels_warm_reads_and_evicts_warm_runs(tmp_path):
+    seqs = [[s * 100 + i for i in range(1, 17)] for s in range(1, 5)]
+    rig = written(tmp_path, seqs, device=32, host=16, block=4)
+    rig.cache.close()
+    rig.build()
+    gate = GatedReads(rig)
+    c = rig.cache
+    assert c.warm_start(32) == 32  # the whole pool, being read
+    # A new request needs the pool: the warm reads stop (after the block the first one is
+    # in, if any) and what they read is evicted.
+    assert rig.request([9000 + i for i in range(24)]) == 0
+    assert c.stats.warm_start_cancelled == 2 and c.stats.warm_start_tokens in (0, 4)
+    check_tree(rig)
+    c.drain_io()
+    check_tree(rig)
+    gate.open()
+    for s in seqs:  # every run still served, from whichever tier holds it
+        assert rig.request(s) == 16
+    check_tree(rig)
+
+
 # ---------------------------------------------------------------------------- property tests
 TOKENS = st.lists(st.integers(1, 4), min_size=1, max_size=14)
 
@@ -477,11 +620,11 @@ class HiCacheMachine(RuleBasedStateMachine):
         check_tree(self.rig, len(self.holds))
 
     @precondition(lambda self: self.disk)
-    @rule(i=st.integers(0, 1000))
-    def restart(self, i):
+    @rule(i=st.integers(0, 1000), warm=st.sampled_from([0, 0, 8, 24, 48]))
+    def restart(self, i, warm):
         while self.holds:
             self.rig.cache.dec_lock_ref(self.holds.pop())
-        self.rig.restart()
+        self.rig.restart(warm)
         check_tree(self.rig)
         if self.seqs:
             s = self.seqs[i % len(self.seqs)]

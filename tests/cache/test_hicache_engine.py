@@ -40,11 +40,16 @@ def test_same_greedy_outputs_with_tiers_on_and_off(tiny_model_dir, tmp_path):
     hc = stats["hicache"]
     assert hc["hit_tokens_host"] + hc["hit_tokens_disk"] == sum(on_cached)
     assert stats["num_cached_tokens"] == sum(on_cached)
-    # A new Engine on the same folder: the first round already reuses every prefix.
-    again, again_cached, stats = run(tiny_model_dir, hicache_dir=str(tmp_path), hicache_ratio=1.0)
-    assert again == off
-    assert all(c >= 256 for c in again_cached)
-    assert stats["hicache"]["hit_tokens_disk"] > 0 and stats["hicache"]["disk_read_errors"] == 0
+    # A new Engine on the same folder: the first round already reuses every prefix, with the
+    # warm start (the default, a quarter of the pool read at start-up) and without it.
+    for ratio in (0.25, 0.0):
+        again, again_cached, stats = run(tiny_model_dir, hicache_dir=str(tmp_path), hicache_ratio=1.0,
+                                         hicache_warm_start_ratio=ratio)
+        assert again == off
+        assert all(c >= 256 for c in again_cached)
+        hc = stats["hicache"]
+        assert hc["hit_tokens_disk"] > 0 and hc["disk_read_errors"] == 0
+        assert (hc["warm_start_tokens"] > 0) == (ratio > 0)
 
 
 def test_no_disk_tier_and_flush(tiny_model_dir, tmp_path):
@@ -83,7 +88,8 @@ def test_restarted_server_reuses_prefix(tiny_model_dir, tmp_path):
         first.stop()
     second = ServerProcess(*args)
     try:
-        assert second.server_info()["hicache"]["tree_tokens"]["disk"] >= 256
+        tiers = second.server_info()["hicache"]["tree_tokens"]  # on disk, or warm-started
+        assert tiers["disk"] + tiers["device"] >= 256
         again = httpx.post(second.url + "/generate", json=body, timeout=60).json()
         assert again["meta_info"]["cached_tokens"] >= 256
         assert again["output_ids"] == r["output_ids"]

@@ -1,12 +1,15 @@
 """Hierarchical (tiered, persistent) cache: two measurements, ratios from one run.
 
 (a) restart -- a server is started, given a 2,000-token prefix, and stopped; then, --repeats
-    times: a new server on the same --hicache-dir gets the prefix plus a fresh 16-token suffix
-    as its first request (KV read back from disk), the same prefix again with another suffix
-    (hot: the KV is in the pool), and an unseen 2,016-token prompt (computed); before them one
-    unrelated 256-token request warms the new process up (first forward). Time to first
-    token = latency of a /generate with max_new_tokens=1 (input ids, so no tokenization).
-    Reported: medians and restart/hot, compute/restart.
+    times, two new servers on the same --hicache-dir one after the other: one with the warm
+    start off (--hicache-warm-start-ratio 0: the KV is read from disk on demand, when the
+    request arrives) and one with the default warm start (the most recent disk runs are read
+    into the pool in the background at start-up). Each gets one unrelated 256-token request
+    (process warm-up: first forward; it does not wait for the warm start), then the prefix plus
+    a fresh 16-token suffix (restart), the same prefix again with another suffix (hot: the KV
+    is in the pool); the on-demand server then gets an unseen 2,016-token prompt (computed).
+    Time to first token = latency of a /generate with max_new_tokens=1 (input ids, so no
+    tokenization). Reported: medians, restart/hot per server, compute/restart (on demand).
 (b) working set 4x the pool -- G prefixes of P tokens, each followed by short unique
     questions, round-robin for R rounds through a KV pool of G * P / 4 slots; the same
     requests on an Engine with the tiers on and with --disable-hierarchical-cache (each a new
@@ -94,25 +97,34 @@ def part_restart(args) -> dict:
         while s.info()["hicache"]["io_in_flight"]["write"]:
             time.sleep(0.05)
         s.stop()
-        rows = {"restart": [], "hot": [], "compute": [], "restart_cached": [], "disk_read_s": []}
+        rows: dict[str, list] = {k: [] for k in (
+            "restart", "hot", "restart warm", "hot warm", "compute", "restart_cached",
+            "restart warm_cached", "disk_read_s", "warm_tokens_before_request")}
         for _ in range(args.repeats):
-            s = Server(d, extra)
-            try:
-                s.ttft(rand_ids(rng, 256))  # process warm-up (first forward), unrelated tokens
-                t, c = s.ttft(prefix + rand_ids(rng, 16))
-                rows["restart"].append(t)
-                rows["restart_cached"].append(c)
-                rows["disk_read_s"].append(s.info()["hicache"]["disk_read_seconds"])
-                t, c = s.ttft(prefix + rand_ids(rng, 16))
-                assert c >= args.prefix_len - 64, c
-                rows["hot"].append(t)
-                t, c = s.ttft(rand_ids(rng, args.prefix_len + 16))
-                assert c == 0, c
-                rows["compute"].append(t)
-            finally:
-                s.stop()
+            for mode, flags in (("", ["--hicache-warm-start-ratio", "0"]), (" warm", [])):
+                s = Server(d, extra + flags)
+                try:
+                    s.ttft(rand_ids(rng, 256))  # process warm-up (first forward), unrelated tokens
+                    if mode:
+                        rows["warm_tokens_before_request"].append(
+                            s.info()["hicache"]["warm_start_tokens"])
+                    t, c = s.ttft(prefix + rand_ids(rng, 16))
+                    rows["restart" + mode].append(t)
+                    rows[f"restart{mode}_cached"].append(c)
+                    if not mode:
+                        rows["disk_read_s"].append(s.info()["hicache"]["disk_read_seconds"])
+                    t, c = s.ttft(prefix + rand_ids(rng, 16))
+                    assert c >= args.prefix_len - 64, c
+                    rows["hot" + mode].append(t)
+                    if not mode:
+                        t, c = s.ttft(rand_ids(rng, args.prefix_len + 16))
+                        assert c == 0, c
+                        rows["compute"].append(t)
+                finally:
+                    s.stop()
     out = {k: median(v) for k, v in rows.items()}
     out["restart / hot"] = out["restart"] / out["hot"]
+    out["restart warm / hot"] = out["restart warm"] / out["hot warm"]
     out["compute / restart"] = out["compute"] / out["restart"]
     out["samples"] = rows
     return out
@@ -166,7 +178,8 @@ def main() -> None:
     if "restart" in args.parts:
         r = part_restart(args)
         results["restart"] = r
-        cols = ["restart", "hot", "compute", "restart / hot", "compute / restart"]
+        cols = ["restart", "hot", "restart / hot", "restart warm", "hot warm",
+                "restart warm / hot", "compute", "compute / restart"]
         print_table([r], cols)
         print(markdown_table([r], cols))
     if "working-set" in args.parts:

@@ -14,8 +14,9 @@ name and renamed into place, so a reader sees a whole file or none; a file torn 
 truncated, corrupted or written by another model fails validation and is skipped (with a
 warning, and deleted when the directory is writable), never served.
 
-The index (key -> parent, tokens, size) is read from the headers at start-up; payloads are
-read on demand. All methods may be called from the cache's I/O threads: the index is guarded by
+The index (key -> parent, tokens, size) is read from the headers at start-up, in the order of
+the files' mtimes (a read sets its block's mtime, so that is the order of last use); payloads
+are read on demand. All methods may be called from the cache's I/O threads: the index is guarded by
 a lock. Every OS error (full disk, read-only directory, a file deleted under the server) is
 logged and turns into a miss; the server keeps serving.
 """
@@ -315,6 +316,11 @@ class DiskKVStore:
         with self._lock:
             if key in self._index:
                 self._index.move_to_end(key)
+        if self.writable:
+            try:  # the file's mtime is its last use: the LRU order the next start-up reads
+                os.utime(path)
+            except OSError:
+                pass
         return True if into is not None else buf.view(self.dtype).view(self.shape)
 
     def forget(self, key: str) -> None:

@@ -458,6 +458,19 @@ def test_warm_start_loads_recent_runs_within_budget(tmp_path):
     check_tree(rig)
 
 
+def test_warm_start_follows_last_use_across_restarts(tmp_path):
+    old, new = [[s * 100 + i for i in range(1, 17)] for s in range(1, 3)]
+    rig = written(tmp_path, [old, new], block=4)
+    rig.restart()
+    assert rig.request(old) == 16  # read from disk: now the most recently used run
+    rig.restart(warm=16)
+    rig.cache.drain_io()
+    m = rig.lookup(old, wait=False)  # on the device: no read needed
+    assert m is not None and len(m.indices) == 16
+    assert rig.lookup(new, wait=False) is None  # still on disk
+    check_tree(rig)
+
+
 def test_warm_start_off_or_nothing_on_disk(tmp_path):
     rig = written(tmp_path, [list(range(1, 17))], block=4)
     rig.restart(warm=0)

@@ -30,6 +30,7 @@ import torch
 
 from radixrt.fsm.bitmask import bitmask_words
 from radixrt.fsm.budget import ClosingBudget
+from radixrt.fsm.canonical_split import SplitVerdicts
 from radixrt.fsm.dfa import ByteDFA
 from radixrt.fsm.token_index import TokenTrie, pack_token_ids
 from radixrt.fsm.utf8 import whole_chars_prefix
@@ -183,11 +184,24 @@ class CompiledGrammar:
         check = np.flatnonzero(self._forced_np[ends] >= 0)
         if not check.size:
             return ids
+        dropped = np.zeros(len(ids), np.bool_)
+        split = SplitVerdicts.of(self.vocab, self.encode_batch)
+        if split is not None:  # the verdicts the tokenizer's chunking settles without a call
+            uniq, inv = np.unique(ends[check], return_inverse=True)
+            infos = [split.forced_info(self.forced_bytes(e, CANONICAL_LOOKAHEAD_BYTES))
+                     for e in uniq.tolist()]
+            decided, drop = split.verdicts(ids[check], infos, inv)
+            dropped[check[drop]] = True
+            check = check[~decided]
         tb = self._token_bytes
         texts: list[tuple[int, str]] = []
+        forced: dict[int, bytes] = {}
         for j in check.tolist():
             tok = tb[int(ids[j])]
-            data = tok + self.forced_bytes(int(ends[j]), CANONICAL_LOOKAHEAD_BYTES)
+            end = int(ends[j])
+            if end not in forced:
+                forced[end] = self.forced_bytes(end, CANONICAL_LOOKAHEAD_BYTES)
+            data = tok + forced[end]
             cut = whole_chars_prefix(data)
             if cut > len(tok):  # something forced after the token, in whole characters
                 texts.append((j, data[:cut].decode("utf-8")))
@@ -196,12 +210,11 @@ class CompiledGrammar:
         first = self._tokenizer_verdicts(
             "first_token", {text: text for _, text in texts},
             lambda _, text, enc: int(enc[0]) if enc and self.vocab.spells(enc, text.encode()) else -1)
-        drop = [j for j, text in texts if first[text] not in (-1, int(ids[j]))]
-        if not drop or len(drop) == len(ids):
+        dropped[[j for j, text in texts if first[text] not in (-1, int(ids[j]))]] = True
+        num_dropped = int(np.count_nonzero(dropped))
+        if not num_dropped or num_dropped == len(ids):
             return ids
-        keep = np.ones(len(ids), np.bool_)
-        keep[drop] = False
-        return ids[keep]
+        return ids[~dropped]
 
     def noncanonical_after(self, prev: int, candidates: list[int]) -> list[int]:
         """The ``candidates`` that the tokenizer would not write right after ``prev``: the

@@ -20,6 +20,8 @@ import numpy as np
 
 from radixrt.fsm.vocabulary import Vocabulary
 
+TAIL_NODES = 700  # trie nodes below which the deepest levels are stepped in Python
+
 
 class TokenTrie:
     def __init__(self, vocab: Vocabulary):
@@ -55,6 +57,16 @@ class TokenTrie:
         self.child_end = self.child_start + counts
         self.num_nodes = n
         self.vocab_size = vocab.size
+        # The deep levels hold few nodes (long tokens: runs of spaces, dashes, ...) but are many;
+        # from ``tail_depth`` on they are stepped in plain Python, where a numpy call per level
+        # would cost more than the level's nodes.
+        sizes = np.diff(level_start)
+        remaining = np.cumsum(sizes[::-1])[::-1]  # nodes at this depth and below
+        deep = np.flatnonzero(remaining <= TAIL_NODES)
+        self.tail_depth = max(int(deep[0]) if deep.size else len(sizes), 2)
+        self.tail_levels = [(self.parent_local[level_start[d]:level_start[d + 1]].tolist(),
+                             self.byte[level_start[d]:level_start[d + 1]].tolist())
+                            for d in range(self.tail_depth, len(level_start) - 1)]
         # Sorted token bytes, for "is there a longer token with this prefix" queries.
         self.sorted_bytes = sorted(vocab.token_bytes[i] for i in ids)
 
@@ -74,25 +86,27 @@ class TokenTrie:
         is stepped densely (all its nodes, dead parents stay dead) while many nodes are alive,
         and sparsely (only children of live nodes) once few are.
         """
-        live_nodes = np.zeros(self.num_nodes, np.bool_)
-        node_state = np.zeros(self.num_nodes, np.int64) if with_states else None
+        # State after each node's bytes (0 = dead or not visited): dense levels write whole
+        # slices, sparse ones their live nodes; a token is allowed iff its node's state is not 0.
+        node_state = np.zeros(self.num_nodes, np.int64)
         ls = self.level_start
         dense: np.ndarray | None = np.full(1, state, np.int64)  # states of the whole level
         frontier = frontier_state = None  # sparse form: live node ids and their states
-        for d in range(1, len(ls) - 1):
+        tail = self.tail_depth
+        for d in range(1, min(tail, len(ls) - 1)):
             a, b = ls[d], ls[d + 1]
             if dense is not None:
-                cur = table_flat[dense[self.parent_local[a:b]] * 256 + self.byte[a:b]]
-                live = cur != 0
-                num_live = int(np.count_nonzero(live))
+                idx = np.take(dense, self.parent_local[a:b])
+                idx *= 256
+                idx += self.byte[a:b]
+                cur = node_state[a:b]
+                np.take(table_flat, idx, out=cur)
+                num_live = int(np.count_nonzero(cur))
                 if num_live == 0:
                     break
-                live_nodes[a:b] = live
-                if node_state is not None:
-                    node_state[a:b] = cur
                 if num_live * 8 < b - a:
-                    frontier = a + np.flatnonzero(live)
-                    frontier_state = cur[live]
+                    frontier = a + np.flatnonzero(cur)
+                    frontier_state = cur[frontier - a]
                     dense = None
                 else:
                     dense = cur
@@ -105,19 +119,57 @@ class TokenTrie:
                     break
                 # Expand the ragged child ranges of all live nodes into one index array.
                 children = np.repeat(starts - ends + counts, counts) + np.arange(total)
-                st = table_flat[np.repeat(frontier_state * 256, counts) + self.byte[children]]
+                st = np.take(table_flat, np.repeat(frontier_state * 256, counts)
+                             + self.byte[children])
                 live = st != 0
                 frontier = children[live]
                 if not frontier.size:
                     break
                 frontier_state = st[live]
-                live_nodes[frontier] = True
-                if node_state is not None:
-                    node_state[frontier] = frontier_state
-        keep = live_nodes[self.token_node]
-        if node_state is None:
+                node_state[frontier] = frontier_state
+        else:
+            if tail < len(ls) - 1:
+                self._walk_tail(table_flat, dense, frontier, frontier_state, node_state)
+        end_states = node_state[self.token_node]
+        keep = end_states != 0
+        if not with_states:
             return self.token_ids[keep]
-        return self.token_ids[keep], node_state[self.token_node[keep]]
+        return self.token_ids[keep], end_states[keep]
+
+    def _walk_tail(self, table_flat: np.ndarray, dense: np.ndarray | None,
+                   frontier: np.ndarray | None, frontier_state: np.ndarray | None,
+                   node_state: np.ndarray) -> None:
+        """Step the levels from ``tail_depth`` on, given the states of the level above (the
+        whole level in ``dense``, or its live nodes ``frontier`` with ``frontier_state``)."""
+        ls = self.level_start
+        a = ls[self.tail_depth - 1]
+        if dense is not None:
+            states = dense.tolist()
+        else:
+            above = np.zeros(ls[self.tail_depth] - a, np.int64)
+            above[frontier - a] = frontier_state
+            states = above.tolist()
+        table = memoryview(table_flat)
+        live_ids: list[int] = []
+        live_states: list[int] = []
+        for d, (parents, bytes_) in enumerate(self.tail_levels, self.tail_depth):
+            base = ls[d]
+            nxt = [0] * len(parents)
+            any_live = False
+            for j, (p, byte) in enumerate(zip(parents, bytes_, strict=True)):
+                st = states[p]
+                if st:
+                    st = table[st * 256 + byte]
+                    if st:
+                        nxt[j] = st
+                        live_ids.append(base + j)
+                        live_states.append(st)
+                        any_live = True
+            if not any_live:
+                break
+            states = nxt
+        if live_ids:
+            node_state[live_ids] = live_states
 
     def has_longer_token(self, prefix: bytes, next_bytes: list[int] | None = None) -> bool:
         """Is there a token that starts with ``prefix`` and is longer, optionally whose next

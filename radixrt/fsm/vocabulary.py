@@ -9,7 +9,8 @@
 - Special/control tokens (``all_special_ids`` and added tokens marked special) emit no bytes; a
   grammar never allows them, except EOS, which the matcher allows in accepting states.
 
-Vocabularies are cached per tokenizer under ``name_or_path:size:hash-of-pieces``.
+Vocabularies are cached per tokenizer under ``name_or_path:size:hash-of-pieces`` (plus the
+chunking layout, when it is one ``canonical_split`` knows).
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ class Vocabulary:
     token_bytes: list[bytes]  # per id; b"" for special/control tokens
     special_ids: frozenset[int]
     kind: str  # "byte_level" | "sentencepiece" | "plain"
+    # "gpt2_regex": no normalizer, GPT-2's ByteLevel pre-tokenizer (its regex, no prefix space)
+    # and a BPE model without dropout, so text is encoded chunk by chunk as that regex cuts it
+    # (``radixrt.fsm.canonical_split`` relies on it); None: anything else.
+    chunking: str | None = None
+    added_texts: tuple[bytes, ...] = ()  # contents of added tokens (split out before chunking)
+    # The tokenizer's own pre-tokenizer (text -> chunks), where ``chunking`` is set.
+    pre_tokenize: Any = field(default=None, repr=False)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -69,13 +77,19 @@ def get_vocabulary(tokenizer) -> Vocabulary:
     pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     digest = hashlib.sha1("\x00".join(p if p is not None else "\x01" for p in pieces)
                           .encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    chunking = _chunking(tokenizer)
     key = f"{getattr(tokenizer, 'name_or_path', '')}:{len(pieces)}:{digest}"
+    if chunking:
+        key += f":{chunking}"
     with _vocabulary_lock:
         vocab = _vocabulary_cache.get(key)
         if vocab is not None:
             _vocabulary_cache.move_to_end(key)
             return vocab
     vocab = _build_vocabulary(tokenizer, pieces, key)
+    vocab.chunking = chunking
+    if chunking:
+        vocab.pre_tokenize = tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str
     with _vocabulary_lock:
         _vocabulary_cache[key] = vocab
         while len(_vocabulary_cache) > _VOCABULARY_CACHE_SIZE:
@@ -106,6 +120,24 @@ def _decoder_kind(tokenizer) -> tuple[str, bool]:
     return "plain", False
 
 
+def _chunking(tokenizer) -> str | None:
+    """"gpt2_regex" when the fast tokenizer's spec is exactly that layout (see ``Vocabulary``)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    try:
+        spec = json.loads(backend.to_str())
+    except (AttributeError, ValueError):
+        return None
+    pre = spec.get("pre_tokenizer") or {}
+    model = spec.get("model") or {}
+    if (spec.get("normalizer") is None and pre.get("type") == "ByteLevel"
+            and pre.get("use_regex", True) is True and pre.get("add_prefix_space") is False
+            and model.get("type") == "BPE" and not model.get("dropout")):
+        return "gpt2_regex"
+    return None
+
+
 def _special_ids(tokenizer) -> set[int]:
     ids = set(getattr(tokenizer, "all_special_ids", []) or [])
     for i, tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
@@ -127,7 +159,8 @@ def _build_vocabulary(tokenizer, pieces: list[str | None], key: str) -> Vocabula
             out.append(added[i].encode("utf-8"))
         else:
             out.append(piece_bytes(piece, kind))
-    return Vocabulary(key=key, token_bytes=out, special_ids=frozenset(special), kind=kind)
+    return Vocabulary(key=key, token_bytes=out, special_ids=frozenset(special), kind=kind,
+                      added_texts=tuple(sorted({t.encode("utf-8") for t in added.values()})))
 
 
 def piece_bytes(piece: str, kind: str) -> bytes:

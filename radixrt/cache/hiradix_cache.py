@@ -91,6 +91,13 @@ class _ReadJob:
         # stopped short).
         self.cancel = cancel
         self.cancelled = False
+        # Blocks are taken in order by the reader thread and by a scheduler thread waiting
+        # for the job (`HiRadixCache.wait_io`), under ``lock``.
+        self.lock = threading.Condition()
+        self.next = 0  # the next block to take
+        self.active = 0  # blocks being read
+        self.ok = [False] * len(blocks)
+        self.closed = False
 
 
 class _WriteJob:
@@ -124,6 +131,7 @@ class HiRadixCache(RadixCache):
         self._done: queue.Queue = queue.Queue()  # finished jobs, applied on the caller thread
         self._jobs: dict[str, queue.Queue] = {}
         self._threads: list[threading.Thread] = []
+        self._reading: _ReadJob | None = None  # the read job the reader thread is on
         self._in_flight = {"read": 0, "write": 0}
         # Device nodes brought back from a lower tier ("host" / "disk") that no admitted
         # request has used yet: the hit counters attribute them to that tier.
@@ -550,34 +558,70 @@ class HiRadixCache(RadixCache):
             self.dec_lock_ref(held)
 
     def _read(self, job: _ReadJob) -> None:
-        b, pos, pool = self.disk.block_tokens, job.span_start, self.device_pool
-        for i, (key, tokens) in enumerate(job.blocks):
-            if job.cancel is not None and job.cancel.is_set():
-                job.cancelled = True
-                break
-            t0 = time.perf_counter()
-            lo = pos - (job.first + i) * b
-            off = pos - job.span_start
-            slots = job.slots[off:off + b - lo]
-            first = int(slots[0])
-            if lo == 0 and pool.device.type == "cpu" and int(slots[-1]) - first == b - 1:
-                # A whole block into consecutive rows: read the file straight into the pool.
-                rows = slice(first, first + b)
-                into = [buf[rows] for layer in range(pool.num_layers)
-                        for buf in (pool.k_buffers[layer], pool.v_buffers[layer])]
-                ok = self.disk.read_block(key, tokens, into) is not None
-            else:
-                data = self.disk.read_block(key, tokens)
-                ok = data is not None
+        """The reader thread's share of ``job`` (a scheduler waiting in `wait_io` takes blocks
+        too); returns when every block taken, by either thread, is done."""
+        with job.lock:
+            self._reading = job
+        try:
+            self._read_blocks(job)
+        finally:
+            with job.lock:
+                self._reading = None
+                while job.active:
+                    job.lock.wait()
+                job.closed = True  # a helper that comes late takes nothing
+        b = self.disk.block_tokens
+        n = 0
+        while n < len(job.blocks) and job.ok[n]:
+            n += 1
+        job.ok_end = job.span_start if n == 0 else (job.first + n) * b
+
+    def _read_blocks(self, job: _ReadJob, deadline: float | None = None) -> None:
+        """Read blocks of ``job`` in order, one at a time, until none are left, one failed,
+        the job is cancelled or (a helper) ``deadline`` (time.monotonic) has passed. Several
+        threads may run this on one job."""
+        b, pool = self.disk.block_tokens, self.device_pool
+        while deadline is None or time.monotonic() < deadline:
+            with job.lock:
+                i = job.next
+                if job.closed or job.cancelled or job.errors or i >= len(job.blocks):
+                    return
+                if job.cancel is not None and job.cancel.is_set():
+                    job.cancelled = True
+                    return
+                job.next += 1
+                job.active += 1
+            try:
+                key, tokens = job.blocks[i]
+                t0 = time.perf_counter()
+                pos = job.span_start if i == 0 else (job.first + i) * b
+                lo = pos - (job.first + i) * b
+                off = pos - job.span_start
+                slots = job.slots[off:off + b - lo]
+                first = int(slots[0])
+                if lo == 0 and pool.device.type == "cpu" and int(slots[-1]) - first == b - 1:
+                    # A whole block into consecutive rows: read the file straight into the pool.
+                    rows = slice(first, first + b)
+                    into = [buf[rows] for layer in range(pool.num_layers)
+                            for buf in (pool.k_buffers[layer], pool.v_buffers[layer])]
+                    ok = self.disk.read_block(key, tokens, into) is not None
+                else:
+                    data = self.disk.read_block(key, tokens)
+                    ok = data is not None
+                    if ok:
+                        scatter_kv(pool, slots, data[:, :, lo:])
+            except Exception:  # a bug: report it, fail the block (recomputed), keep serving
+                logger.exception("hicache: reading a KV block failed")
+                ok = False
+            with job.lock:
+                job.active -= 1
+                job.ok[i] = ok
                 if ok:
-                    scatter_kv(pool, slots, data[:, :, lo:])
-            if not ok:
-                job.errors += 1
-                break
-            pos += b - lo
-            job.nbytes += self.disk.block_bytes
-            job.seconds += time.perf_counter() - t0
-        job.ok_end = pos
+                    job.nbytes += self.disk.block_bytes
+                    job.seconds += time.perf_counter() - t0
+                else:
+                    job.errors += 1
+                job.lock.notify_all()
 
     def _finish_read(self, job: _ReadJob) -> None:
         self.stats.disk_read_bytes += job.nbytes
@@ -807,15 +851,25 @@ class HiRadixCache(RadixCache):
 
     def wait_io(self, timeout: float | None = None, writes: bool = False) -> None:
         """Block until a disk job finishes (``writes``: until no write is in flight), or
-        ``timeout`` seconds pass."""
+        ``timeout`` seconds pass. Meanwhile this thread reads blocks of the read job in
+        progress alongside the reader thread (the caller has nothing else to do: on a CPU that
+        is a second core on the restore)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.io_pending():
+            reading = self._reading
+            if reading is not None:  # idle meanwhile: read blocks of the job too
+                self._read_blocks(reading, deadline)
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return
+            wait = left
+            if reading is None and self._in_flight["read"]:  # a read about to start: look again soon
+                wait = 0.002 if left is None else min(left, 0.002)
             try:
-                kind, job = self._done.get(timeout=left)
+                kind, job = self._done.get(timeout=wait)
             except queue.Empty:
+                if wait is not left:
+                    continue
                 return
             self._apply(kind, job)
             if not writes or not self._in_flight["write"]:

@@ -402,6 +402,31 @@ def test_writes_hold_their_nodes_until_done(tmp_path):
     check_tree(rig)
 
 
+def test_a_waiting_scheduler_reads_blocks_alongside_the_reader(tmp_path):
+    import threading
+    import time
+
+    a = list(range(1, 33))  # 8 blocks
+    rig = written(tmp_path, [a], block=4)
+    rig.restart()
+    inner, by = rig.disk.read_block, []
+
+    def read(key, tokens, into=None):
+        me = threading.current_thread().name
+        if me != "MainThread":  # the reader holds its first block until the waiter read the rest
+            deadline = time.monotonic() + 30
+            while len(by) < 7 and time.monotonic() < deadline:
+                time.sleep(0.001)
+        by.append(me)
+        return inner(key, tokens, into)
+
+    rig.disk.read_block = read
+    assert rig.request(a) == 32  # lookup waits in wait_io, which reads blocks itself
+    assert by.count("MainThread") == 7 and len(by) == 8
+    assert rig.cache.stats.disk_blocks_read == 8
+    check_tree(rig)
+
+
 # ---------------------------------------------------------------------------- warm start
 class GatedReads:
     """Holds the disk reads of ``rig`` until ``open()`` or until the warm start is being

@@ -53,8 +53,17 @@ _ASCII_CLASS = bytes(
     _C_LETTER if chr(c).isalpha() else _C_DIGIT if chr(c).isdigit() else
     _C_SPACE if c in (9, 10, 11, 12, 13, 32) else _C_PUNCT if 0x21 <= c <= 0x7E else _C_OTHER
     for c in range(128)) + bytes([_C_OTHER]) * 128
+# Decided by kind (row) and the forced text's first class + 1 (column; 0: no rule there).
+_DECIDES = np.zeros((5, 6), np.bool_)
+_DECIDES[_MULTI, 1:] = True
+_DECIDES[_LETTER, [1 + _C_DIGIT, 1 + _C_SPACE, 1 + _C_PUNCT]] = True
+_DECIDES[_DIGIT, [1 + _C_LETTER, 1 + _C_SPACE, 1 + _C_PUNCT]] = True
 _CONTRACTION_PREFIXES = {b"'", b"'r", b"'v", b"'l"}
 _PAIR_CACHE_LIMIT = 1 << 18
+# Punctuation runs that most often follow a token at a forced boundary in compact JSON (a
+# string's closing quote and what comes after it), precomputed by ``warm``.
+COMMON_HEADS = (b'"', b'","', b'",', b',"', b'"}', b'"]', b'"},', b'"}]', b'"}}', b'"]}',
+                b'"},{"', b'":"', b'":', b':"', b":", b"-", b"}", b"]", b",", b".")
 _build_lock = threading.Lock()
 
 
@@ -118,6 +127,17 @@ class SplitVerdicts:
                     got = vocab._cache["split_verdicts"] = cls(vocab, encode_batch)
         return got
 
+    def warm(self, heads: tuple[bytes, ...] = COMMON_HEADS) -> int:
+        """Precompute the punctuation tokens' verdicts in front of ``heads``; returns how many
+        were computed."""
+        tb = self.vocab.token_bytes
+        keys = [(int(t), h) for h in heads for t in np.flatnonzero(self.kind == _PUNCT).tolist()
+                if (int(t), h) not in self._pairs]
+        if keys:
+            encs = self.encode_batch([(tb[t] + h).decode("utf-8") for t, h in keys])
+            self._pairs.update((key, int(enc[0])) for key, enc in zip(keys, encs, strict=True))
+        return len(keys)
+
     def forced_info(self, forced: bytes) -> tuple[int, bytes] | None:
         """For the bytes forced after a token (as the canonical check reads them): the ASCII
         class of their first character and their leading ASCII punctuation run ``H`` (all of
@@ -150,16 +170,14 @@ class SplitVerdicts:
         """Tokens ``ids``, token ``j`` followed by the forced text described by
         ``infos[which[j]]``: (decided, drop) boolean arrays; ``drop`` is meaningful where
         ``decided``: the tokenizer would start ``t + F`` with another token."""
-        ok = np.asarray([i is not None for i in infos], np.bool_)[which]
-        fcls = np.asarray([i[0] if i else -1 for i in infos], np.int8)[which]
+        column = np.asarray([1 + i[0] if i else 0 for i in infos], np.int64)[which]
         kind = self.kind[ids]
-        first = self.first[ids].copy()
-        decided = ok & ((kind == _MULTI)
-                        | ((kind == _LETTER) & np.isin(fcls, (_C_DIGIT, _C_SPACE, _C_PUNCT)))
-                        | ((kind == _DIGIT) & np.isin(fcls, (_C_LETTER, _C_SPACE, _C_PUNCT))))
-        punct = np.flatnonzero(ok & (kind == _PUNCT))
+        first = self.first[ids]
+        decided = _DECIDES[kind, column]
+        punct = np.flatnonzero((kind == _PUNCT) & (column > 0))
         if punct.size:
             heads = [infos[w][1] for w in which[punct].tolist()]
+            first = first.copy()
             todo = []
             for j, h in zip(punct.tolist(), heads, strict=True):
                 if h == b"?":

@@ -48,9 +48,8 @@ from radixrt.fsm.utf8 import utf8_sequences
 CLOSING_MARGIN = 12
 # Earley steps one restricted mask may spend walking the vocabulary trie for candidates.
 MAX_WALK_STEPS = 64
-# Exact token splits one restricted mask may spend on candidates whose byte distance alone
-# does not show that they fit.
-MAX_WALK_SPLITS = 24
+# Candidate walks kept per request (keyed by the chart's last set, see ``CfgCloser._walk``).
+_WALK_CACHE_LIMIT = 256
 # Completions whose token split is cached per grammar.
 _SPLIT_CACHE_LIMIT = 4096
 # Longest token (bytes) considered for the "free text" candidates.
@@ -524,6 +523,10 @@ class CfgCloser:
         self.ends: list[int] = []  # len(text) after each token fed
         self.dead = False
         self.route: tuple[int, bytes, list[int], list[int]] | None = None
+        self._walks: dict[frozenset, tuple[dict[int, tuple[int, bytes]], np.ndarray]] = {}
+        # The completions that justified the tokens of the last restricted mask: (position,
+        # token bytes -> completion after them); the next ``close_tokens`` starts from there.
+        self._offered: tuple[int, dict[bytes, bytes]] | None = None
 
     def copy(self) -> CfgCloser:
         other = CfgCloser.__new__(CfgCloser)
@@ -531,6 +534,7 @@ class CfgCloser:
         other.chart = list(self.chart)
         other.text = bytearray(self.text)
         other.ends = list(self.ends)
+        other._walks = {}
         return other
 
     @property
@@ -557,11 +561,14 @@ class CfgCloser:
         if self.dead and (not self.ends or self.ends[-1] >= 0):
             self.dead = False
         n = self.ends[-1] if self.ends else 0
+        self._walks.clear()  # keyed by sets' positions, which the next text reuses
         if n >= 0:
             del self.chart[n + 1:]
             del self.text[n:]
             if self.route is not None and self.route[0] > n:
                 self.route = None
+            if self._offered is not None and self._offered[0] > n:
+                self._offered = None
 
     # ------------------------------------------------------------ distances
     @property
@@ -579,6 +586,12 @@ class CfgCloser:
         got = self._route_cost(pos)
         w = self.index.completion(self.chart)
         best, first = self.closing.split(w)
+        if self._offered is not None and self._offered[0] < pos:  # what the last mask offered
+            w2 = self._offered[1].get(bytes(self.text[self._offered[0]:]))
+            if w2 is not None:
+                b2, f2 = self.closing.split(w2)
+                if b2[0] < best[0]:
+                    w, best, first = w2, b2, f2
         if best[0] < got[0] or self.route is None or got[0] >= UNREACHABLE:
             self.route = (pos, w, best, first)
             return best[0], first[0]
@@ -592,28 +605,13 @@ class CfgCloser:
         start, w, best, first = r
         done = bytes(self.text[start:pos]) + extra
         if not w.startswith(done):
+            index = self.index
+            if not extra and start < pos and (  # free text since: the same completions
+                    index.signature(self.chart[start], start) == index.signature(self.chart[pos], pos)):
+                return best[0], first[0]
             return UNREACHABLE, -1
         k = len(done)
         return best[k], first[k]
-
-    def _close_after(self, chart, data: bytes, after: int, splits: list[int]) -> int:
-        """``close_tokens`` of ``chart`` (the current chart after ``data``) where it is at
-        most ``after``; some value above ``after`` otherwise. ``splits`` counts the exact
-        splits spent (at most ``MAX_WALK_SPLITS``; past that, an unknown cost counts as too
-        high)."""
-        d = chart[-1].dist
-        if d == 0:
-            return 0
-        r = self._route_cost(len(self.text), data)[0]
-        if r <= after:
-            return r
-        w = self.index.completion(chart)
-        if d <= after and self.closing.single.issuperset(w):
-            return d  # every byte is a token: d tokens spell the shortest completion
-        if splits[0] >= MAX_WALK_SPLITS and w not in self.closing._splits:
-            return UNREACHABLE
-        splits[0] += 1
-        return min(r, self.closing.split(w)[0][0])
 
     # ------------------------------------------------------------ masks
     def restrict(self, row: np.ndarray, tokens_left: int) -> bool:
@@ -631,9 +629,15 @@ class CfgCloser:
         close, head = self.close_tokens()
         if close >= UNREACHABLE or after >= close + CLOSING_MARGIN:
             return False
-        cands = {t: c for t, c in self._candidates(after, head).items()
+        walk, free = self._walk()
+        cands = {t: c for t, (c, _) in walk.items()}
+        if head >= 0:  # the route's first token closes by one (see the module docstring)
+            cands[head] = min(cands.get(head, UNREACHABLE), close - 1)
+        if self.chart[-1].dist == 0:
+            cands.update(dict.fromkeys(self.closing.eos_token_ids, 0))
+        cands = {t: c for t, c in cands.items()
                  if 0 <= t < 32 * len(row) and int(row[t >> 5]) >> (t & 31) & 1}
-        fits = row & self._free() if close <= after else np.zeros_like(row)
+        fits = row & free if close <= after else np.zeros_like(row)
         ok = [t for t, c in cands.items() if c <= after]
         if not ok and not fits.any():
             if not cands:
@@ -642,6 +646,8 @@ class CfgCloser:
             ok = [t for t, c in cands.items() if c == lo]
         if ok:
             fits |= pack_token_ids(np.asarray(ok, np.int64), self.closing.num_words)
+            tb = self.closing.token_bytes
+            self._offered = (len(self.text), {tb[t]: walk[t][1] for t in ok if t in walk})
         if np.array_equal(fits, row):
             return False
         row[:] = fits
@@ -653,8 +659,21 @@ class CfgCloser:
         single = self.closing.single
         return len(single) == 256 or single.issuperset(self.index.completion(self.chart))
 
-    def _free(self) -> np.ndarray:
-        """Tokens made of bytes that leave the chart equivalent to the current one."""
+    def _walk(self) -> tuple[dict[int, tuple[int, bytes]], np.ndarray]:
+        """The candidates of the current chart: ``_candidates`` and ``_free``, cached per
+        request by the set's signature (a run of free text keeps it)."""
+        cur = self.chart[-1]
+        sig = self.index.signature(cur, len(self.chart) - 1)
+        hit = self._walks.get(sig)
+        if hit is None:
+            if len(self._walks) >= _WALK_CACHE_LIMIT:
+                self._walks.clear()
+            hit = self._walks[sig] = (self._candidates(sig), self._free(sig))
+        return hit
+
+    def _free(self, sig: frozenset) -> np.ndarray:
+        """Tokens made of bytes that leave the chart equivalent to the current one (free
+        text: they keep every distance)."""
         index, chart = self.index, self.chart
         cur = chart[-1]
         if not cur.scans:
@@ -666,7 +685,6 @@ class CfgCloser:
         union = 0
         for mask, _, _ in cur.scans:
             union |= mask
-        sig = index.signature(cur, i)
         stationary = 0
         for c in classes:
             if c & union:
@@ -677,39 +695,22 @@ class CfgCloser:
             return np.zeros(self.closing.num_words, np.int32)
         return self.closing.free_mask(stationary)
 
-    def _candidates(self, after: int, head: int) -> dict[int, int]:
-        """Tokens found by a bounded walk of the vocabulary trie (the remembered route's first
-        token first), each with its ``close`` after it (exact where it fits in ``after``);
-        EOS in an accepting chart."""
-        index, walk = self.index, self.closing.walk
-        tb, vocab_size = self.closing.token_bytes, self.closing.vocab_size
-        out: dict[int, int] = {}
+    def _candidates(self, sig: frozenset) -> dict[int, tuple[int, bytes]]:
+        """Tokens found by a bounded best-first walk of the vocabulary trie, each with the
+        fewest tokens that spell its chart's shortest completion (and that completion): first the bytes on a
+        shortest completion (the ones that close), then the smallest detours, never more
+        than ``CLOSING_MARGIN`` bytes past the current distance, skipping free-text bytes at
+        the first level (``_free`` covers those tokens wholesale)."""
+        index, closing = self.index, self.closing
+        walk, vocab_size = closing.walk, closing.vocab_size
+        out: dict[int, tuple[int, bytes]] = {}
         cur = self.chart[-1]
-        if cur.dist == 0:
-            for e in self.closing.eos_token_ids:
-                out[e] = 0
         base = _Chart(self.chart, len(self.chart))
-        steps, splits = 0, [0]
-        if 0 <= head < len(tb):  # the route's first token, byte by byte
-            chart, node = base, 0
-            for b in tb[head]:
-                s = index.advance(chart, b)
-                node = walk.child(node, b)
-                steps += 1
-                if s is None or node < 0:
-                    break
-                chart = chart.plus(s)
-            else:
-                out[head] = self._close_after(chart, tb[head], after, splits)
-        # Best-first over the trie: first the bytes on a shortest completion (the ones that
-        # close), then the smallest detours, never past the byte budget, skipping free-text
-        # bytes at the first level (``_free`` covers those tokens wholesale).
-        limit = max(cur.dist, after)
-        sig0 = None
-        heap: list[tuple[int, int, int, _Chart, bytes, int]] = [(0, 0, 0, base, b"", 0)]
-        pushed = 0
+        limit = cur.dist + CLOSING_MARGIN
+        heap: list[tuple[int, int, int, _Chart, int]] = [(0, 0, 0, base, 0)]
+        steps = pushed = 0
         while heap and steps < MAX_WALK_STEPS:
-            _, depth, _, chart, data, node = heappop(heap)
+            _, depth, _, chart, node = heappop(heap)
             union = 0
             for mask, _, _ in chart[-1].scans:
                 union |= mask
@@ -723,15 +724,13 @@ class CfgCloser:
                 steps += 1
                 if s is None or s.dist > limit:
                     continue
-                if not data:
-                    if sig0 is None:
-                        sig0 = index.signature(cur, len(self.chart) - 1)
-                    if index.signature(s, len(self.chart)) == sig0:
-                        continue  # free text: ``_free``
-                nxt, nd = chart.plus(s), data + bytes((b,))
+                if not depth and index.signature(s, len(self.chart)) == sig:
+                    continue  # free text: ``_free``
+                nxt = chart.plus(s)
                 t = walk.node_token[j]
                 if 0 <= t < vocab_size and t not in out:
-                    out[t] = self._close_after(nxt, nd, after, splits)
+                    w = index.completion(nxt)
+                    out[t] = (closing.split(w)[0][0], w)
                 pushed += 1
-                heappush(heap, (s.dist + depth + 1 - cur.dist, depth + 1, pushed, nxt, nd, j))
+                heappush(heap, (s.dist + depth + 1 - cur.dist, depth + 1, pushed, nxt, j))
         return out

@@ -203,5 +203,7 @@ class SchedulerLoop:
             "stats": stats,
             # Hierarchical cache (docs/hicache.md): per-tier sizes, hits, bytes, timings.
             "hicache": s.cache.tier_stats(),
+            # Vocabulary-level grammar caches built at start (GrammarManager.start_warm_up).
+            "grammar_warm_up": s.grammars.warm_up_status,
         }
 

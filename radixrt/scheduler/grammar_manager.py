@@ -21,6 +21,8 @@ the model onto a token split it would not have chosen: that split is simply not 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, wait
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -63,6 +65,8 @@ class GrammarManager:
         self.canonical_tokens = canonical_tokens
         self.budget_closing = budget_closing
         self._compiler = None
+        self._compiler_lock = threading.Lock()
+        self.warm_up_status = "not started"  # reported by /get_server_info
         self.pending: list[Req] = []
         # Per compiled grammar (shared by every request with the same constraint, dropped with
         # it): DFA state -> the tokens the model produced for the text forced there.
@@ -71,13 +75,37 @@ class GrammarManager:
     @property
     def compiler(self):
         if self._compiler is None:
-            from radixrt.fsm import GrammarCompiler
+            with self._compiler_lock:  # the warm-up thread may be building it
+                if self._compiler is None:
+                    from radixrt.fsm import GrammarCompiler
 
-            self._compiler = GrammarCompiler(self.tokenizer, vocab_size=self.vocab_size,
-                                             eos_token_ids=sorted(self.eos_ids),
-                                             whitespace_pattern=self.whitespace_pattern,
-                                             canonical_tokens=self.canonical_tokens)
+                    self._compiler = GrammarCompiler(
+                        self.tokenizer, vocab_size=self.vocab_size,
+                        eos_token_ids=sorted(self.eos_ids),
+                        whitespace_pattern=self.whitespace_pattern,
+                        canonical_tokens=self.canonical_tokens)
         return self._compiler
+
+    def start_warm_up(self) -> threading.Thread:
+        """Build the compiler and its vocabulary-level caches (token trie, shared automata,
+        canonical-token tables; ``GrammarCompiler.warm_caches``) on a background thread, so
+        the first constrained request does not pay for them. NumPy and the tokenizer only: no
+        torch op runs there (an OpenMP team on a second thread slows every forward)."""
+        def run() -> None:
+            t0 = time.perf_counter()
+            self.warm_up_status = "running"
+            try:
+                built = self.compiler.warm_caches()
+            except Exception as e:  # only speed is lost: the caches build on first use
+                self.warm_up_status = f"failed: {type(e).__name__}: {e}"
+                logger.warning("grammar cache warm-up failed", exc_info=True)
+                return
+            self.warm_up_status = "done"
+            logger.info("grammar caches warmed in %.2f s (%s)", time.perf_counter() - t0, built)
+
+        thread = threading.Thread(target=run, name="radixrt-grammar-warm-up", daemon=True)
+        thread.start()
+        return thread
 
     def submit(self, req: Req, kind: str, spec: str) -> None:
         """Start compiling; raises ValueError at once if the spec is rejected up front."""

@@ -72,6 +72,7 @@ class Scheduler:
                                        jump_forward=not args.disable_jump_forward,
                                        canonical_tokens=not args.disable_canonical_tokens,
                                        budget_closing=not args.disable_budget_closing)
+        self.grammars.start_warm_up()
         self.stats = SchedulerStats()
         self.post = PostProcessor(self.grammars, eos_ids, self.vocab_size, self.context_len,
                                   self.stats, args.seed)

@@ -1,0 +1,35 @@
+"""The grammar caches are warmed on a background thread at scheduler start."""
+
+from __future__ import annotations
+
+from radixrt.fsm.canonical_split import COMMON_HEADS, SplitVerdicts
+from radixrt.fsm.token_index import TokenTrie
+from radixrt.scheduler.grammar_manager import GrammarManager
+
+
+def test_warm_up_builds_the_vocabulary_caches(smol_tokenizer):
+    gm = GrammarManager(smol_tokenizer, len(smol_tokenizer), {smol_tokenizer.eos_token_id})
+    assert gm.warm_up_status == "not started"
+    gm.start_warm_up().join(timeout=120)
+    assert gm.warm_up_status == "done"
+    vocab = gm.compiler.vocab
+    assert vocab._cache.get("trie") is TokenTrie.of(vocab)
+    split = vocab._cache.get("split_verdicts")
+    assert isinstance(split, SplitVerdicts)
+    punct = int((split.kind == 4).sum())
+    assert punct and len(split._pairs) >= punct * len(COMMON_HEADS)
+    # The first constrained request finds it all built (no second table, no second compiler).
+    assert SplitVerdicts.of(vocab, gm.compiler._encode_batch) is split
+
+
+def test_warm_up_failure_only_reports(monkeypatch, smol_tokenizer):
+    gm = GrammarManager(smol_tokenizer, len(smol_tokenizer), set())
+
+    def broken(self):
+        raise RuntimeError("no tables today")
+
+    from radixrt.fsm.compiler import GrammarCompiler
+
+    monkeypatch.setattr(GrammarCompiler, "warm_caches", broken)
+    gm.start_warm_up().join(timeout=120)
+    assert gm.warm_up_status == "failed: RuntimeError: no tables today"

@@ -175,7 +175,13 @@ class CompiledGrammar:
             ids = self.trie.allowed_tokens(self._table_flat, state)
             ids = ids[ids < self.vocab_size]
         if state and self._accepting[state] and self.eos_token_ids:
-            ids = np.union1d(ids, np.asarray(self.eos_token_ids, np.int64))
+            # ids is sorted: insert the EOS ids it lacks (np.union1d re-sorts all of it).
+            eos = np.unique(np.asarray(self.eos_token_ids, np.int64))
+            pos = np.searchsorted(ids, eos)
+            present = np.zeros(len(eos), np.bool_)
+            inside = pos < len(ids)
+            present[inside] = ids[pos[inside]] == eos[inside]
+            ids = np.insert(ids, pos[~present], eos[~present])
         return ids
 
     def _canonical_only(self, ids: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -184,14 +190,14 @@ class CompiledGrammar:
         check = np.flatnonzero(self._forced_np[ends] >= 0)
         if not check.size:
             return ids
-        dropped = np.zeros(len(ids), np.bool_)
+        dropped = np.zeros(0, np.int64)
         split = SplitVerdicts.of(self.vocab, self.encode_batch)
         if split is not None:  # the verdicts the tokenizer's chunking settles without a call
             uniq, inv = np.unique(ends[check], return_inverse=True)
             infos = [split.forced_info(self.forced_bytes(e, CANONICAL_LOOKAHEAD_BYTES))
                      for e in uniq.tolist()]
             decided, drop = split.verdicts(ids[check], infos, inv)
-            dropped[check[drop]] = True
+            dropped = check[drop]
             check = check[~decided]
         tb = self._token_bytes
         texts: list[tuple[int, str]] = []
@@ -210,11 +216,12 @@ class CompiledGrammar:
         first = self._tokenizer_verdicts(
             "first_token", {text: text for _, text in texts},
             lambda _, text, enc: int(enc[0]) if enc and self.vocab.spells(enc, text.encode()) else -1)
-        dropped[[j for j, text in texts if first[text] not in (-1, int(ids[j]))]] = True
-        num_dropped = int(np.count_nonzero(dropped))
-        if not num_dropped or num_dropped == len(ids):
+        slow = [j for j, text in texts if first[text] not in (-1, int(ids[j]))]
+        if slow:
+            dropped = np.concatenate((dropped, np.asarray(slow, np.int64)))
+        if not len(dropped) or len(dropped) == len(ids):
             return ids
-        return ids[~dropped]
+        return np.delete(ids, dropped)
 
     def noncanonical_after(self, prev: int, candidates: list[int]) -> list[int]:
         """The ``candidates`` that the tokenizer would not write right after ``prev``: the

@@ -50,6 +50,9 @@ CLOSING_MARGIN = 12
 MAX_WALK_STEPS = 64
 # Candidate walks kept per request (keyed by the chart's last set, see ``CfgCloser._walk``).
 _WALK_CACHE_LIMIT = 256
+# Chart sets kept whole behind the current one (rollback reaches them); older ones keep only
+# what completions and distances read (their items and scans are dropped).
+KEEP_FULL_SETS = 256
 # Completions whose token split is cached per grammar.
 _SPLIT_CACHE_LIMIT = 4096
 # Longest token (bytes) considered for the "free text" candidates.
@@ -522,7 +525,9 @@ class CfgCloser:
         self.text = bytearray()
         self.ends: list[int] = []  # len(text) after each token fed
         self.dead = False
-        self.route: tuple[int, bytes, list[int], list[int]] | None = None
+        # A completion of the text up to a position, its token splits and that position's set
+        # signature (``_route_cost``).
+        self.route: tuple[int, bytes, list[int], list[int], frozenset] | None = None
         self._walks: dict[frozenset, tuple[dict[int, tuple[int, bytes]], np.ndarray]] = {}
         # The completions that justified the tokens of the last restricted mask: (position,
         # token bytes -> completion after them); the next ``close_tokens`` starts from there.
@@ -544,14 +549,21 @@ class CfgCloser:
     def feed(self, data: bytes) -> None:
         """Advance by one token's bytes."""
         if not self.dead:
-            for b in data:
-                s = self.index.advance(self.chart, b)
-                if s is None:  # cannot happen for tokens the grammar allowed
-                    self.dead = True
-                    break
-                self.chart.append(s)
-                self.text.append(b)
+            self.dead = not self._extend(data)
         self.ends.append(len(self.text) if not self.dead else -1)
+
+    def _extend(self, data: bytes) -> bool:
+        chart, index = self.chart, self.index
+        for b in data:
+            s = index.advance(chart, b)
+            if s is None:  # cannot happen for tokens the grammar allowed
+                return False
+            chart.append(s)
+            self.text.append(b)
+            if len(chart) > KEEP_FULL_SETS:  # only the recent sets can become current again
+                old = chart[-1 - KEEP_FULL_SETS]
+                old.items = old.scans = None
+        return True
 
     def truncate(self, num_tokens: int) -> None:
         """Forget the tokens after the first ``num_tokens``."""
@@ -565,6 +577,10 @@ class CfgCloser:
         if n >= 0:
             del self.chart[n + 1:]
             del self.text[n:]
+            if self.chart[-1].items is None:  # rolled back past the full sets: read it again
+                text, self.text = bytes(self.text), bytearray()
+                self.chart = [self.index.start_set()]
+                self._extend(text)
             if self.route is not None and self.route[0] > n:
                 self.route = None
             if self._offered is not None and self._offered[0] > n:
@@ -593,7 +609,7 @@ class CfgCloser:
                 if b2[0] < best[0]:
                     w, best, first = w2, b2, f2
         if best[0] < got[0] or self.route is None or got[0] >= UNREACHABLE:
-            self.route = (pos, w, best, first)
+            self.route = (pos, w, best, first, self.index.signature(self.chart[-1], pos))
             return best[0], first[0]
         return got
 
@@ -602,13 +618,11 @@ class CfgCloser:
         r = self.route
         if r is None:
             return UNREACHABLE, -1
-        start, w, best, first = r
+        start, w, best, first, sig = r
         done = bytes(self.text[start:pos]) + extra
         if not w.startswith(done):
-            index = self.index
-            if not extra and start < pos and (  # free text since: the same completions
-                    index.signature(self.chart[start], start) == index.signature(self.chart[pos], pos)):
-                return best[0], first[0]
+            if not extra and start < pos and sig == self.index.signature(self.chart[pos], pos):
+                return best[0], first[0]  # free text since: the same completions
             return UNREACHABLE, -1
         k = len(done)
         return best[k], first[k]

@@ -77,11 +77,16 @@ enum Isa : int64_t { kAuto = 0, kScalar = 1, kAvx2 = 2, kVnni = 3 };
 static constexpr int kRows = 16;   // rows per group
 static constexpr int kBlock = 32;  // weights per block
 
-struct Act {  // one row-major [M, K] activation, quantized per 32-block
+// One [M, K] activation, quantized per 32-block. Row-major for the scalar and AVX2 paths:
+// q [M, K], d/ms/s [M, nb]. The VNNI path takes it in tiles of 8 rows (the rows of a tile that
+// a dot product step needs sit side by side, at fixed offsets from one pointer): tile t = m / 8,
+// row r = m % 8, block b: q dword j (elements 4j..4j+3) at ((t * nb + b) * 8 + j) * 8 + r
+// dwords; d/ms/s at (t * nb + b) * 8 + r.
+struct Act {
   const int8_t* q;
-  const float* d;    // [M, nb] sx
-  const float* ms;   // [M, nb] sx * sum(q)
-  const int32_t* s;  // [M, nb] sum(q)
+  const float* d;    // sx
+  const float* ms;   // sx * sum(q)
+  const int32_t* s;  // sum(q)
   int64_t K, nb;
 };
 
@@ -99,7 +104,12 @@ static inline float half_to_float(uint16_t h) { return static_cast<float>(c10::H
 
 // One row of K values (K a multiple of 32): q, and per block sx = max|x|/127, sum(q), sx*sum(q).
 // The vector versions below compute the same bits (same float operations, exact max and sum).
-static void quantize_row_scalar(const float* x, int64_t nb, int8_t* q, float* d, float* ms, int32_t* s) {
+static void quantize_row_scalar(const float* x, int64_t m, int64_t nb, int8_t* q_base, float* d_base,
+                                float* ms_base, int32_t* s_base) {
+  int8_t* q = q_base + m * nb * kBlock;
+  float* d = d_base + m * nb;
+  float* ms = ms_base + m * nb;
+  int32_t* s = s_base + m * nb;
   for (int64_t b = 0; b < nb; ++b) {
     const float* xb = x + b * kBlock;
     float amax = 0.0f;
@@ -166,8 +176,10 @@ static void group_scalar(const Weights& w, const Act& a, int64_t g, int64_t m0, 
 
 #define RADIXRT_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")))
 
-RADIXRT_VNNI_TARGET static void quantize_row_avx512(const float* x, int64_t nb, int8_t* q, float* d, float* ms,
-                                                    int32_t* s) {
+RADIXRT_VNNI_TARGET static void quantize_row_avx512(const float* x, int64_t m, int64_t nb, int8_t* q_base,
+                                                    float* d_base, float* ms_base, int32_t* s_base) {
+  const int64_t t0 = (m >> 3) * nb * 8 + (m & 7);  // (t * nb + b) * 8 + r at b = 0
+  int32_t* q = reinterpret_cast<int32_t*>(q_base) + (m >> 3) * nb * 64 + (m & 7);
   const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
   for (int64_t b = 0; b < nb; ++b) {
     const float* xb = x + b * kBlock;
@@ -181,55 +193,55 @@ RADIXRT_VNNI_TARGET static void quantize_row_avx512(const float* x, int64_t nb, 
     // round to nearest even (the default rounding mode, as nearbyint), then clamp
     const __m512i q0 = _mm512_min_epi32(hi, _mm512_max_epi32(lo, _mm512_cvtps_epi32(_mm512_mul_ps(x0, iv))));
     const __m512i q1 = _mm512_min_epi32(hi, _mm512_max_epi32(lo, _mm512_cvtps_epi32(_mm512_mul_ps(x1, iv))));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kBlock), _mm512_cvtepi32_epi8(q0));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kBlock + 16), _mm512_cvtepi32_epi8(q1));
+    // 8 dwords of 4 int8 each, one every 8 dwords (the tile's other rows in between)
+    const __m256i bytes = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(q0)),
+                                                  _mm512_cvtepi32_epi8(q1), 1);
+    alignas(32) int32_t dw[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(dw), bytes);
+    for (int j = 0; j < 8; ++j) q[b * 64 + 8 * j] = dw[j];
     const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-    d[b] = sx;
-    s[b] = sum;
-    ms[b] = sx * static_cast<float>(sum);
+    d_base[t0 + b * 8] = sx;
+    s_base[t0 + b * 8] = sum;
+    ms_base[t0 + b * 8] = sx * static_cast<float>(sum);
   }
 }
 
 template <int MB>
 RADIXRT_VNNI_TARGET static void tile_vnni(const Weights& w, const Act& a, int64_t g, int64_t m0, float* y,
                                           int64_t ldy, int64_t N) {
+  // m0 .. m0 + MB - 1 lie in one 8-row tile (the caller's tiles start at multiples of 8)
+  const int64_t t0 = (m0 >> 3) * a.nb * 8 + (m0 & 7);
+  const int32_t* xq = reinterpret_cast<const int32_t*>(a.q) + (m0 >> 3) * a.nb * 64 + (m0 & 7);
+  const float* xd = a.d + t0;
+  const float* xms = a.ms + t0;
+  const int32_t* xs = a.s + t0;
   const uint8_t* gq = w.qs + g * w.group_bytes();
   const uint16_t* gdm = w.dm + g * w.nb * 2 * kRows;
   const __m512i low = _mm512_set1_epi8(0x0F);
   __m512 acc[MB];
   for (int mi = 0; mi < MB; ++mi) acc[mi] = _mm512_setzero_ps();
   for (int64_t b = 0; b < w.nb; ++b) {
+    const int32_t* xb = xq + b * 64;  // dword j of row mi: xb[8 j + mi]
     __m512i isum[MB];
     if (w.bits == 4) {
       for (int mi = 0; mi < MB; ++mi) isum[mi] = _mm512_setzero_si512();
-    } else {  // 8-bit: start from the mins, -128 S (m = -128 d)
-      for (int mi = 0; mi < MB; ++mi) isum[mi] = _mm512_set1_epi32(-128 * a.s[(m0 + mi) * a.nb + b]);
-    }
-    const int8_t* xb0 = a.q + m0 * a.K + b * kBlock;
-    if (w.bits == 4) {
       const uint8_t* blk = gq + b * 256;
       for (int L = 0; L < 4; ++L) {
         const __m512i v = _mm512_loadu_si512(blk + 64 * L);
         const __m512i lo = _mm512_and_si512(v, low);
         const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
         for (int mi = 0; mi < MB; ++mi) {
-          const int8_t* xb = xb0 + mi * a.K;
-          int32_t x0, x1;
-          std::memcpy(&x0, xb + 4 * L, 4);
-          std::memcpy(&x1, xb + 16 + 4 * L, 4);
-          isum[mi] = _mm512_dpbusd_epi32(isum[mi], lo, _mm512_set1_epi32(x0));
-          isum[mi] = _mm512_dpbusd_epi32(isum[mi], hi, _mm512_set1_epi32(x1));
+          isum[mi] = _mm512_dpbusd_epi32(isum[mi], lo, _mm512_set1_epi32(xb[8 * L + mi]));
+          isum[mi] = _mm512_dpbusd_epi32(isum[mi], hi, _mm512_set1_epi32(xb[8 * (4 + L) + mi]));
         }
       }
-    } else {
+    } else {  // 8-bit: start from the mins, -128 S (m = -128 d)
+      for (int mi = 0; mi < MB; ++mi) isum[mi] = _mm512_set1_epi32(-128 * xs[b * 8 + mi]);
       const uint8_t* blk = gq + b * 512;
       for (int st = 0; st < 8; ++st) {
         const __m512i v = _mm512_loadu_si512(blk + 64 * st);
-        for (int mi = 0; mi < MB; ++mi) {
-          int32_t x0;
-          std::memcpy(&x0, xb0 + mi * a.K + 4 * st, 4);
-          isum[mi] = _mm512_dpbusd_epi32(isum[mi], v, _mm512_set1_epi32(x0));
-        }
+        for (int mi = 0; mi < MB; ++mi)
+          isum[mi] = _mm512_dpbusd_epi32(isum[mi], v, _mm512_set1_epi32(xb[8 * st + mi]));
       }
     }
     const uint16_t* dmb = gdm + b * 2 * kRows;
@@ -237,15 +249,14 @@ RADIXRT_VNNI_TARGET static void tile_vnni(const Weights& w, const Act& a, int64_
     if (w.bits == 4) {
       const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dmb + kRows)));
       for (int mi = 0; mi < MB; ++mi) {
-        const int64_t k = (m0 + mi) * a.nb + b;
-        acc[mi] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[mi]), _mm512_mul_ps(d, _mm512_set1_ps(a.d[k])), acc[mi]);
-        acc[mi] = _mm512_fmadd_ps(mn, _mm512_set1_ps(a.ms[k]), acc[mi]);
+        acc[mi] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[mi]), _mm512_mul_ps(d, _mm512_set1_ps(xd[b * 8 + mi])),
+                                  acc[mi]);
+        acc[mi] = _mm512_fmadd_ps(mn, _mm512_set1_ps(xms[b * 8 + mi]), acc[mi]);
       }
     } else {
-      for (int mi = 0; mi < MB; ++mi) {
-        const int64_t k = (m0 + mi) * a.nb + b;
-        acc[mi] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[mi]), _mm512_mul_ps(d, _mm512_set1_ps(a.d[k])), acc[mi]);
-      }
+      for (int mi = 0; mi < MB; ++mi)
+        acc[mi] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[mi]), _mm512_mul_ps(d, _mm512_set1_ps(xd[b * 8 + mi])),
+                                  acc[mi]);
     }
   }
   const int64_t n0 = g * kRows, cnt = std::min<int64_t>(kRows, N - n0);
@@ -267,8 +278,12 @@ RADIXRT_VNNI_TARGET static void group_vnni(const Weights& w, const Act& a, int64
 
 #define RADIXRT_AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
 
-RADIXRT_AVX2_TARGET static void quantize_row_avx2(const float* x, int64_t nb, int8_t* q, float* d, float* ms,
-                                                  int32_t* s) {
+RADIXRT_AVX2_TARGET static void quantize_row_avx2(const float* x, int64_t m, int64_t nb, int8_t* q_base,
+                                                  float* d_base, float* ms_base, int32_t* s_base) {
+  int8_t* q = q_base + m * nb * kBlock;
+  float* d = d_base + m * nb;
+  float* ms = ms_base + m * nb;
+  int32_t* s = s_base + m * nb;
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
@@ -450,7 +465,7 @@ static constexpr int64_t kChunkBytes = int64_t{256} << 10;
 static constexpr int64_t kTileRows = 8;
 
 using GroupFn = void (*)(const Weights&, const Act&, int64_t, int64_t, int64_t, float*, int64_t, int64_t);
-using QuantizeFn = void (*)(const float*, int64_t, int8_t*, float*, float*, int32_t*);
+using QuantizeFn = void (*)(const float*, int64_t, int64_t, int8_t*, float*, float*, int32_t*);
 
 at::Tensor gemm(const at::Tensor& x_in, const at::Tensor& qs, const at::Tensor& dm, int64_t N, int64_t bits,
                 int64_t isa_arg) {
@@ -483,11 +498,12 @@ at::Tensor gemm(const at::Tensor& x_in, const at::Tensor& qs, const at::Tensor& 
   thread_local std::vector<int8_t> q_buf;
   thread_local std::vector<float> d_buf, ms_buf;
   thread_local std::vector<int32_t> s_buf;
-  if (static_cast<int64_t>(q_buf.size()) < M * K) q_buf.resize(M * K);
-  if (static_cast<int64_t>(d_buf.size()) < M * nb) {
-    d_buf.resize(M * nb);
-    ms_buf.resize(M * nb);
-    s_buf.resize(M * nb);
+  const int64_t Mp = (M + 7) / 8 * 8;  // the VNNI layout's last tile is whole
+  if (static_cast<int64_t>(q_buf.size()) < Mp * K) q_buf.resize(Mp * K);
+  if (static_cast<int64_t>(d_buf.size()) < Mp * nb) {
+    d_buf.resize(Mp * nb);
+    ms_buf.resize(Mp * nb);
+    s_buf.resize(Mp * nb);
   }
   // (thread_local names would mean each team thread's own buffers: pass the caller's pointers)
   int8_t* qp = q_buf.data();
@@ -526,7 +542,7 @@ at::Tensor gemm(const at::Tensor& x_in, const at::Tensor& qs, const at::Tensor& 
     T = omp_get_num_threads();
 #endif
     for (int64_t m = M * t / T; m < M * (t + 1) / T; ++m)
-      quantize(xp + m * K, nb, qp + m * K, dp + m * nb, msp + m * nb, sp + m * nb);
+      quantize(xp + m * K, m, nb, qp, dp, msp, sp);
 #pragma omp barrier
     const int64_t g0 = G * t / T, g1 = G * (t + 1) / T;
     for (int64_t gc = g0; gc < g1; gc += chunk) {

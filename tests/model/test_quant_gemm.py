@@ -99,6 +99,48 @@ def test_kernel_threaded_and_edge_inputs(isa):
 
 
 @needs_kernel
+@pytest.mark.parametrize("isa", PATHS, ids=lambda i: gw.ISA_NAMES[i])
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
+def test_kernel_row_tiles_group_chunks_and_threads(isa, qtype):
+    """Batches that fill 8-row tiles partly (M = 2, 5, 17, ...) and several L2 chunks of row
+    groups per thread (N = 1001 rows: 63 groups, ~45 per chunk at K = 576), 1 and 2 threads."""
+    if not ops.supported(isa):
+        pytest.skip(f"this CPU lacks {gw.ISA_NAMES[isa]}")
+    packed = gw.pack_blocks(random_blocks(1001, 576, qtype, seed=21), qtype)
+    x = torch.randn(70, 576, generator=torch.Generator().manual_seed(22)) * 3
+    lin = gw.GGUFLinear(packed, None, isa)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for m in (1, 2, 3, 5, 8, 9, 17, 32, 70):
+            check_gemm(x[:m], packed, isa)
+        two = lin(x)
+        torch.set_num_threads(1)
+        one = lin(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    for i in (0, 7, 8, 16, 69):  # a row alone equals its row in any tile position
+        assert torch.equal(lin(x[i:i + 1])[0], two[i])
+
+
+@needs_kernel
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
+def test_avx2_and_vnni_paths_give_the_same_bits(qtype):
+    """Both quantize activations to the same int8 values, form the same integer per block and
+    take the same float steps per output lane, so their results are identical."""
+    if not (ops.supported(gw.ISA_AVX2) and ops.supported(gw.ISA_VNNI)):
+        pytest.skip("needs both the AVX2 and the VNNI path")
+    packed = gw.pack_blocks(random_blocks(77, 320, qtype, seed=23), qtype)
+    x = torch.randn(19, 320, generator=torch.Generator().manual_seed(24)) * 2
+    x[3, :32] = 0
+    x[5, 40] = 1e3
+    a = gw.GGUFLinear(packed, None, gw.ISA_AVX2)(x)
+    b = gw.GGUFLinear(packed, None, gw.ISA_VNNI)(x)
+    assert torch.equal(a, b)
+
+
+@needs_kernel
 def test_rows_do_not_depend_on_the_batch():
     packed = gw.pack_blocks(random_blocks(50, 192, "Q4_1", seed=4), "Q4_1")
     lin = gw.GGUFLinear(packed)

@@ -68,6 +68,7 @@ class CompiledGrammar:
         forced = np.where((num_live == 1) & ~dfa.accepting, live.argmax(axis=1), -1)
         forced[0] = -1
         self._forced_np = forced
+        self._has_forced = forced >= 0  # per state: something is forced after it
         self._forced = forced.tolist()
         self._masks: dict[int, np.ndarray] = {}
         self._mask_tensors: dict[int, torch.Tensor] = {}  # same memory, as torch tensors
@@ -169,8 +170,10 @@ class CompiledGrammar:
             ids = np.zeros(0, np.int64)
         elif self.canonical:
             ids, ends = self.trie.allowed_tokens(self._table_flat, state, with_states=True)
-            in_vocab = ids < self.vocab_size
-            ids = self._canonical_only(ids[in_vocab], ends[in_vocab])
+            if len(ids) and ids[-1] >= self.vocab_size:  # ids are sorted
+                in_vocab = ids < self.vocab_size
+                ids, ends = ids[in_vocab], ends[in_vocab]
+            ids = self._canonical_only(ids, ends)
         else:
             ids = self.trie.allowed_tokens(self._table_flat, state)
             ids = ids[ids < self.vocab_size]
@@ -187,11 +190,11 @@ class CompiledGrammar:
     def _canonical_only(self, ids: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """Drop the tokens that end right before forced text which the tokenizer would not
         start with them (see the module docstring); never all of them."""
-        check = np.flatnonzero(self._forced_np[ends] >= 0)
+        check = np.flatnonzero(np.take(self._has_forced, ends))
         if not check.size:
             return ids
         dropped = np.zeros(0, np.int64)
-        split = SplitVerdicts.of(self.vocab, self.encode_batch)
+        split = SplitVerdicts.of(self.vocab, self.encode_batch) if len(check) > 16 else None
         if split is not None:  # the verdicts the tokenizer's chunking settles without a call
             uniq, inv = np.unique(ends[check], return_inverse=True)
             infos = [split.forced_info(self.forced_bytes(e, CANONICAL_LOOKAHEAD_BYTES))

@@ -23,9 +23,14 @@ from radixrt.fsm.vocabulary import Vocabulary
 TAIL_NODES = 700  # trie nodes below which the deepest levels are stepped in Python
 
 
+# One character of JSON string content, unescaped: printable ASCII but for '"' and '\\'.
+STRING_BYTES = np.asarray(sorted(set(range(0x20, 0x7F)) - {0x22, 0x5C}), np.int64)
+
+
 class TokenTrie:
-    def __init__(self, vocab: Vocabulary):
-        ids = [i for i, b in enumerate(vocab.token_bytes) if b]
+    def __init__(self, vocab: Vocabulary, ids: list[int] | None = None, split: bool = True):
+        if ids is None:
+            ids = [i for i, b in enumerate(vocab.token_bytes) if b]
         by_prefix: dict[bytes, int] = {b"": 0}
         parents: list[int] = [0]
         bytes_: list[int] = [0]
@@ -69,6 +74,20 @@ class TokenTrie:
                             for d in range(self.tail_depth, len(level_start) - 1)]
         # Sorted token bytes, for "is there a longer token with this prefix" queries.
         self.sorted_bytes = sorted(vocab.token_bytes[i] for i in ids)
+        # Tokens made only of STRING_BYTES (nearly all of a byte-level BPE vocabulary: 47,873
+        # of SmolLM2's 49,135) and a trie of the others, for states inside a string: see
+        # ``allowed_tokens``.
+        self.plain_ids = self.plain_len = self.rest = None
+        self.plain_max_len = 0
+        if split:
+            string_bytes = frozenset(STRING_BYTES.tolist())
+            plain = [i for i in ids if string_bytes.issuperset(vocab.token_bytes[i])]
+            if plain:
+                self.plain_ids = np.asarray(plain, np.int64)
+                self.plain_len = np.asarray([len(vocab.token_bytes[i]) for i in plain], np.int64)
+                self.plain_max_len = int(self.plain_len.max())
+                plain_set = set(plain)
+                self.rest = TokenTrie(vocab, [i for i in ids if i not in plain_set], split=False)
 
     @classmethod
     def of(cls, vocab: Vocabulary) -> TokenTrie:
@@ -81,6 +100,54 @@ class TokenTrie:
                        with_states: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Token ids (sorted) whose bytes keep the DFA alive from ``state``; with
         ``with_states``, also the DFA state after each of them.
+
+        Inside a string most of the vocabulary is allowed and the walk visits every trie node.
+        There the DFA usually treats every STRING_BYTES byte alike: from ``state`` all of them
+        lead to one state x1, from x1 to x2, and so on (x_i = ``state`` in an unbounded string,
+        a counter in a ``maxLength`` one, dead past its limit). When that holds for as many
+        steps as the longest plain token has bytes, a plain token of length n ends in x_n
+        without a walk, and only the other tokens' (small) trie is walked; otherwise the whole
+        trie is.
+        """
+        chain = self._string_chain(table_flat, state)
+        if chain is None:
+            return self._walk(table_flat, state, with_states)
+        rest_ids, rest_ends = self.rest._walk(table_flat, state, True)
+        end_by_id = np.zeros(self.vocab_size, np.int32)  # DFA states fit (MAX_DFA_STATES)
+        end_by_id[self.plain_ids] = np.take(chain.astype(np.int32), self.plain_len)
+        end_by_id[rest_ids] = rest_ends
+        ids = (end_by_id != 0).nonzero()[0].astype(np.int64)
+        if not with_states:
+            return ids
+        return ids, end_by_id[ids].astype(np.int64)
+
+    def _string_chain(self, table_flat: np.ndarray, state: int) -> np.ndarray | None:
+        """[x_0 = state, x_1, ..., x_L] (L = the longest plain token) when every STRING_BYTES
+        byte leads from x_i to x_{i+1} for all i < L (the dead state 0 leads to itself), else
+        None."""
+        if self.plain_ids is None:
+            return None
+        first = table_flat[state * 256 + STRING_BYTES]
+        if (first != first[0]).any():
+            return None
+        steps = self.plain_max_len
+        chain = np.zeros(steps + 1, np.int64)
+        chain[0] = state
+        table = memoryview(table_flat)
+        x = state
+        for i in range(1, steps + 1):
+            x = table[x * 256 + 0x61]  # "a", one of STRING_BYTES
+            if not x:
+                break
+            chain[i] = x
+        rows = table_flat[chain[:-1, None] * 256 + STRING_BYTES[None, :]]
+        if not (rows == chain[1:, None]).all():
+            return None
+        return chain
+
+    def _walk(self, table_flat: np.ndarray, state: int,
+              with_states: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """``allowed_tokens`` by walking the whole trie.
 
         ``table_flat`` is the DFA table flattened to [num_states * 256] (int64). Each trie level
         is stepped densely (all its nodes, dead parents stay dead) while many nodes are alive,

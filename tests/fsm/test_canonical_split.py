@@ -96,9 +96,18 @@ def test_trie_walk_matches_byte_walk(compiler):
     g = compiler.compile("json_schema", SCHEMAS[0])
     tb = g.vocab.token_bytes
     rng = random.Random(5)
-    # Walk 1 keeps every level alive (long runs of spaces live inside a string).
+    # Inside a string every level stays alive (long runs of spaces) and the string-byte chain
+    # applies: unbounded, counted (maxLength, dead past the limit); a class that narrows after
+    # three characters breaks the chain there and the whole trie is walked.
     g2 = compiler.compile("regex", '"[^"]*"')
-    for gr, states in ((g, _walk_states(g, rng)[:8]), (g2, [g2.walk(g2.start_state, b'"')])):
+    g3 = compiler.compile("regex", '"[ -~]{3}[a-z]*"')
+    inside = [g.walk(g.start_state, b'{"name":"' + b"x" * k) for k in (0, 5, 11, 12)]
+    assert all(g.trie._string_chain(g._table_flat, s) is not None for s in inside)
+    s3 = g3.walk(g3.start_state, b'"')
+    assert g3.trie._string_chain(g3._table_flat, s3) is None
+    cases = ((g, _walk_states(g, rng)[:8] + inside), (g2, [g2.walk(g2.start_state, b'"')]),
+             (g3, [s3, g3.walk(s3, b"ab")]))
+    for gr, states in cases:
         for state in states:
             ids, ends = gr.trie.allowed_tokens(gr._table_flat, state, with_states=True)
             ref = [(i, gr.walk(state, b)) for i, b in enumerate(tb) if b]

@@ -31,10 +31,11 @@
 // fewer (the stored m is not read). The float steps follow, so results match a float reference
 // to the activations' rounding (~0.4% of a block's largest |x|).
 //
-// Work split: one OpenMP region per call. Its threads first quantize the rows of x, then each
-// takes a contiguous range of row groups, walked in chunks whose weights fit in L2; within a
-// chunk, a tile of up to 8 rows of x (in L1) meets every group of the chunk before the next
-// tile, so each weight byte comes from memory once per call and from L2 once per row tile.
+// Work split: one OpenMP region per call. Its threads first quantize the rows of x (a decode
+// batch's few rows are quantized before it starts), then each takes a contiguous range of row
+// groups, walked in chunks whose weights fit in L2; within a chunk, a tile of up to 8 rows of
+// x (in L1) meets every group of the chunk before the next tile, so each weight byte comes
+// from memory once per call and from L2 once per row tile.
 // Every output is computed by the same instructions whatever the thread count or batch.
 //
 // Paths: AVX-512 VNNI (vpdpbusd), AVX2 (vpmaddubsw + vpmaddwd; for 8-bit weights with the
@@ -463,6 +464,8 @@ static constexpr int64_t kSerialWork = int64_t{1} << 17;
 // of a tile stay in L1 across the chunk's groups).
 static constexpr int64_t kChunkBytes = int64_t{256} << 10;
 static constexpr int64_t kTileRows = 8;
+// From this many activations (M x K) on, the team quantizes them, each thread its rows.
+static constexpr int64_t kTeamQuantize = int64_t{1} << 16;
 
 using GroupFn = void (*)(const Weights&, const Act&, int64_t, int64_t, int64_t, float*, int64_t, int64_t);
 using QuantizeFn = void (*)(const float*, int64_t, int64_t, int8_t*, float*, float*, int32_t*);
@@ -534,6 +537,10 @@ at::Tensor gemm(const at::Tensor& x_in, const at::Tensor& qs, const at::Tensor& 
   // Groups per chunk: the chunk's weights (and scales) stay in L2 while the row tiles pass.
   const int64_t chunk = std::max<int64_t>(1, kChunkBytes / (w.group_bytes() + nb * 2 * kRows * 2));
   const int nt = team_size(G, serial);
+  // A few rows (decode) are quantized here, before the team starts: cheaper than a barrier.
+  const bool quantize_first = nt == 1 || M * K < kTeamQuantize;
+  if (quantize_first)
+    for (int64_t m = 0; m < M; ++m) quantize(xp + m * K, m, nb, qp, dp, msp, sp);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     int t = 0, T = 1;
@@ -541,9 +548,10 @@ at::Tensor gemm(const at::Tensor& x_in, const at::Tensor& qs, const at::Tensor& 
     t = omp_get_thread_num();
     T = omp_get_num_threads();
 #endif
-    for (int64_t m = M * t / T; m < M * (t + 1) / T; ++m)
-      quantize(xp + m * K, m, nb, qp, dp, msp, sp);
+    if (!quantize_first) {
+      for (int64_t m = M * t / T; m < M * (t + 1) / T; ++m) quantize(xp + m * K, m, nb, qp, dp, msp, sp);
 #pragma omp barrier
+    }
     const int64_t g0 = G * t / T, g1 = G * (t + 1) / T;
     for (int64_t gc = g0; gc < g1; gc += chunk) {
       const int64_t ge = std::min(g1, gc + chunk);

@@ -43,6 +43,7 @@ MAGIC = b"RXKV1\n"
 _LEN = struct.Struct("<I")
 _MAX_HEADER = 1 << 24
 _FP_CACHE: dict[str, str] = {}
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
 
 
 def _file_digest(path: Path, memo: dict) -> str:
@@ -93,6 +94,27 @@ def model_fingerprint(model_dir: Path, memo_file: Path | None = None, **mode: ob
         except OSError as e:
             logger.debug("hicache: cannot save file digests in %s: %s", memo_file, e)
     return h.hexdigest()
+
+
+def _readv_all(fd: int, views: list[memoryview]) -> int:
+    """Fill ``views`` from ``fd`` (few syscalls: ``readv`` takes up to IOV_MAX buffers);
+    returns the bytes read, short only at the end of the file."""
+    total, i, off = 0, 0, 0
+    while i < len(views):
+        batch = [views[i][off:]] + views[i + 1:i + 1 + _IOV_MAX - 1]
+        got = os.readv(fd, batch)
+        if got == 0:
+            break
+        total += got
+        while got and i < len(views):  # advance over what was filled
+            left = len(views[i]) - off
+            if got >= left:
+                got -= left
+                i, off = i + 1, 0
+            else:
+                off += got
+                got = 0
+    return total
 
 
 def chain_key(parent: str, tokens: list[int]) -> str:
@@ -276,32 +298,29 @@ class DiskKVStore:
 
     # ------------------------------------------------------------------ read
     def read_block(self, key: str, tokens: list[int],
-                   into: list[torch.Tensor] | None = None) -> torch.Tensor | bool | None:
+                   into: list | None = None) -> torch.Tensor | bool | None:
         """The payload of block ``key`` if its file is whole, ours and holds ``tokens``; None
         (with a warning, and the block forgotten) otherwise. With ``into`` (one contiguous
-        tensor per ``[layer, K/V]`` of the payload, in order, e.g. pool rows), the payload is
-        read straight into them and True is returned; on failure they hold garbage."""
+        buffer per ``[layer, K/V]`` of the payload, in order, e.g. pool rows: NumPy arrays,
+        tensors or memoryviews), the payload is read straight into them (one ``readv``) and True
+        is returned; on failure they hold garbage."""
         path = self._path(key)
         try:
-            with open(path, "rb") as f:
+            with open(path, "rb", buffering=0) as f:
                 header = self._read_header(f, key)
                 if header["tokens"] != tokens:
                     raise ValueError("holds other tokens")
                 if into is None:
                     buf = torch.empty(self.block_bytes, dtype=torch.uint8)  # no zero-fill
-                    parts = [buf]
+                    views = [memoryview(buf.numpy())]
                 else:
-                    parts = into
-                crc, n = 0, 0
-                for part in parts:
-                    view = memoryview(part.view(torch.uint8).numpy()).cast("B")
-                    got = f.readinto(view)
-                    n += got
-                    if got != len(view):
-                        break
-                    crc = zlib.crc32(view, crc)
-                if n != self.block_bytes or f.read(1):
+                    views = [memoryview(p.view(torch.uint8).numpy() if isinstance(p, torch.Tensor)
+                                        else p).cast("B") for p in into]
+                if _readv_all(f.fileno(), views) != self.block_bytes or f.read(1):
                     raise ValueError("truncated or oversized payload")
+                crc = 0
+                for view in views:
+                    crc = zlib.crc32(view, crc)
             if crc != header["crc32"]:
                 raise ValueError("checksum mismatch")
         except FileNotFoundError:

@@ -44,7 +44,14 @@ import torch
 
 from radixrt.cache.base import MatchResult
 from radixrt.cache.disk_store import BlockInfo, DiskKVStore
-from radixrt.cache.memory_pool import KVAllocator, TokenToKVPool, copy_kv, gather_kv, scatter_kv
+from radixrt.cache.memory_pool import (
+    KVAllocator,
+    TokenToKVPool,
+    _byte_rows,
+    copy_kv,
+    gather_kv,
+    scatter_kv,
+)
 from radixrt.cache.radix_cache import _EMPTY, RadixCache, TreeNode, _as_list, _common_len
 
 logger = logging.getLogger("radixrt.hicache")
@@ -132,6 +139,10 @@ class HiRadixCache(RadixCache):
         self._jobs: dict[str, queue.Queue] = {}
         self._threads: list[threading.Thread] = []
         self._reading: _ReadJob | None = None  # the read job the reader thread is on
+        # A CPU pool's [layer, K/V] buffers as NumPy byte rows, in the disk payload's order.
+        self._pool_rows = [] if device_pool.device.type != "cpu" else [
+            _byte_rows(buf) for layer in range(device_pool.num_layers)
+            for buf in (device_pool.k_buffers[layer], device_pool.v_buffers[layer])]
         self._in_flight = {"read": 0, "write": 0}
         # Device nodes brought back from a lower tier ("host" / "disk") that no admitted
         # request has used yet: the hit counters attribute them to that tier.
@@ -599,11 +610,9 @@ class HiRadixCache(RadixCache):
                 off = pos - job.span_start
                 slots = job.slots[off:off + b - lo]
                 first = int(slots[0])
-                if lo == 0 and pool.device.type == "cpu" and int(slots[-1]) - first == b - 1:
+                if lo == 0 and self._pool_rows and int(slots[-1]) - first == b - 1:
                     # A whole block into consecutive rows: read the file straight into the pool.
-                    rows = slice(first, first + b)
-                    into = [buf[rows] for layer in range(pool.num_layers)
-                            for buf in (pool.k_buffers[layer], pool.v_buffers[layer])]
+                    into = [rows[first:first + b] for rows in self._pool_rows]
                     ok = self.disk.read_block(key, tokens, into) is not None
                 else:
                     data = self.disk.read_block(key, tokens)

@@ -13,7 +13,8 @@ step add up:
                                   finish checks, Python between the parts
 Modes alternate in blocks of steps. The table gives each part's mean over the middle half of
 the timed steps (ranked by wall time: a typical step whose parts add up to its time, without
-the steps a busy machine stalled), and the median step without the timers.
+the steps a busy machine stalled), the median step without the timers, and the rate the dense
+layers and the LM head achieved (GOP/s, 2 ops per multiply-add; those rows are not ms).
 
 In the gguf mode a decode step normally runs each decoder layer as one native call
 (``radixrt_qg.decode_layer``), which has no Python-level parts to time: the timed steps take the
@@ -47,6 +48,11 @@ PARTS = ["qkv", "o", "gate_up", "down", "lm_head", "attention", "element-wise", 
 
 
 CLOCK = {"fn": time.perf_counter}  # --cpu-time: time.process_time
+
+
+def in_features(lin) -> int:
+    k = getattr(lin, "in_features", None)
+    return int(k) if k is not None else int(lin.weight_t.shape[0])  # fp32 Linear keeps W^T
 
 
 class Timer:
@@ -167,6 +173,16 @@ def main() -> None:
     if any(per_op.values()):
         rows.append({"part": "step, per-op path (no timers)",
                      **{f"{m} ms": 1e3 * statistics.median(per_op[m] or plain[m]) for m in modes}})
+    # Achieved rate of the dense layers (2 ops per multiply-add, one row per request).
+    for label, parts in (("linear layers GOP/s", ("qkv", "o", "gate_up", "down")), ("LM head GOP/s", ("lm_head",))):
+        row = {"part": label}
+        for m in modes:
+            lins = setups[m].runner.model.linears()
+            ops = sum(2 * in_features(lin) * lin.out_features * args.batch for name, lin in lins.items()
+                      if name.rsplit(".", 1)[-1] in parts)
+            secs = statistics.fmean(sum(p[k] for k in parts) for p in typical[m])
+            row[f"{m} ms"] = ops / secs / 1e9 if secs > 0 else float("nan")
+        rows.append(row)
     cols = ["part"] + [f"{m} ms" for m in modes]
     threads = torch.get_num_threads()
     clock = "CPU time" if args.cpu_time else "wall time"

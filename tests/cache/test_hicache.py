@@ -696,10 +696,10 @@ TestHiCachePagedMachine.settings = _settings
 
 
 def test_readv_fills_more_buffers_than_iov_max_and_stops_at_eof(tmp_path):
-    data = bytes(range(256)) * 20  # 5,120 bytes into 1,700 buffers of 3 (more than IOV_MAX)
+    data = bytes(range(256)) * 20  # 5,120 bytes into 1,800 buffers of 3 (more than IOV_MAX)
     f = tmp_path / "x"
     f.write_bytes(data)
-    bufs = [bytearray(3) for _ in range(1700)]
+    bufs = [bytearray(3) for _ in range(1800)]
     fd = os.open(f, os.O_RDONLY)
     try:
         assert disk_store._readv_all(fd, [memoryview(b) for b in bufs]) == len(data)

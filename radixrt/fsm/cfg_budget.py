@@ -35,6 +35,7 @@ can still run out (then the tokens closest to an end are kept).
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from heapq import heappop, heappush
 
 import numpy as np
@@ -48,8 +49,12 @@ from radixrt.fsm.utf8 import utf8_sequences
 CLOSING_MARGIN = 12
 # Earley steps one restricted mask may spend walking the vocabulary trie for candidates.
 MAX_WALK_STEPS = 64
+# Prefixes one candidate walk tries to continue with free text (each costs a few Earley steps).
+MAX_GROUPS = 8
+# Prefix-then-free-text lookups (numpy over a range of the sorted vocabulary) per walk.
+MAX_EXTENSIONS = 24
 # Candidate walks kept per request (keyed by the chart's last set, see ``CfgCloser._walk``).
-_WALK_CACHE_LIMIT = 256
+_WALK_CACHE_LIMIT = 16
 # Chart sets kept whole behind the current one (rollback reaches them); older ones keep only
 # what completions and distances read (their items and scans are dropped).
 KEEP_FULL_SETS = 256
@@ -447,6 +452,7 @@ class CfgClosing:
         self.single = single  # the bytes that are tokens of their own
         self._free_masks: dict[int, np.ndarray] = {}
         self._splits: dict[bytes, tuple[list[int], list[int]]] = {}
+        self._tables: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
 
     def split(self, text: bytes) -> tuple[list[int], list[int]]:
@@ -486,16 +492,51 @@ class CfgClosing:
         if hit is not None:
             return hit
         mat, lengths = self._token_matrix()
-        ok = np.zeros(257, np.bool_)
-        ok[256] = True
-        ok[[b for b in range(256) if byte_mask >> b & 1]] = True
-        rows = ok[mat].all(axis=1) & (lengths > 0)
+        rows = self._byte_table(byte_mask)[mat].all(axis=1) & (lengths > 0)
         out = pack_token_ids(np.flatnonzero(rows).astype(np.int64), self.num_words)
         with self._lock:
             if len(self._free_masks) > 64:
                 self._free_masks.clear()
             self._free_masks[byte_mask] = out
         return out
+
+    def _byte_table(self, byte_mask: int) -> np.ndarray:
+        """``byte_mask`` as a lookup table over bytes and the padding value 256 (True)."""
+        hit = self._tables.get(byte_mask)
+        if hit is None:
+            hit = np.zeros(257, np.bool_)
+            hit[256] = True
+            hit[[b for b in range(256) if byte_mask >> b & 1]] = True
+            if len(self._tables) > 256:
+                self._tables.clear()
+            self._tables[byte_mask] = hit
+        return hit
+
+    def extensions(self, prefix: bytes, byte_mask: int) -> np.ndarray:
+        """Ids of the tokens (at most ``MAX_FREE_TOKEN_BYTES`` long) that are ``prefix``
+        followed by at least one byte, all in ``byte_mask``."""
+        data, ids, mat = self._sorted_tokens()
+        lo = bisect_left(data, prefix)
+        hi = bisect_left(data, prefix + b"\xff" * (MAX_FREE_TOKEN_BYTES + 1 - len(prefix)), lo)
+        if hi <= lo:
+            return np.zeros(0, np.int64)
+        ok = self._byte_table(byte_mask)
+        sub = mat[lo:hi, len(prefix):]
+        rows = ok[sub].all(axis=1) & (sub[:, 0] != 256)
+        return ids[lo:hi][rows]
+
+    def _sorted_tokens(self) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+        """The vocabulary's tokens sorted by their bytes: bytes, ids and the padded byte
+        matrix in that order (for prefix ranges)."""
+        key = f"cfg_budget_sorted:{self.vocab_size}"
+        hit = self.vocab._cache.get(key)
+        if hit is None:
+            mat, lengths = self._token_matrix()
+            tb = self.token_bytes
+            ids = sorted((i for i in range(self.vocab_size) if lengths[i]), key=tb.__getitem__)
+            order = np.asarray(ids, np.int64)
+            hit = self.vocab._cache[key] = ([tb[i] for i in ids], order, mat[order])
+        return hit
 
     def _token_matrix(self) -> tuple[np.ndarray, np.ndarray]:
         key = f"cfg_budget_matrix:{self.vocab_size}"
@@ -528,10 +569,11 @@ class CfgCloser:
         # A completion of the text up to a position, its token splits and that position's set
         # signature (``_route_cost``).
         self.route: tuple[int, bytes, list[int], list[int], frozenset] | None = None
-        self._walks: dict[frozenset, tuple[dict[int, tuple[int, bytes]], np.ndarray]] = {}
+        self._walks: dict[frozenset, tuple] = {}
         # The completions that justified the tokens of the last restricted mask: (position,
-        # token bytes -> completion after them); the next ``close_tokens`` starts from there.
-        self._offered: tuple[int, dict[bytes, bytes]] | None = None
+        # token bytes -> completion after them, [(prefix, free bytes, completion)] for the
+        # prefix-then-free-text groups); the next ``close_tokens`` starts from there.
+        self._offered: tuple[int, dict[bytes, bytes], list] | None = None
 
     def copy(self) -> CfgCloser:
         other = CfgCloser.__new__(CfgCloser)
@@ -603,7 +645,13 @@ class CfgCloser:
         w = self.index.completion(self.chart)
         best, first = self.closing.split(w)
         if self._offered is not None and self._offered[0] < pos:  # what the last mask offered
-            w2 = self._offered[1].get(bytes(self.text[self._offered[0]:]))
+            since = bytes(self.text[self._offered[0]:])
+            w2 = self._offered[1].get(since)
+            if w2 is None:
+                for prefix, free, wg in self._offered[2]:
+                    if since.startswith(prefix) and all(free >> b & 1 for b in since[len(prefix):]):
+                        w2 = wg
+                        break
             if w2 is not None:
                 b2, f2 = self.closing.split(w2)
                 if b2[0] < best[0]:
@@ -643,7 +691,7 @@ class CfgCloser:
         close, head = self.close_tokens()
         if close >= UNREACHABLE or after >= close + CLOSING_MARGIN:
             return False
-        walk, free = self._walk()
+        walk, groups, free = self._walk()
         cands = {t: c for t, (c, _) in walk.items()}
         if head >= 0:  # the route's first token closes by one (see the module docstring)
             cands[head] = min(cands.get(head, UNREACHABLE), close - 1)
@@ -653,6 +701,11 @@ class CfgCloser:
                  if 0 <= t < 32 * len(row) and int(row[t >> 5]) >> (t & 31) & 1}
         fits = row & free if close <= after else np.zeros_like(row)
         ok = [t for t, c in cands.items() if c <= after]
+        groups, by_cost = groups
+        kept = [g for g in groups if g[2] <= after]
+        for c, packed in by_cost.items():  # a prefix, then free text: the prefix's cost
+            if c <= after:
+                fits |= row & packed
         if not ok and not fits.any():
             if not cands:
                 return False  # nothing known to close: the grammar's mask stands
@@ -660,8 +713,9 @@ class CfgCloser:
             ok = [t for t, c in cands.items() if c == lo]
         if ok:
             fits |= pack_token_ids(np.asarray(ok, np.int64), self.closing.num_words)
-            tb = self.closing.token_bytes
-            self._offered = (len(self.text), {tb[t]: walk[t][1] for t in ok if t in walk})
+        tb = self.closing.token_bytes
+        self._offered = (len(self.text), {tb[t]: walk[t][1] for t in ok if t in walk},
+                         [(g[0], g[1], g[3]) for g in kept])
         if np.array_equal(fits, row):
             return False
         row[:] = fits
@@ -673,7 +727,7 @@ class CfgCloser:
         single = self.closing.single
         return len(single) == 256 or single.issuperset(self.index.completion(self.chart))
 
-    def _walk(self) -> tuple[dict[int, tuple[int, bytes]], np.ndarray]:
+    def _walk(self) -> tuple[dict[int, tuple[int, bytes]], list, np.ndarray]:
         """The candidates of the current chart: ``_candidates`` and ``_free``, cached per
         request by the set's signature (a run of free text keeps it)."""
         cur = self.chart[-1]
@@ -682,18 +736,28 @@ class CfgCloser:
         if hit is None:
             if len(self._walks) >= _WALK_CACHE_LIMIT:
                 self._walks.clear()
-            hit = self._walks[sig] = (self._candidates(sig), self._free(sig))
+            found, groups = self._candidates(sig)
+            hit = self._walks[sig] = (found, groups, self._free(sig))
         return hit
 
     def _free(self, sig: frozenset) -> np.ndarray:
         """Tokens made of bytes that leave the chart equivalent to the current one (free
         text: they keep every distance)."""
-        index, chart = self.index, self.chart
+        stationary = self._stationary(self.chart, sig)
+        if not stationary:
+            return np.zeros(self.closing.num_words, np.int32)
+        return self.closing.free_mask(stationary)
+
+    def _stationary(self, chart, sig: frozenset) -> int:
+        """The bytes after which ``chart``'s last set (signature ``sig``) stays equivalent."""
+        index = self.index
         cur = chart[-1]
         if not cur.scans:
-            return np.zeros(self.closing.num_words, np.int32)
+            return 0
         i = len(chart) - 1
-        classes = [(1 << 256) - 1]  # bytes no scan tells apart behave alike
+        # Bytes no scan tells apart behave alike; only ASCII can be stationary (a byte of a
+        # multi-byte character leaves the set inside that character).
+        classes = [(1 << 128) - 1]
         for mask in {m for m, _, _ in cur.scans}:
             classes = [part for c in classes for part in (c & mask, c & ~mask) if part]
         union = 0
@@ -705,16 +769,17 @@ class CfgCloser:
                 s = index.advance(chart, (c & -c).bit_length() - 1)
                 if s is not None and index.signature(s, i + 1) == sig:
                     stationary |= c
-        if not stationary:
-            return np.zeros(self.closing.num_words, np.int32)
-        return self.closing.free_mask(stationary)
+        return stationary
 
-    def _candidates(self, sig: frozenset) -> dict[int, tuple[int, bytes]]:
+    def _candidates(self, sig: frozenset) -> tuple[dict[int, tuple[int, bytes]], list]:
         """Tokens found by a bounded best-first walk of the vocabulary trie, each with the
         fewest tokens that spell its chart's shortest completion (and that completion): first the bytes on a
         shortest completion (the ones that close), then the smallest detours, never more
         than ``CLOSING_MARGIN`` bytes past the current distance, skipping free-text bytes at
-        the first level (``_free`` covers those tokens wholesale)."""
+        the first level (``_free`` covers those tokens wholesale). Below the first level, the
+        tokens that continue a visited prefix with free text (bytes that keep its chart
+        equivalent: ``"population`` after ``"``) come as groups (prefix, free bytes, cost,
+        completion) with their ids packed per cost: they share the prefix's chart and cost."""
         index, closing = self.index, self.closing
         walk, vocab_size = closing.walk, closing.vocab_size
         out: dict[int, tuple[int, bytes]] = {}
@@ -723,6 +788,11 @@ class CfgCloser:
         limit = cur.dist + CLOSING_MARGIN
         heap: list[tuple[int, int, int, _Chart, int]] = [(0, 0, 0, base, 0)]
         steps = pushed = 0
+        groups: list = []
+        lookups = 0
+        by_cost: dict[int, np.ndarray] = {}
+        free_of: dict[frozenset, int] = {}
+        data_of: dict[int, bytes] = {0: b""}
         while heap and steps < MAX_WALK_STEPS:
             _, depth, _, chart, node = heappop(heap)
             union = 0
@@ -741,10 +811,29 @@ class CfgCloser:
                 if not depth and index.signature(s, len(self.chart)) == sig:
                     continue  # free text: ``_free``
                 nxt = chart.plus(s)
+                data_of[j] = data_of[node] + bytes((b,))
                 t = walk.node_token[j]
+                w = None
                 if 0 <= t < vocab_size and t not in out:
                     w = index.completion(nxt)
                     out[t] = (closing.split(w)[0][0], w)
+                if len(free_of) < MAX_GROUPS:
+                    sig_s = index.signature(s, len(nxt) - 1)
+                    free = free_of.get(sig_s)
+                    if free is None:
+                        free = free_of[sig_s] = self._stationary(nxt, sig_s)
+                    if free and lookups < MAX_EXTENSIONS:
+                        lookups += 1
+                        ids = closing.extensions(data_of[j], free)
+                        if ids.size:
+                            w = w if w is not None else index.completion(nxt)
+                            c = closing.split(w)[0][0]
+                            groups.append((data_of[j], free, c, w))
+                            packed = pack_token_ids(ids, closing.num_words)
+                            if c in by_cost:
+                                by_cost[c] |= packed
+                            else:
+                                by_cost[c] = packed
                 pushed += 1
                 heappush(heap, (s.dist + depth + 1 - cur.dist, depth + 1, pushed, nxt, j))
-        return out
+        return out, (groups, by_cost)

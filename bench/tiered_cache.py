@@ -170,7 +170,8 @@ def main() -> None:
     ap.add_argument("--parts", default="restart,working-set")
     ap.add_argument("--prefix-len", type=int, default=2000, help="(a) prefix tokens")
     ap.add_argument("--groups", type=int, default=8, help="(b) prefixes")
-    ap.add_argument("--group-prefix-len", type=int, default=256, help="(b) tokens per prefix")
+    ap.add_argument("--group-prefix-len", type=int, default=1000,
+                    help="(b) tokens per prefix (a system prompt, few-shot block or document)")
     ap.add_argument("--rounds", type=int, default=3, help="(b) passes over the prefixes")
     ap.add_argument("--questions", type=int, default=1, help="(b) requests per prefix and pass")
     args = ap.parse_args()

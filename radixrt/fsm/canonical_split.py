@@ -29,6 +29,11 @@ BPE spells every chunk exactly, so the tokenizer's answer is never "no opinion")
   (which must be an ASCII letter, digit or space, or the end of ``F``), so the first token is
   that of ``t + H``; ``H`` is the same for many forced texts (``","`` before the next key), so
   the verdict is cached per ``(t, H)`` for the vocabulary.
+- Any other single-chunk token (ending with a space, a control or a non-ASCII character) when
+  ``H`` is not empty: whatever the class of its last character, the chunks up to the end of
+  ``H`` are the same in ``t + F`` and ``t + H`` (``H`` is punctuation: it joins a punctuation
+  run or starts one, never a letter, digit or whitespace run, and its run ends where ``F``
+  goes on with a letter, digit or space), so again the first token is that of ``t + H``.
 
 Anything else (other tokenizers, non-ASCII at the boundary, added tokens nearby) is left to
 the tokenizer. These are the tokenizer's own verdicts, not an approximation: the masks are
@@ -46,7 +51,7 @@ from radixrt.fsm.utf8 import whole_chars_prefix
 from radixrt.fsm.vocabulary import Vocabulary
 
 # Per-token kinds.
-_NONE, _LETTER, _DIGIT, _MULTI, _PUNCT = 0, 1, 2, 3, 4
+_NONE, _LETTER, _DIGIT, _MULTI, _PUNCT, _PAIR = 0, 1, 2, 3, 4, 5
 # ASCII character classes (of the regex): anything outside these is not decided here.
 _C_LETTER, _C_DIGIT, _C_SPACE, _C_PUNCT, _C_OTHER = 1, 2, 3, 4, 0
 _ASCII_CLASS = bytes(
@@ -54,7 +59,7 @@ _ASCII_CLASS = bytes(
     _C_SPACE if c in (9, 10, 11, 12, 13, 32) else _C_PUNCT if 0x21 <= c <= 0x7E else _C_OTHER
     for c in range(128)) + bytes([_C_OTHER]) * 128
 # Decided by kind (row) and the forced text's first class + 1 (column; 0: no rule there).
-_DECIDES = np.zeros((5, 6), np.bool_)
+_DECIDES = np.zeros((6, 6), np.bool_)
 _DECIDES[_MULTI, 1:] = True
 _DECIDES[_LETTER, [1 + _C_DIGIT, 1 + _C_SPACE, 1 + _C_PUNCT]] = True
 _DECIDES[_DIGIT, [1 + _C_LETTER, 1 + _C_SPACE, 1 + _C_PUNCT]] = True
@@ -105,6 +110,8 @@ class SplitVerdicts:
                 self.kind[i] = _DIGIT
             elif cls == _C_PUNCT:
                 self.kind[i] = _PUNCT
+            else:  # ends with a space, a control character or a non-ASCII character
+                self.kind[i] = _PAIR
         self._tails: dict[int, list[bytes]] = {}  # added-token tails by their first byte
         for a in self.added:
             for k in range(1, len(a)):
@@ -131,8 +138,8 @@ class SplitVerdicts:
         """Precompute the punctuation tokens' verdicts in front of ``heads``; returns how many
         were computed."""
         tb = self.vocab.token_bytes
-        keys = [(int(t), h) for h in heads for t in np.flatnonzero(self.kind == _PUNCT).tolist()
-                if (int(t), h) not in self._pairs]
+        pairs = np.flatnonzero((self.kind == _PUNCT) | (self.kind == _PAIR)).tolist()
+        keys = [(t, h) for h in heads for t in pairs if (t, h) not in self._pairs]
         if keys:
             encs = self.encode_batch([(tb[t] + h).decode("utf-8") for t, h in keys])
             self._pairs.update((key, int(enc[0])) for key, enc in zip(keys, encs, strict=True))
@@ -174,13 +181,13 @@ class SplitVerdicts:
         kind = self.kind[ids]
         first = self.first[ids]
         decided = _DECIDES[kind, column]
-        punct = np.flatnonzero((kind == _PUNCT) & (column > 0))
+        punct = np.flatnonzero(((kind == _PUNCT) | (kind == _PAIR)) & (column > 0))
         if punct.size:
             heads = [infos[w][1] for w in which[punct].tolist()]
             first = first.copy()
             todo = []
-            for j, h in zip(punct.tolist(), heads, strict=True):
-                if h == b"?":
+            for j, h, k in zip(punct.tolist(), heads, kind[punct].tolist(), strict=True):
+                if h == b"?" or (not h and k == _PAIR):
                     continue
                 decided[j] = True
                 if h:

@@ -48,7 +48,11 @@ def test_rules_agree_with_the_tokenizer(compiler, split):
     tb = compiler.vocab.token_bytes
     rng = random.Random(0)
     pool = [t for t in range(len(tb)) if tb[t]]
-    tokens = np.asarray(sorted(rng.sample(pool, 1500)), np.int64)
+    # A random sample and every token that only the "t + H" rule can decide (it ends with a
+    # space, a control or a non-ASCII character: Unicode letters, punctuation, CJK, ...).
+    pair_kind = np.flatnonzero(split.kind == 5).tolist()
+    assert len(pair_kind) > 200
+    tokens = np.asarray(sorted(set(rng.sample(pool, 1500)) | set(pair_kind)), np.int64)
     decided_total = 0
     for forced in FORCED:
         info = split.forced_info(forced)
@@ -59,7 +63,7 @@ def test_rules_agree_with_the_tokenizer(compiler, split):
             data = tb[t] + forced
             first = _tokenizer_first(compiler, data[:whole_chars_prefix(data)])
             assert bool(drop[j]) == (first not in (-1, t)), (tb[t], forced, first)
-    assert decided_total > 0.4 * len(tokens) * len(FORCED)
+    assert decided_total > 0.3 * len(tokens) * len(FORCED)
     assert split.forced_info(b"<|im_end|>") is None and split.forced_info(b"|>") is None
 
 

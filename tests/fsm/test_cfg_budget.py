@@ -170,6 +170,7 @@ def _walk(g, budget: int, rng: random.Random, greedy_first: bool = False) -> tup
         out += tb[t]
         if m.is_terminated():
             break
+    assert not m.closer().dead  # the chart reads whatever llguidance allowed
     return out, m.is_accepting(), closed
 
 
@@ -187,6 +188,26 @@ def test_every_budget_from_the_minimum_closes(grammars, name):
             assert complete and ref.accepts(text.decode()), (budget, text)
             closed += restricted
     assert closed
+
+
+@pytest.mark.parametrize("name", sorted(GRAMMARS))
+def test_the_chart_follows_llguidance(grammars, name):
+    """Random allowed tokens (no budget): the chart never rejects what llguidance allows, and
+    it is complete exactly when llguidance's matcher is."""
+    g = grammars[name]
+    rng = random.Random(23)
+    bm = torch.zeros((1, g.num_words), dtype=torch.int32)
+    for _ in range(4):
+        m = new_matcher(g)
+        for _ in range(30):
+            m.fill_bitmask(bm, 0)
+            ids = [t for t in unpack_token_ids(bm[0].numpy()).tolist() if t not in g.eos_token_ids]
+            if not ids:
+                break
+            assert m.accept_token(rng.choice(ids))
+            c = m.closer()
+            assert not c.dead
+            assert (c.byte_distance == 0) == m.is_accepting()
 
 
 def test_too_small_a_budget_heads_for_the_end(grammars):

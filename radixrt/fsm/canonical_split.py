@@ -64,7 +64,8 @@ _DECIDES[_MULTI, 1:] = True
 _DECIDES[_LETTER, [1 + _C_DIGIT, 1 + _C_SPACE, 1 + _C_PUNCT]] = True
 _DECIDES[_DIGIT, [1 + _C_LETTER, 1 + _C_SPACE, 1 + _C_PUNCT]] = True
 _CONTRACTION_PREFIXES = {b"'", b"'r", b"'v", b"'l"}
-_PAIR_CACHE_LIMIT = 1 << 18
+_UNKNOWN = -3  # pair table: not asked yet
+_MAX_HEADS = 256
 # Punctuation runs that most often follow a token at a forced boundary in compact JSON (a
 # string's closing quote and what comes after it), precomputed by ``warm``.
 COMMON_HEADS = (b'"', b'","', b'",', b',"', b'"}', b'"]', b'"},', b'"}]', b'"}}', b'"]}',
@@ -117,7 +118,10 @@ class SplitVerdicts:
             for k in range(1, len(a)):
                 self._tails.setdefault(a[k], []).append(a[k:])
         self._forced: dict[bytes, tuple[int, bytes] | None] = {}
-        self._pairs: dict[tuple[int, bytes], int] = {}  # (token, H) -> first token of t + H
+        # H -> per token id, the first token of t + H (UNKNOWN until asked); bounded number of
+        # heads (_MAX_HEADS, then forgotten: only speed is lost).
+        self._pairs: dict[bytes, np.ndarray] = {}
+        self._pair_kind = (self.kind == _PUNCT) | (self.kind == _PAIR)
 
     @classmethod
     def of(cls, vocab: Vocabulary, encode_batch: Callable[[list[str]], list[list[int]]]
@@ -137,13 +141,28 @@ class SplitVerdicts:
     def warm(self, heads: tuple[bytes, ...] = COMMON_HEADS) -> int:
         """Precompute the punctuation tokens' verdicts in front of ``heads``; returns how many
         were computed."""
+        done = 0
+        for h in heads:
+            table = self._pair_table(h)
+            done += self._fill(table, np.flatnonzero(self._pair_kind & (table == _UNKNOWN)), h)
+        return done
+
+    def _pair_table(self, head: bytes) -> np.ndarray:
+        table = self._pairs.get(head)
+        if table is None:
+            if len(self._pairs) >= _MAX_HEADS:
+                self._pairs.clear()
+            table = self._pairs[head] = np.full(len(self.first), _UNKNOWN, np.int64)
+        return table
+
+    def _fill(self, table: np.ndarray, ids: np.ndarray, head: bytes) -> int:
+        """Ask the tokenizer for the first token of ``t + head`` for each of ``ids``."""
+        if not len(ids):
+            return 0
         tb = self.vocab.token_bytes
-        pairs = np.flatnonzero((self.kind == _PUNCT) | (self.kind == _PAIR)).tolist()
-        keys = [(t, h) for h in heads for t in pairs if (t, h) not in self._pairs]
-        if keys:
-            encs = self.encode_batch([(tb[t] + h).decode("utf-8") for t, h in keys])
-            self._pairs.update((key, int(enc[0])) for key, enc in zip(keys, encs, strict=True))
-        return len(keys)
+        encs = self.encode_batch([(tb[t] + head).decode("utf-8") for t in ids.tolist()])
+        table[ids] = [int(enc[0]) for enc in encs]
+        return len(ids)
 
     def forced_info(self, forced: bytes) -> tuple[int, bytes] | None:
         """For the bytes forced after a token (as the canonical check reads them): the ASCII
@@ -181,28 +200,24 @@ class SplitVerdicts:
         kind = self.kind[ids]
         first = self.first[ids]
         decided = _DECIDES[kind, column]
-        punct = np.flatnonzero(((kind == _PUNCT) | (kind == _PAIR)) & (column > 0))
-        if punct.size:
-            heads = [infos[w][1] for w in which[punct].tolist()]
+        punct = (column > 0) & ((kind == _PUNCT) | (kind == _PAIR))
+        if punct.any():
             first = first.copy()
-            todo = []
-            for j, h, k in zip(punct.tolist(), heads, kind[punct].tolist(), strict=True):
-                if h == b"?" or (not h and k == _PAIR):
+            for w, info in enumerate(infos):
+                if info is None or info[1] == b"?":
                     continue
-                decided[j] = True
-                if h:
-                    got = self._pairs.get((int(ids[j]), h))
-                    if got is None:
-                        todo.append((j, h))
-                    else:
-                        first[j] = got
-            if todo:
-                tb = self.vocab.token_bytes
-                keys = [(int(ids[j]), h) for j, h in todo]
-                encs = self.encode_batch([(tb[t] + h).decode("utf-8") for t, h in keys])
-                if len(self._pairs) > _PAIR_CACHE_LIMIT:
-                    self._pairs.clear()
-                for (j, _), key, enc in zip(todo, keys, encs, strict=True):
-                    first[j] = self._pairs[key] = int(enc[0])
+                head = info[1]
+                sel = punct & (which == w)
+                if not head:  # only a token ending in ASCII punctuation ends its chunk there
+                    sel &= kind == _PUNCT
+                sel = np.flatnonzero(sel)
+                if not len(sel):
+                    continue
+                decided[sel] = True
+                if head:
+                    table = self._pair_table(head)
+                    toks = ids[sel]
+                    self._fill(table, np.unique(toks[table[toks] == _UNKNOWN]), head)
+                    first[sel] = table[toks]
         drop = decided & (first != -1) & (first != ids)
         return decided, drop

@@ -261,6 +261,7 @@ class CfgIndex:
         kind, value, lhs, nullable = self.kind, self.value, self.lhs, self.nullable
         local = self._local
         s = _Set()
+        s.pos = i
         seen = set()
         items, waiting, scans = s.items, s.waiting, s.scans
         predicted = set()
@@ -375,12 +376,13 @@ class CfgIndex:
             hit = s.ctx[x] = self.rest_str(pc + 1) + hit
         return hit
 
-    def signature(self, s: _Set, i: int) -> frozenset:
+    def signature(self, s: _Set) -> frozenset:
         """The set's unfinished items with its own position as -1: equal signatures of two sets
         mean the text between them changed nothing the rest of the parse can see (finished
         items have already done all they do)."""
         end = _END
         kind = self.kind
+        i = s.pos
         return frozenset((c, -1 if o == i else o) for c, o in s.items if kind[c] != end)
 
 
@@ -405,13 +407,15 @@ class _Chart:
 
 
 class _Set:
-    __slots__ = ("items", "waiting", "scans", "cost", "parent", "dist", "best", "ctx")
+    __slots__ = ("items", "waiting", "scans", "cost", "parent", "dist", "best", "ctx", "pos", "still")
 
     def __init__(self):
         self.items: list[tuple[int, int]] = []
         self.waiting: dict[int, list[tuple[int, int]]] = {}
         self.scans: list[tuple[int, int, int]] = []
         self.ctx: dict[int, bytes] = {}
+        self.pos = 0  # the position it was built for (its own items' origin)
+        self.still = 0  # bytes known to lead to an equivalent set (free text)
 
 
 def _byte_set(lo: int, hi: int) -> int:
@@ -595,16 +599,30 @@ class CfgCloser:
         self.ends.append(len(self.text) if not self.dead else -1)
 
     def _extend(self, data: bytes) -> bool:
+        """Read ``data``. A byte after which the set stays equivalent (free text) repeats the
+        current set object at the new position instead of storing a new one: items keep
+        their origins, every distance and completion is the same, and the next byte of the
+        same kind is a bit test (``_Set.still``)."""
         chart, index = self.chart, self.index
         for b in data:
+            prev = chart[-1]
+            if prev.still >> b & 1:
+                chart.append(prev)
+                self.text.append(b)
+                continue
             s = index.advance(chart, b)
             if s is None:  # cannot happen for tokens the grammar allowed
                 return False
+            if (len(s.items) == len(prev.items) and len(s.scans) == len(prev.scans)
+                    and s.dist == prev.dist and index.signature(s) == index.signature(prev)):
+                prev.still |= 1 << b
+                s = prev
             chart.append(s)
             self.text.append(b)
             if len(chart) > KEEP_FULL_SETS:  # only the recent sets can become current again
                 old = chart[-1 - KEEP_FULL_SETS]
-                old.items = old.scans = None
+                if old is not chart[-KEEP_FULL_SETS]:  # (a repeated set may be current)
+                    old.items = old.scans = None
         return True
 
     def truncate(self, num_tokens: int) -> None:
@@ -657,7 +675,7 @@ class CfgCloser:
                 if b2[0] < best[0]:
                     w, best, first = w2, b2, f2
         if best[0] < got[0] or self.route is None or got[0] >= UNREACHABLE:
-            self.route = (pos, w, best, first, self.index.signature(self.chart[-1], pos))
+            self.route = (pos, w, best, first, self.index.signature(self.chart[-1]))
             return best[0], first[0]
         return got
 
@@ -669,7 +687,7 @@ class CfgCloser:
         start, w, best, first, sig = r
         done = bytes(self.text[start:pos]) + extra
         if not w.startswith(done):
-            if not extra and start < pos and sig == self.index.signature(self.chart[pos], pos):
+            if not extra and start < pos and sig == self.index.signature(self.chart[pos]):
                 return best[0], first[0]  # free text since: the same completions
             return UNREACHABLE, -1
         k = len(done)
@@ -731,7 +749,7 @@ class CfgCloser:
         """The candidates of the current chart: ``_candidates`` and ``_free``, cached per
         request by the set's signature (a run of free text keeps it)."""
         cur = self.chart[-1]
-        sig = self.index.signature(cur, len(self.chart) - 1)
+        sig = self.index.signature(cur)
         hit = self._walks.get(sig)
         if hit is None:
             if len(self._walks) >= _WALK_CACHE_LIMIT:
@@ -754,7 +772,6 @@ class CfgCloser:
         cur = chart[-1]
         if not cur.scans:
             return 0
-        i = len(chart) - 1
         # Bytes no scan tells apart behave alike; only ASCII can be stationary (a byte of a
         # multi-byte character leaves the set inside that character).
         classes = [(1 << 128) - 1]
@@ -767,8 +784,9 @@ class CfgCloser:
         for c in classes:
             if c & union:
                 s = index.advance(chart, (c & -c).bit_length() - 1)
-                if s is not None and index.signature(s, i + 1) == sig:
+                if s is not None and index.signature(s) == sig:
                     stationary |= c
+        cur.still |= stationary
         return stationary
 
     def _candidates(self, sig: frozenset) -> tuple[dict[int, tuple[int, bytes]], list]:
@@ -808,7 +826,7 @@ class CfgCloser:
                 steps += 1
                 if s is None or s.dist > limit:
                     continue
-                if not depth and index.signature(s, len(self.chart)) == sig:
+                if not depth and index.signature(s) == sig:
                     continue  # free text: ``_free``
                 nxt = chart.plus(s)
                 data_of[j] = data_of[node] + bytes((b,))
@@ -818,7 +836,7 @@ class CfgCloser:
                     w = index.completion(nxt)
                     out[t] = (closing.split(w)[0][0], w)
                 if len(free_of) < MAX_GROUPS:
-                    sig_s = index.signature(s, len(nxt) - 1)
+                    sig_s = index.signature(s)
                     free = free_of.get(sig_s)
                     if free is None:
                         free = free_of[sig_s] = self._stationary(nxt, sig_s)

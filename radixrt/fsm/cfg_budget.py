@@ -17,19 +17,25 @@ minimum over its items of (the rest of the rule) + ``C_origin[lhs]``. Following 
 parents back to the start gives one shortest completion ``w``; its fewest-token split over the
 vocabulary's trie (``close``) bounds the true token distance from above.
 
+The chart (``CfgCloser``) is fed lazily from the accepted tokens; a free-text byte (one after
+which the set is equivalent: the same unfinished items, a different position) repeats the
+current set object instead of building a new one, and only the last ``KEEP_FULL_SETS`` sets
+keep their items (older ones keep what distances and completions read).
+
 Masks (``CfgCloser.restrict``, with ``left`` tokens left, this one included): nothing changes
 while ``left - 1 >= close + CLOSING_MARGIN`` (the cheap test uses the byte distance, which
 bounds ``close`` when the vocabulary has every byte of ``w`` as a token). Below that only
 tokens whose chart can still close in ``left - 1`` tokens are kept, from a candidate set:
-tokens that leave the chart equivalent to the current one (free text: the same items, a
-different position; they keep ``close``), the tokens of a bounded trie walk that never moves
-the end further than the budget (each checked exactly: Earley steps, then ``close``), and EOS
-in an accepting chart. The walk starts with the first token of the remembered completion
-(``route``: a completion of the chart at some earlier position whose text so far it still
-spells), so a request whose close fits always keeps one token that lowers it by one, and the
-invariant ``close <= left`` carries to the end. ``CLOSING_MARGIN`` is what a single token
-taken before the restriction starts may add to ``close``; a grammar where one token adds more
-can still run out (then the tokens closest to an end are kept).
+free-text tokens (they keep ``close``), the tokens of a bounded best-first trie walk (bytes
+on a shortest completion first; each token checked exactly: Earley steps, then ``close``),
+a visited prefix continued with free text (its chart, its cost), the first token of the
+remembered completion (``route``: a completion of the chart at some earlier position whose
+text so far it still spells, or an equivalent set), and EOS in an accepting chart. The route
+and the completion behind each offered token carry to the next step, so a request whose
+close fits always keeps a token that lowers it by one, and the invariant ``close <= left``
+carries to the end. ``CLOSING_MARGIN`` is what a single token taken before the restriction
+starts may add to ``close``; a grammar where one token adds more can still run out (then the
+tokens closest to an end are kept).
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ So a match is a device prefix followed by host nodes, then disk nodes.
   the disk holds its run, else it is dropped (with its subtree). A run that is neither on the
   host nor on disk is dropped, as in the plain radix cache.
 - `fetch` brings a match's lower tiers back: host runs are copied to the device at once; disk
-  runs are read by a reader thread into host slots while the scheduler keeps stepping, and the
-  request waits (``fetch`` returns None) until they are host runs, then copied up.
+  runs are read by the reader thread straight into new device slots while the scheduler keeps
+  stepping (a scheduler with nothing else to do reads blocks too), and the request waits
+  (``fetch`` returns None) until the read is applied.
 - Disk writes are write-through: when a request finishes, the whole blocks of its sequence
   that the disk lacks are written by a writer thread from the device pool (the nodes stay
   locked, not evictable, until the write completes). ``disk_end`` records how far a node's run
@@ -28,6 +29,10 @@ So a match is a device prefix followed by host nodes, then disk nodes.
 
 Counters ``_evictable`` / ``_protected`` and ``_leaves`` (device nodes without device children)
 cover the device tier only, so the scheduler's accounting is unchanged.
+
+Code: this module holds the tree and the moves between device and host; `hicache_disk` the
+moves to and from disk (read and write jobs, restore, warm start); `hicache_io` the I/O
+threads.
 """
 
 from __future__ import annotations
@@ -43,14 +48,14 @@ from dataclasses import asdict, dataclass
 import torch
 
 from radixrt.cache.base import MatchResult
-from radixrt.cache.disk_store import BlockInfo, DiskKVStore
+from radixrt.cache.disk_store import DiskKVStore
+from radixrt.cache.hicache_disk import DiskTier, ReadJob
+from radixrt.cache.hicache_io import IOThreads
 from radixrt.cache.memory_pool import (
     KVAllocator,
     TokenToKVPool,
     _byte_rows,
     copy_kv,
-    gather_kv,
-    scatter_kv,
 )
 from radixrt.cache.radix_cache import _EMPTY, RadixCache, TreeNode, _as_list, _common_len
 
@@ -79,48 +84,7 @@ class HiCacheStats:
     warm_start_cancelled: int = 0  # warm reads cut short by a request's read or an eviction
 
 
-class _ReadJob:
-    def __init__(self, lock_node: TreeNode, span_start: int, first: int, blocks: list,
-                 slots: torch.Tensor, cancel: threading.Event | None = None):
-        self.nodes: set[TreeNode] = set()
-        self.pending: dict[TreeNode, torch.Tensor] = {}  # each node's share of ``slots``
-        self.lock_node = lock_node
-        self.span_start = span_start  # absolute position of slots[0]
-        self.first = first  # first block index
-        self.blocks = blocks  # [(key, tokens)] for blocks first, first + 1, ...
-        self.slots = slots  # device slots for positions span_start .. (read-only once queued)
-        self.ok_end = span_start  # set by the reader: blocks read OK cover up to here
-        self.nbytes = 0
-        self.seconds = 0.0
-        self.errors = 0
-        # Warm-start reads share one event: set, every queued warm read stops before its next
-        # block (one event, so a later warm read never fills nodes below an earlier one that
-        # stopped short).
-        self.cancel = cancel
-        self.cancelled = False
-        # Blocks are taken in order by the reader thread and by a scheduler thread waiting
-        # for the job (`HiRadixCache.wait_io`), under ``lock``.
-        self.lock = threading.Condition()
-        self.next = 0  # the next block to take
-        self.active = 0  # blocks being read
-        self.ok = [False] * len(blocks)
-        self.closed = False
-
-
-class _WriteJob:
-    def __init__(self, tokens: list[int], lock_node: TreeNode, keys: list[str],
-                 blocks: list[tuple[int, torch.Tensor]]):
-        self.tokens = tokens  # the sequence (whole blocks)
-        self.lock_node = lock_node
-        self.keys = keys  # key of every block of tokens
-        self.blocks = blocks  # [(block index, device slots)] to write
-        self.nbytes = 0
-        self.seconds = 0.0
-        self.written = 0
-        self.errors = 0
-
-
-class HiRadixCache(RadixCache):
+class HiRadixCache(DiskTier, IOThreads, RadixCache):
     def __init__(self, allocator: KVAllocator, device_pool: TokenToKVPool,
                  host_pool: TokenToKVPool, host_allocator: KVAllocator,
                  disk: DiskKVStore | None = None, page_size: int | None = None):
@@ -138,7 +102,7 @@ class HiRadixCache(RadixCache):
         self._done: queue.Queue = queue.Queue()  # finished jobs, applied on the caller thread
         self._jobs: dict[str, queue.Queue] = {}
         self._threads: list[threading.Thread] = []
-        self._reading: _ReadJob | None = None  # the read job the reader thread is on
+        self._reading: ReadJob | None = None  # the read job the reader thread is on
         # A CPU pool's [layer, K/V] buffers as NumPy byte rows, in the disk payload's order.
         self._pool_rows = [] if device_pool.device.type != "cpu" else [
             _byte_rows(buf) for layer in range(device_pool.num_layers)
@@ -479,425 +443,6 @@ class HiRadixCache(RadixCache):
         while self._origin and node is not None:
             self._origin.pop(node, None)
             node = node.parent
-
-    # ------------------------------------------------------------------ disk I/O
-    def _whole_blocks(self, nodes: list[TreeNode]) -> list[TreeNode]:
-        """``nodes`` (disk nodes along a path) up to the last block boundary: the blocks of a
-        run that ends inside a block hold tokens the path does not name. A node across that
-        boundary is split there."""
-        if self.disk is None:
-            return []
-        b = self.disk.block_tokens
-        out = list(nodes)
-        while out:
-            last = out[-1]
-            end = last.start + len(last.key)
-            if end % b == 0:
-                break
-            cut = end // b * b
-            if cut > last.start:
-                out[-1] = self._split(last, cut - last.start)
-                break
-            out.pop()
-        return out
-
-    def _within(self, nodes: list[TreeNode], limit: int) -> list[TreeNode]:
-        """The leading ``nodes`` that hold at most ``limit`` tokens and end at a block
-        boundary (``nodes`` may start inside a block), the last one split there if needed."""
-        if not nodes:
-            return []
-        end = (nodes[0].start + limit) // self.disk.block_tokens * self.disk.block_tokens
-        out = []
-        for x in nodes:
-            if x.start >= end:
-                break
-            if x.start + len(x.key) > end:
-                out.append(self._split(x, end - x.start))
-                break
-            out.append(x)
-        return out
-
-    def _start_read(self, tokens: list[int], nodes: list[TreeNode], warm: bool = False) -> int:
-        """Queue a read of disk nodes ``nodes`` (consecutive on one path below the device
-        part, the last ending at a block boundary) straight into new device slots. Returns the
-        tokens queued: 0 when nothing could be (no room). A ``warm`` read (warm start) takes free slots only
-        and can be cancelled; any other read cancels the warm reads still queued, which would
-        delay it."""
-        b = self.disk.block_tokens
-        if not warm:
-            self._cancel_warm()
-        limit = self.allocator.size // 2 // b * b  # one read takes at most half the pool
-        held = nodes[-1]
-        self.inc_lock_ref(held)  # the path stays while room is made
-        try:
-            slots = None
-            while nodes and limit >= b:
-                nodes = self._within(nodes, limit)
-                n = sum(len(x.key) for x in nodes)
-                slots = self.allocator.alloc(n)
-                if slots is None and not warm:
-                    self.evict(n + self.page_size)
-                    slots = self.allocator.alloc(n)
-                if slots is not None:
-                    break
-                limit = limit // 2 // b * b
-            if slots is None or not nodes:
-                return 0
-            # Ascending slots: a whole block then usually lands in consecutive pool rows,
-            # which the reader fills straight from the file.
-            slots = slots.sort().values
-            start, end = nodes[0].start, nodes[-1].start + len(nodes[-1].key)
-            first = start // b
-            keys = self.disk.chain_keys(tokens, end // b)[first:]
-            blocks = [(k, tokens[(first + i) * b:(first + i + 1) * b]) for i, k in enumerate(keys)]
-            job = _ReadJob(nodes[-1], start, first, blocks, slots,
-                           self._warm_cancel if warm else None)
-            if warm:
-                self._warm_in_flight += 1
-            off = 0
-            for x in nodes:
-                job.pending[x] = slots[off:off + len(x.key)]
-                x.loading = job
-                job.nodes.add(x)
-                off += len(x.key)
-            # Slots being filled count as cached and locked until the job is applied.
-            self._protected += len(slots)
-            self.inc_lock_ref(nodes[-1])
-            self._submit("read", job)
-            return len(slots)
-        finally:
-            self.dec_lock_ref(held)
-
-    def _read(self, job: _ReadJob) -> None:
-        """The reader thread's share of ``job`` (a scheduler waiting in `wait_io` takes blocks
-        too); returns when every block taken, by either thread, is done."""
-        with job.lock:
-            self._reading = job
-        try:
-            self._read_blocks(job)
-        finally:
-            with job.lock:
-                self._reading = None
-                while job.active:
-                    job.lock.wait()
-                job.closed = True  # a helper that comes late takes nothing
-        b = self.disk.block_tokens
-        n = 0
-        while n < len(job.blocks) and job.ok[n]:
-            n += 1
-        job.ok_end = job.span_start if n == 0 else (job.first + n) * b
-
-    def _read_blocks(self, job: _ReadJob, deadline: float | None = None) -> None:
-        """Read blocks of ``job`` in order, one at a time, until none are left, one failed,
-        the job is cancelled or (a helper) ``deadline`` (time.monotonic) has passed. Several
-        threads may run this on one job."""
-        b, pool = self.disk.block_tokens, self.device_pool
-        while deadline is None or time.monotonic() < deadline:
-            with job.lock:
-                i = job.next
-                if job.closed or job.cancelled or job.errors or i >= len(job.blocks):
-                    return
-                if job.cancel is not None and job.cancel.is_set():
-                    job.cancelled = True
-                    return
-                job.next += 1
-                job.active += 1
-            try:
-                key, tokens = job.blocks[i]
-                t0 = time.perf_counter()
-                pos = job.span_start if i == 0 else (job.first + i) * b
-                lo = pos - (job.first + i) * b
-                off = pos - job.span_start
-                slots = job.slots[off:off + b - lo]
-                first = int(slots[0])
-                if lo == 0 and self._pool_rows and int(slots[-1]) - first == b - 1:
-                    # A whole block into consecutive rows: read the file straight into the pool.
-                    into = [rows[first:first + b] for rows in self._pool_rows]
-                    ok = self.disk.read_block(key, tokens, into) is not None
-                else:
-                    data = self.disk.read_block(key, tokens)
-                    ok = data is not None
-                    if ok:
-                        scatter_kv(pool, slots, data[:, :, lo:])
-            except Exception:  # a bug: report it, fail the block (recomputed), keep serving
-                logger.exception("hicache: reading a KV block failed")
-                ok = False
-            with job.lock:
-                job.active -= 1
-                job.ok[i] = ok
-                if ok:
-                    job.nbytes += self.disk.block_bytes
-                    job.seconds += time.perf_counter() - t0
-                else:
-                    job.errors += 1
-                job.lock.notify_all()
-
-    def _finish_read(self, job: _ReadJob) -> None:
-        self.stats.disk_read_bytes += job.nbytes
-        self.stats.disk_read_seconds += job.seconds
-        self.stats.disk_blocks_read += len(job.blocks) - job.errors
-        self.stats.disk_read_errors += job.errors
-        self._protected -= len(job.slots)
-        if job.cancel is not None:
-            self._warm_in_flight -= 1
-            self.stats.warm_start_tokens += job.ok_end - job.span_start
-            self.stats.warm_start_cancelled += job.cancelled
-            if not self._warm_in_flight:
-                self._warm_cancel.clear()
-        # A cancelled read leaves the nodes it did not reach on disk, whole; a failed one
-        # drops them (their blocks are gone).
-        keep = job.cancelled and not job.errors
-        unused = []
-        for x in sorted(job.nodes, key=lambda n: n.start):
-            x.loading = None
-            slots = job.pending.pop(x)
-            end = x.start + len(x.key)
-            if x.dead or x.value is not None:  # gone, or recomputed meanwhile
-                unused.append(slots)
-            elif end <= job.ok_end:
-                self._gain_device(x, slots)
-                self._origin[x] = "disk"
-            elif x.start < job.ok_end:  # read up to a damaged block: keep what was read
-                k = job.ok_end - x.start
-                upper = self._split(x, k)
-                self._gain_device(upper, slots[:k])
-                self._origin[upper] = "disk"
-                unused.append(slots[k:])
-                if not keep:
-                    self._drop(x)
-            else:
-                unused.append(slots)
-                if not keep:
-                    self._drop(x)
-        self.dec_lock_ref(job.lock_node)
-        if unused:
-            self.allocator.free(torch.cat(unused))
-            self.generation += 1
-
-    def _write_through(self, tokens: list[int]) -> None:
-        disk = self.disk
-        if disk is None or not disk.writable:
-            return
-        b = disk.block_tokens
-        nb = len(tokens) // b
-        if nb == 0:
-            return
-        path = self._path(tokens, nb * b)
-        dev = [x for x in path if x.value is not None]
-        nb = sum(len(x.key) for x in dev) // b
-        if nb == 0:
-            return
-        keys = disk.chain_keys(tokens, nb)
-        # Blocks another queued job also writes are written (skipped) again: jobs run in order
-        # on one thread, so this job's completion sees all of its blocks on disk.
-        todo = [i for i, k in enumerate(keys) if not disk.contains(k)]
-        if not todo:
-            self._mark_disk(tokens, keys)
-            return
-        slots = torch.cat([x.value for x in dev])
-        lock = dev[-1]
-        while lock.start >= nb * b:  # the node that ends the last whole block
-            lock = lock.parent
-        job = _WriteJob(tokens[:nb * b], lock, keys, [(i, slots[i * b:(i + 1) * b]) for i in todo])
-        self.inc_lock_ref(lock)
-        self._submit("write", job)
-
-    def _write(self, job: _WriteJob) -> None:
-        b = self.disk.block_tokens
-        for i, slots in job.blocks:
-            t0 = time.perf_counter()
-            data = gather_kv(self.device_pool, slots)
-            parent = job.keys[i - 1] if i else self.disk.root_key
-            if self.disk.write_block(job.keys[i], parent, job.tokens[i * b:(i + 1) * b], data):
-                job.written += 1
-                job.nbytes += data.numel() * data.element_size()
-            else:
-                job.errors += 1
-            job.seconds += time.perf_counter() - t0
-
-    def _finish_write(self, job: _WriteJob) -> None:
-        self.dec_lock_ref(job.lock_node)
-        self.stats.disk_write_bytes += job.nbytes
-        self.stats.disk_write_seconds += job.seconds
-        self.stats.disk_blocks_written += job.written
-        self.stats.disk_write_errors += job.errors
-        self._mark_disk(job.tokens, job.keys)
-
-    def _mark_disk(self, tokens: list[int], keys: list[str]) -> None:
-        """Record on the nodes of ``tokens``' path how far their runs are on disk (the
-        leading blocks the disk holds)."""
-        n = 0
-        while n < len(keys) and self.disk.contains(keys[n]):
-            n += 1
-        end = n * self.disk.block_tokens
-        node, pos = self.root, 0
-        while pos < end:
-            child = node.children.get(self._child_key(tokens, pos))
-            if child is None:
-                break
-            seg = min(len(child.key), end - pos)
-            if child.key[:seg] != tokens[pos:pos + seg]:
-                break
-            child.disk_end = max(child.disk_end, child.start + seg)
-            if seg < len(child.key):
-                break
-            pos += seg
-            node = child
-
-    def _restore(self, blocks: dict[str, BlockInfo]) -> None:
-        """Disk nodes for every chain of blocks found on disk that starts at the root."""
-        children: dict[str, list[str]] = {}
-        for key, info in blocks.items():
-            children.setdefault(info.parent, []).append(key)
-        stack = [(k, []) for k in children.get(self.disk.root_key, [])]
-        restored = 0
-        order = {key: i for i, key in enumerate(blocks)}  # oldest file first
-        runs: list[tuple[int, list[int]]] = []
-        while stack:
-            key, prefix = stack.pop()
-            tokens = prefix + blocks[key].tokens
-            kids = children.get(key, [])
-            if kids:
-                stack.extend((k, tokens) for k in kids)
-                continue
-            runs.append((order[key], tokens))
-            path = self._path(tokens, len(tokens), fine=True)
-            pos = path[-1].start + len(path[-1].key) if path else 0
-            for x in path:
-                x.disk_end = max(x.disk_end, x.start + len(x.key))
-            if pos < len(tokens):
-                parent = path[-1] if path else self.root
-                leaf = TreeNode(tokens[pos:], None, parent, parent.last_access_time)
-                leaf.disk_end = len(tokens)
-                parent.children[self._child_key(tokens, pos)] = leaf
-            restored += len(tokens) - pos
-        runs.sort(key=lambda r: -r[0])
-        self._recent = [tokens for _, tokens in runs]
-        if restored:
-            logger.info("hicache: %d tokens of KV on disk in %s", restored, self.disk.dir)
-
-    def warm_start(self, max_tokens: int) -> int:
-        """Queue background reads of the most recently written disk runs into free device
-        slots, at most ``max_tokens`` (and never more than the pool has free: nothing is
-        evicted for it). A request that needs a node being warm-read waits for that read
-        instead of reading it again; a request that needs another read, or an eviction that
-        finds nothing else, cancels what is left of the warm start. Returns the tokens
-        queued."""
-        if self.disk is None or max_tokens <= 0:
-            return 0
-        b = self.disk.block_tokens
-        budget = min(max_tokens, self.allocator.available_size()) // b * b
-        queued = 0
-        for tokens in self._recent:
-            if budget - queued < b:
-                break
-            path = self._path(tokens, len(tokens))
-            lower = [n for n in path if n.value is None]
-            # A prefix another warm read is filling is skipped: reads run in order and stop
-            # together, so this one only lands if that one did.
-            while lower and lower[0].loading is not None:
-                lower.pop(0)
-            if not lower or any(n.loading is not None or n.host_value is not None
-                                for n in lower):
-                continue
-            nodes = self._whole_blocks(lower)
-            if nodes:
-                nodes = self._within(nodes, budget - queued)
-            if nodes:
-                queued += self._start_read(tokens, nodes, warm=True)
-        self._recent = []
-        if queued:
-            logger.info("hicache: warm start reads %d tokens of KV from disk", queued)
-        return queued
-
-    def _cancel_warm(self) -> None:
-        if self._warm_in_flight:
-            self._warm_cancel.set()
-
-    # ------------------------------------------------------------------ I/O threads
-    def _submit(self, kind: str, job) -> None:
-        if kind not in self._jobs:
-            self._jobs[kind] = queue.Queue()
-            t = threading.Thread(target=self._io_loop, args=(kind, self._jobs[kind]),
-                                 name=f"radixrt-hicache-{kind}", daemon=True)
-            t.start()
-            self._threads.append(t)
-        self._in_flight[kind] += 1
-        self._jobs[kind].put(job)
-
-    def _io_loop(self, kind: str, jobs: queue.Queue) -> None:
-        while True:
-            job = jobs.get()
-            if job is None:
-                return
-            try:
-                (self._read if kind == "read" else self._write)(job)
-            except Exception:  # a bug: report it, count the job as failed, keep serving
-                logger.exception("hicache %s job failed", kind)
-                job.errors += 1
-            self._done.put((kind, job))
-
-    def poll_io(self) -> int:
-        """Apply finished disk jobs (on the caller's thread). Returns how many."""
-        n = 0
-        while True:
-            try:
-                kind, job = self._done.get_nowait()
-            except queue.Empty:
-                return n
-            self._apply(kind, job)
-            n += 1
-
-    def _apply(self, kind: str, job) -> None:
-        self._in_flight[kind] -= 1
-        if kind == "read":
-            self._finish_read(job)
-        else:
-            self._finish_write(job)
-
-    def io_pending(self) -> bool:
-        return bool(self._in_flight["read"] or self._in_flight["write"])
-
-    def wait_io(self, timeout: float | None = None, writes: bool = False) -> None:
-        """Block until a disk job finishes (``writes``: until no write is in flight), or
-        ``timeout`` seconds pass. Meanwhile this thread reads blocks of the read job in
-        progress alongside the reader thread (the caller has nothing else to do: on a CPU that
-        is a second core on the restore)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.io_pending():
-            reading = self._reading
-            if reading is not None:  # idle meanwhile: read blocks of the job too
-                self._read_blocks(reading, deadline)
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return
-            wait = left
-            if reading is None and self._in_flight["read"]:  # a read about to start: look again soon
-                wait = 0.002 if left is None else min(left, 0.002)
-            try:
-                kind, job = self._done.get(timeout=wait)
-            except queue.Empty:
-                if wait is not left:
-                    continue
-                return
-            self._apply(kind, job)
-            if not writes or not self._in_flight["write"]:
-                return
-
-    def drain_io(self) -> None:
-        while self.io_pending():
-            kind, job = self._done.get()
-            self._apply(kind, job)
-
-    def close(self) -> None:
-        """Finish queued disk writes and stop the I/O threads."""
-        self.drain_io()
-        for q in self._jobs.values():
-            q.put(None)
-        for t in self._threads:
-            t.join(timeout=30)
-        self._jobs.clear()
-        self._threads.clear()
 
     # ------------------------------------------------------------------ reset / stats
     def reset(self, clear_disk: bool = True) -> None:

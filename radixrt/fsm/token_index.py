@@ -123,12 +123,12 @@ class TokenTrie:
 
     def _string_chain(self, table_flat: np.ndarray, state: int) -> np.ndarray | None:
         """[x_0 = state, x_1, ..., x_L] (L = the longest plain token) when every STRING_BYTES
-        byte leads from x_i to x_{i+1} for all i < L (the dead state 0 leads to itself), else
-        None."""
+        byte leads from x_i to x_{i+1} for all i < L (the dead state 0 leads to itself) and x_1
+        is alive, else None."""
         if self.plain_ids is None:
             return None
         first = table_flat[state * 256 + STRING_BYTES]
-        if (first != first[0]).any():
+        if not first[0] or (first != first[0]).any():  # (no plain token alive: a walk is cheap)
             return None
         steps = self.plain_max_len
         chain = np.zeros(steps + 1, np.int64)
@@ -167,7 +167,7 @@ class TokenTrie:
                 idx *= 256
                 idx += self.byte[a:b]
                 cur = node_state[a:b]
-                np.take(table_flat, idx, out=cur)
+                np.take(table_flat, idx, out=cur, mode="clip")  # (mode "raise" buffers out)
                 num_live = int(np.count_nonzero(cur))
                 if num_live == 0:
                     break

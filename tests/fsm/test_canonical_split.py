@@ -106,7 +106,8 @@ def test_trie_walk_matches_byte_walk(compiler):
     g2 = compiler.compile("regex", '"[^"]*"')
     g3 = compiler.compile("regex", '"[ -~]{3}[a-z]*"')
     inside = [g.walk(g.start_state, b'{"name":"' + b"x" * k) for k in (0, 5, 11, 12)]
-    assert all(g.trie._string_chain(g._table_flat, s) is not None for s in inside)
+    assert [g.trie._string_chain(g._table_flat, s) is not None for s in inside] == [
+        True, True, True, False]  # at the limit no plain token is alive: walked
     s3 = g3.walk(g3.start_state, b'"')
     assert g3.trie._string_chain(g3._table_flat, s3) is None
     cases = ((g, _walk_states(g, rng)[:8] + inside), (g2, [g2.walk(g2.start_state, b'"')]),

@@ -18,7 +18,7 @@ fp32 route, only those.
 Shapes: the default model's (SmolLM2-135M: fused qkv, o, fused gate/up, down, LM head) and
 square layers 64..1024 to find where int8 starts to pay (``AUTO_MIN_WEIGHTS``).
 
-  python bench/linear_micro.py [--rows 1,32] [--rounds 50] [--routes fp32,int8,...] [--threads N]
+  python bench/linear_micro.py [--rows 1,32] [--rounds 50] [--routes fp32,int8,...] [--threads N] [--cpu-time]
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ def make_routes(weight: torch.Tensor, x: torch.Tensor, names: list[str]) -> dict
     return out
 
 
+CLOCK = {"fn": time.perf_counter}  # --cpu-time: time.process_time
+
+
 def measure(shape: tuple[int, int], rows: int, names: list[str], rounds: int) -> dict[str, float]:
     n, k = shape
     gen = torch.Generator().manual_seed(n * 7 + k)
@@ -86,11 +89,12 @@ def measure(shape: tuple[int, int], rows: int, names: list[str], rounds: int) ->
         fn()
     times: dict[str, list[float]] = {name: [] for name in routes}
     budget = max(3, rounds if n * k < 10_000_000 else rounds // 4)
+    clock = CLOCK["fn"]
     for _ in range(budget):
         for name, fn in routes.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return {name: median(ts) for name, ts in times.items()}
 
 
@@ -101,7 +105,12 @@ def main() -> None:
     ap.add_argument("--routes", default=",".join(ROUTES), help="subset of " + ",".join(ROUTES))
     ap.add_argument("--shapes", default="model,square", help="model, square or both")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time in CPU time of the process (with --threads 1: what other jobs on a shared "
+                         "machine distort least)")
     args = ap.parse_args()
+    if args.cpu_time:
+        CLOCK["fn"] = time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [r for r in args.routes.split(",") if r]

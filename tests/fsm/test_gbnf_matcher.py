@@ -213,12 +213,3 @@ def test_compile_cache_and_json_grammar_mask_count(compiler):
     allowed = m.allowed_token_ids()
     tb = a.vocab.token_bytes
     assert allowed and all(tb[t].startswith(b"{") for t in allowed)
-
-
-def test_budget_closing_does_not_apply_to_grammars(grammars):
-    m = new_matcher(grammars["arith"])
-    plain = torch.zeros((1, m.grammar.num_words), dtype=torch.int32)
-    budget = torch.zeros_like(plain)
-    assert m.fill_bitmask(plain, 0) is False
-    assert m.fill_bitmask(budget, 0, tokens_left=1) is False  # nothing is cut for the budget
-    assert torch.equal(plain, budget)

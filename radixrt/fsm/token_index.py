@@ -21,6 +21,7 @@ import numpy as np
 from radixrt.fsm.vocabulary import Vocabulary
 
 TAIL_NODES = 700  # trie nodes below which the deepest levels are stepped in Python
+SPARSE_END_NODES = 4096  # live nodes below which a walk's tokens come from those nodes
 
 
 # One character of JSON string content, unescaped: printable ASCII but for '"' and '\\'.
@@ -62,6 +63,10 @@ class TokenTrie:
         self.child_end = self.child_start + counts
         self.num_nodes = n
         self.vocab_size = vocab.size
+        # The tokens ending at each node (several ids may spell the same bytes), for walks that
+        # end with few live nodes: token_order[node_first[n]:node_first[n + 1]].
+        self.token_order = np.argsort(self.token_node, kind="stable")
+        self.node_first = np.searchsorted(self.token_node[self.token_order], np.arange(n + 1))
         # The deep levels hold few nodes (long tokens: runs of spaces, dashes, ...) but are many;
         # from ``tail_depth`` on they are stepped in plain Python, where a numpy call per level
         # would cost more than the level's nodes.
@@ -159,6 +164,9 @@ class TokenTrie:
         ls = self.level_start
         dense: np.ndarray | None = np.full(1, state, np.int64)  # states of the whole level
         frontier = frontier_state = None  # sparse form: live node ids and their states
+        # Live node ids level by level while few (then the allowed tokens come from them
+        # instead of a gather over every token); None once a level stayed dense.
+        live_ids: list[np.ndarray] | None = []
         tail = self.tail_depth
         for d in range(1, min(tail, len(ls) - 1)):
             a, b = ls[d], ls[d + 1]
@@ -175,8 +183,11 @@ class TokenTrie:
                     frontier = a + np.flatnonzero(cur)
                     frontier_state = cur[frontier - a]
                     dense = None
+                    if live_ids is not None:
+                        live_ids.append(frontier)
                 else:
                     dense = cur
+                    live_ids = None
             else:
                 starts = self.child_start[frontier]
                 counts = self.child_end[frontier] - starts
@@ -194,9 +205,26 @@ class TokenTrie:
                     break
                 frontier_state = st[live]
                 node_state[frontier] = frontier_state
+                if live_ids is not None:
+                    live_ids.append(frontier)
         else:
             if tail < len(ls) - 1:
-                self._walk_tail(table_flat, dense, frontier, frontier_state, node_state)
+                if self._walk_tail(table_flat, dense, frontier, frontier_state, node_state):
+                    live_ids = None  # (the tail's live nodes are not collected)
+        if live_ids is not None and sum(len(x) for x in live_ids) < SPARSE_END_NODES:
+            nodes = np.concatenate(live_ids) if live_ids else np.zeros(0, np.int64)
+            first, last = self.node_first[nodes], self.node_first[nodes + 1]
+            counts = last - first
+            ends = np.cumsum(counts)
+            # Expand the token ranges of the live nodes (as for the children in a sparse step).
+            order = np.repeat(first - ends + counts, counts) + np.arange(int(ends[-1]) if len(
+                ends) else 0)
+            ids = self.token_ids[self.token_order[order]]
+            sort = np.argsort(ids, kind="stable")
+            ids = ids[sort]
+            if not with_states:
+                return ids
+            return ids, np.repeat(node_state[nodes], counts)[sort]
         end_states = node_state[self.token_node]
         keep = end_states != 0
         if not with_states:
@@ -205,9 +233,10 @@ class TokenTrie:
 
     def _walk_tail(self, table_flat: np.ndarray, dense: np.ndarray | None,
                    frontier: np.ndarray | None, frontier_state: np.ndarray | None,
-                   node_state: np.ndarray) -> None:
+                   node_state: np.ndarray) -> bool:
         """Step the levels from ``tail_depth`` on, given the states of the level above (the
-        whole level in ``dense``, or its live nodes ``frontier`` with ``frontier_state``)."""
+        whole level in ``dense``, or its live nodes ``frontier`` with ``frontier_state``);
+        returns whether any node there was alive."""
         ls = self.level_start
         a = ls[self.tail_depth - 1]
         if dense is not None:
@@ -237,6 +266,7 @@ class TokenTrie:
             states = nxt
         if live_ids:
             node_state[live_ids] = live_states
+        return bool(live_ids)
 
     def has_longer_token(self, prefix: bytes, next_bytes: list[int] | None = None) -> bool:
         """Is there a token that starts with ``prefix`` and is longer, optionally whose next

@@ -15,8 +15,12 @@ instead of HF (alternating the same way, a fresh Engine per mode and run, timed 
 warm-up); ``ratio`` is the last mode over the first and ``same_tokens`` the share of requests
 whose tokens are identical in both.
 
+With --cpu-time each run is timed in CPU time of the process instead of the wall clock: run
+with OMP_NUM_THREADS=1 on a machine other jobs share, for a per-core comparison they distort
+least (radixrt's caller thread only waits; HF runs in the caller).
+
   python bench/throughput.py [--model-path PATH] [--repeats 3] [--workloads prefill,decode-b1,decode-b32]
-                             [--quantization none | none,int8]
+                             [--quantization none | none,int8] [--cpu-time]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -31,7 +36,16 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bar_plot, markdown_table, median, print_table, save_results, timed  # noqa: E402
+from common import bar_plot, markdown_table, median, print_table, save_results  # noqa: E402
+
+CLOCK = {"fn": time.perf_counter}  # --cpu-time: time.process_time
+
+
+def timed(fn):
+    clock = CLOCK["fn"]
+    t0 = clock()
+    out = fn()
+    return clock() - t0, out
 
 WORKLOADS = {
     # name: (num prompts, prompt len, output len, metric)
@@ -113,8 +127,13 @@ def main() -> None:
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of " + ",".join(WORKLOADS))
     ap.add_argument("--quantization", default="none",
                     help="radixrt's --quantization; several, comma-separated, compare those modes instead of HF")
-    ap.add_argument("--out", default=None, help="plot file (default: docs/img/throughput[_quantization].png)")
+    ap.add_argument("--out", default=None, help="plot file (default: docs/img/throughput[_quantization].png; "
+                                                   "with --cpu-time bench/results/..._cpu.png)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time runs in CPU time of the process (use with OMP_NUM_THREADS=1 on a shared machine)")
     args = ap.parse_args()
+    if args.cpu_time:
+        CLOCK["fn"] = time.process_time
 
     modes = [m for m in args.quantization.split(",") if m]
     # One mode: one Engine for the whole run, against HF. Several modes: an Engine per mode
@@ -154,9 +173,12 @@ def main() -> None:
     print()
     print(markdown_table(rows, cols))
     result = "throughput" if len(modes) == 1 else "throughput_quantization"
-    path = save_results(result, {"rows": rows, "repeats": args.repeats, "quantization": modes})
+    path = save_results(result, {"rows": rows, "repeats": args.repeats, "quantization": modes,
+                                 "clock": "cpu" if args.cpu_time else "wall", "threads": torch.get_num_threads()})
     title = ("radixrt vs HF transformers" if len(modes) == 1 else "radixrt by --quantization") + " (tokens/s, median)"
-    plot = bar_plot(Path(args.out or f"docs/img/{result}.png"), title, [r["workload"] for r in rows],
+    # A CPU-time run is a side measurement: its plot stays out of the docs unless --out says so.
+    default_plot = f"bench/results/{result}_cpu.png" if args.cpu_time else f"docs/img/{result}.png"
+    plot = bar_plot(Path(args.out or default_plot), title, [r["workload"] for r in rows],
                     {s: [r[s] for r in rows] for s in names}, "tokens/s")
     print(f"\nresults: {path}" + (f", plot: {plot}" if plot else ""))
 

@@ -92,12 +92,15 @@ class GrammarCompiler:
     def warm_caches(self) -> dict:
         """Build what the first constrained requests would otherwise pay for: the process-wide
         automata many schemas embed (``json_schema.warm_caches``) and this vocabulary's
-        canonical-token tables (``canonical_split``). NumPy and the tokenizer only (no torch
-        ops), so it may run on any thread. Returns what was built."""
+        canonical-token tables (``canonical_split``) and the token tables of ebnf budget
+        closing (``cfg_budget``). NumPy and the tokenizer only (no torch ops), so it may run
+        on any thread. Returns what was built."""
         from radixrt.fsm.canonical_split import SplitVerdicts
+        from radixrt.fsm.cfg_budget import warm_vocabulary
         from radixrt.fsm.json_schema import warm_caches
 
         warm_caches(self.options)
+        warm_vocabulary(self.vocab, self.vocab_size)  # ebnf budget closing's token tables
         split = SplitVerdicts.of(self.vocab, self._encode_batch) if self.canonical_tokens else None
         pairs = split.warm() if split is not None else 0
         return {"trie_nodes": TokenTrie.of(self.vocab).num_nodes, "split_verdicts": split is not None,

@@ -330,6 +330,7 @@ def test_info_routes(client, server):
     m = a["model_info"]
     assert m["quantization"] in ("none", "int8", "gguf") and m["quantization_plan"]
     assert {"avx2", "avx512", "vnni", "bf16", "amx"} <= set(m["cpu_features"])
+    assert a["grammar_warm_up"] in ("running", "done")  # the grammar caches warm at start
     assert client.get("/health").status_code == 200
     assert client.get("/health_generate").status_code == 200
 

@@ -4,8 +4,10 @@
     times, two new servers on the same --hicache-dir one after the other: one with the warm
     start off (--hicache-warm-start-ratio 0: the KV is read from disk on demand, when the
     request arrives) and one with the default warm start (the most recent disk runs are read
-    into the pool in the background at start-up). Each gets one unrelated 256-token request
-    (process warm-up: first forward; it does not wait for the warm start), then the prefix plus
+    into the pool in the background at start-up). Each gets one unrelated request as long as
+    the measured ones (process warm-up: the first forward at that context length pays one-time
+    costs, e.g. fresh allocator pages for the attention's K/V gathers, which would otherwise
+    land on whichever request comes first; it does not wait for the warm start), then the prefix plus
     a fresh 16-token suffix (restart), the same prefix again with another suffix (hot: the KV
     is in the pool); the on-demand server then gets an unseen 2,016-token prompt (computed).
     Time to first token = latency of a /generate with max_new_tokens=1 (input ids, so no
@@ -99,18 +101,21 @@ def part_restart(args) -> dict:
         s.stop()
         rows: dict[str, list] = {k: [] for k in (
             "restart", "hot", "restart warm", "hot warm", "compute", "restart_cached",
-            "restart warm_cached", "disk_read_s", "warm_tokens_before_request")}
+            "restart warm_cached", "disk_read_s", "warm_tokens_before_request",
+            "blocks_read_by_restart", "blocks_read_by_restart warm")}
         for _ in range(args.repeats):
             for mode, flags in (("", ["--hicache-warm-start-ratio", "0"]), (" warm", [])):
                 s = Server(d, extra + flags)
                 try:
-                    s.ttft(rand_ids(rng, 256))  # process warm-up (first forward), unrelated tokens
+                    s.ttft(rand_ids(rng, args.warmup_len))  # process warm-up, unrelated tokens
+                    before = s.info()["hicache"]
                     if mode:
-                        rows["warm_tokens_before_request"].append(
-                            s.info()["hicache"]["warm_start_tokens"])
+                        rows["warm_tokens_before_request"].append(before["warm_start_tokens"])
                     t, c = s.ttft(prefix + rand_ids(rng, 16))
                     rows["restart" + mode].append(t)
                     rows[f"restart{mode}_cached"].append(c)
+                    rows["blocks_read_by_restart" + mode].append(
+                        s.info()["hicache"]["disk_blocks_read"] - before["disk_blocks_read"])
                     if not mode:
                         rows["disk_read_s"].append(s.info()["hicache"]["disk_read_seconds"])
                     t, c = s.ttft(prefix + rand_ids(rng, 16))
@@ -169,6 +174,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="runs per measurement (median)")
     ap.add_argument("--parts", default="restart,working-set")
     ap.add_argument("--prefix-len", type=int, default=2000, help="(a) prefix tokens")
+    ap.add_argument("--warmup-len", type=int, default=2016,
+                    help="(a) tokens of the unrelated warm-up request (default: as long as the "
+                         "measured requests)")
     ap.add_argument("--groups", type=int, default=8, help="(b) prefixes")
     ap.add_argument("--group-prefix-len", type=int, default=1000,
                     help="(b) tokens per prefix (a system prompt, few-shot block or document)")

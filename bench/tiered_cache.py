@@ -7,7 +7,9 @@
     into the pool in the background at start-up). Each gets one unrelated request as long as
     the measured ones (process warm-up: the first forward at that context length pays one-time
     costs, e.g. fresh allocator pages for the attention's K/V gathers, which would otherwise
-    land on whichever request comes first; it does not wait for the warm start), then the prefix plus
+    land on whichever request comes first), waits until that request's KV is written to disk
+    (the writer thread would share the CPU with the next request; nothing waits for the warm
+    start's reads), then the prefix plus
     a fresh 16-token suffix (restart), the same prefix again with another suffix (hot: the KV
     is in the pool); the on-demand server then gets an unseen 2,016-token prompt (computed).
     Time to first token = latency of a /generate with max_new_tokens=1 (input ids, so no
@@ -75,6 +77,10 @@ class Server:
         r.raise_for_status()
         return dt, r.json()["meta_info"]["cached_tokens"]
 
+    def wait_writes(self) -> None:
+        while self.info()["hicache"]["io_in_flight"]["write"]:
+            time.sleep(0.05)
+
     def info(self) -> dict:
         return httpx.get(self.url + "/get_server_info", timeout=60).json()
 
@@ -96,8 +102,7 @@ def part_restart(args) -> dict:
     with tempfile.TemporaryDirectory() as d:
         s = Server(d, extra)
         s.ttft(prefix + rand_ids(rng, 16))
-        while s.info()["hicache"]["io_in_flight"]["write"]:
-            time.sleep(0.05)
+        s.wait_writes()
         s.stop()
         rows: dict[str, list] = {k: [] for k in (
             "restart", "hot", "restart warm", "hot warm", "compute", "restart_cached",
@@ -108,6 +113,7 @@ def part_restart(args) -> dict:
                 s = Server(d, extra + flags)
                 try:
                     s.ttft(rand_ids(rng, args.warmup_len))  # process warm-up, unrelated tokens
+                    s.wait_writes()  # its KV's disk write would share the CPU with the next request
                     before = s.info()["hicache"]
                     if mode:
                         rows["warm_tokens_before_request"].append(before["warm_start_tokens"])

@@ -74,7 +74,7 @@ def plan_decode(batch: list[Req], kv: RunningKV) -> DecodePlan:
     """Allocates the slots of the fed tokens (room was made beforehand)."""
     fresh = [r.seq_len - r.kv_len for r in batch]
     drafts = [list(r.draft_ids) for r in batch]
-    out_loc = []
+    out_loc = kv.append_decode_slots_batch(batch, [n + len(d) for n, d in zip(fresh, drafts, strict=True)])
     input_ids: list[int] = []
     logits_rows: list[int] = []
     first_row: list[int] = []
@@ -83,7 +83,6 @@ def plan_decode(batch: list[Req], kv: RunningKV) -> DecodePlan:
     off = 0
     for req, n, draft in zip(batch, fresh, drafts):
         e = n + len(draft)
-        out_loc.append(kv.append_decode_slots(req, e))
         input_ids.extend(req.fill_ids[req.kv_len:])
         input_ids.extend(draft)
         first_row.append(len(logits_rows))
@@ -91,6 +90,6 @@ def plan_decode(batch: list[Req], kv: RunningKV) -> DecodePlan:
         seq_lens.append(req.kv_len + e)
         ext.append(e)
         off += e
-    fb = ForwardBatch.build(input_ids, seq_lens, ext, torch.cat(out_loc), kv.table,
+    fb = ForwardBatch.build(input_ids, seq_lens, ext, out_loc, kv.table,
                             [r.row for r in batch], logits_rows)
     return DecodePlan(fb, fresh, drafts, first_row)

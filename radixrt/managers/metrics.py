@@ -118,6 +118,9 @@ def _hicache_metrics(hc: dict[str, Any]):
                             value=disk.get("used_bytes", 0))
     yield GaugeMetricFamily("radixrt_hicache_host_used_tokens", "Host-tier slots in use.",
                             value=hc.get("host_used_tokens", 0))
+    yield CounterMetricFamily("radixrt_hicache_warm_start_tokens", "Tokens of KV the warm start "
+                              "read from disk into the pool at start-up.",
+                              value=hc.get("warm_start_tokens", 0))
 
 
 class ServerMetrics:

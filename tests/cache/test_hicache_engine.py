@@ -97,6 +97,8 @@ def test_restarted_server_reuses_prefix(tiny_model_dir, tmp_path):
         assert info["hicache"]["hit_tokens_disk"] >= 256
         metrics = httpx.get(second.url + "/metrics", timeout=30).text
         assert 'radixrt_hicache_hit_tokens_total{tier="disk"}' in metrics
+        warm = info["hicache"]["warm_start_tokens"]
+        assert f"radixrt_hicache_warm_start_tokens_total {float(warm)}" in metrics
         # /flush_cache clears every tier, the disk's files included.
         assert httpx.post(second.url + "/flush_cache", timeout=30).status_code == 200
         assert second.server_info()["hicache"]["disk"]["blocks"] == 0

@@ -12,6 +12,14 @@ the table shows median milliseconds per call, the speedup torch/native (of the m
 the fastest single call of each (useful on a machine shared with other jobs).
 
   python bench/attention_micro.py [--repeats 9] [--heads 9 --kv-heads 3 --head-dim 64] [--save]
+
+--step instead times the native kernel alone over one batch-decode step: --batch requests x
+--keys keys on each of --layers layers' own pools (slots a random permutation; all layers
+together larger than the L3 cache, as in serving), process CPU time, median of --repeats steps.
+--source-dir builds the kernels from another copy of radixrt/csrc (a before/after comparison:
+run both, alternating, in separate processes):
+
+  OMP_NUM_THREADS=1 python bench/attention_micro.py --step --threads 1 --repeats 15 [--source-dir DIR]
 """
 
 from __future__ import annotations
@@ -65,6 +73,34 @@ def bench_pair(fn_native, fn_torch, repeats: int) -> dict[str, float]:
             "max_abs_diff": (a - b).abs().max().item()}
 
 
+def step_bench(ops, args) -> None:
+    H, KV, D = args.heads, args.kv_heads, args.head_dim
+    B, L = args.batch, args.keys
+    gen = torch.Generator().manual_seed(0)
+    slots = B * (L + 32) + 1
+    pools = [(torch.randn(slots, KV, D, generator=gen), torch.randn(slots, KV, D, generator=gen))
+             for _ in range(args.layers)]
+    perm = torch.randperm(slots - 1, generator=gen) + 1
+    idx = perm[: B * L].view(B, L).contiguous()
+    seq = torch.full((B,), L, dtype=torch.int64)
+    qs = [torch.randn(B, H, D, generator=gen) for _ in range(args.layers)]
+    scale = 1 / math.sqrt(D)
+
+    def step():
+        for (k, v), q in zip(pools, qs):
+            ops.decode(q, k, v, idx, seq, scale)
+
+    for _ in range(3):
+        step()
+    ts = []
+    for _ in range(args.repeats):
+        t0 = time.process_time()
+        step()
+        ts.append(time.process_time() - t0)
+    print(f"step B={B} L={L} layers={args.layers} threads={torch.get_num_threads()} isa={ops.isa()}: "
+          f"median {median(ts) * 1e3:.3f} ms CPU, min {min(ts) * 1e3:.3f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=9)
@@ -73,12 +109,27 @@ def main() -> None:
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--save", action="store_true", help="write bench/results/attention_micro.json")
+    ap.add_argument("--step", action="store_true", help="time one batch-decode step over --layers pools")
+    ap.add_argument("--batch", type=int, default=32, help="--step: requests")
+    ap.add_argument("--keys", type=int, default=48, help="--step: keys per request")
+    ap.add_argument("--layers", type=int, default=30, help="--step: layers (each its own pool)")
+    ap.add_argument("--source-dir", type=Path, default=None,
+                    help="build the kernels from this copy of radixrt/csrc instead")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.source_dir is not None:
+        src = args.source_dir.resolve()
+        native._SOURCE = src / "paged_attention.cpp"
+        native._FUSED_SOURCE = src / "fused_ops.cpp"
+        native._QGEMM_SOURCE = src / "quant_gemm.cpp"
+        native._HEADERS = [src / "fast_exp.h", src / "team_size.h"]
     ops = native.load_native()
     if ops is None:
         sys.exit(f"native kernels unavailable: {native.native_unavailable_reason()}")
+    if args.step:
+        step_bench(ops, args)
+        return
     H, KV, D = args.heads, args.kv_heads, args.head_dim
     scale = 1 / math.sqrt(D)
     gen = torch.Generator().manual_seed(0)

@@ -17,8 +17,9 @@
 //
 // Parallelism: OpenMP (the process's libgomp is torch's), torch.get_num_threads() threads,
 // dynamic schedule over work units; serial when called from inside a parallel region.
-// Work units are (request, kv head), split further into key chunks (flash-decoding, merged
-// afterwards) when there are fewer than two units per thread.
+// Work units are whole requests (all kv heads: each slot's K/V row is read once, contiguously)
+// when there are at least two per thread, else (request, kv head), split further into key chunks
+// (flash-decoding, merged afterwards) when there are fewer than two of those per thread.
 //
 // Decode only: extend (prefill) attention runs on SDPA (radixrt/model/attention.py).
 // Float32 only; the Python wrapper (radixrt/model/native.py) falls back to torch otherwise.
@@ -71,7 +72,7 @@ namespace radixrt_pa { namespace isa_base {
 namespace radixrt_pa {
 
 using DecodeUnitFn = void (*)(const float*, const float*, const float*, int64_t, const int64_t*,
-                              int64_t, int, int, float, float*, float*, float*, float*);
+                              int64_t, int, int, int, float, float*, float*, float*, float*);
 
 struct Kernels {
   DecodeUnitFn decode_unit;
@@ -177,45 +178,50 @@ at::Tensor decode(const at::Tensor& q_in, const at::Tensor& k_buf, const at::Ten
   }
   const int64_t work = total_len * H * D;
 
-  // Work units: (request, kv head), and when there are fewer of those than 2 per thread, each
-  // request's keys are also split into C chunks (flash-decoding) merged afterwards.
-  const int64_t pairs = B * KV;
+  // Work units: with at least 2 requests per thread, one request with all its kv heads (NH =
+  // KV), so each slot's K and V rows (KV * D floats) are read once, front to back, instead of
+  // KV strided passes over them. Otherwise (request, kv head) pairs (NH = 1), and when there
+  // are fewer of those than 2 per thread each request's keys are also split into C chunks
+  // (flash-decoding) merged afterwards.
   const int nt_max = num_threads_for(std::numeric_limits<int>::max(), work);
+  const int64_t NH = (nt_max == 1 || B >= 2 * nt_max) ? KV : 1;
+  const int64_t R = NH * G;  // query heads per unit (adjacent in q: kv head h has h*G..h*G+G-1)
+  const int64_t pairs = B * (KV / NH);
   int64_t C = 1;
   if (nt_max > 1 && pairs < 2 * nt_max)
     C = std::max<int64_t>(1, std::min((2 * nt_max + pairs - 1) / pairs, max_len / kMinChunk));
   const int64_t n_units = pairs * C;
   const int64_t max_chunk = (max_len + C - 1) / C;
   const int nt = num_threads_for(n_units, work);
-  // Per unit: G rows of acc (D), then G maxima and G sums. With C == 1 acc is written straight
+  // Per unit: R rows of acc (D), then R maxima and R sums. With C == 1 acc is written straight
   // into a thread-local buffer and normalised into out.
-  std::vector<float> partial(C > 1 ? static_cast<size_t>(n_units * G * (D + 2)) : 0);
+  std::vector<float> partial(C > 1 ? static_cast<size_t>(n_units * R * (D + 2)) : 0);
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    std::vector<float> scores(static_cast<size_t>(G * std::max<int64_t>(max_chunk, 1)));
-    std::vector<float> local(C > 1 ? 0 : static_cast<size_t>(G * (D + 2)));
+    std::vector<float> scores(static_cast<size_t>(R * std::max<int64_t>(max_chunk, 1)));
+    std::vector<float> local(C > 1 ? 0 : static_cast<size_t>(R * (D + 2)));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t u = 0; u < n_units; ++u) {
       const int64_t pair = u / C, c = u % C;
-      const int64_t b = pair / KV, h = pair % KV;
+      const int64_t b = pair / (KV / NH), h = (pair % (KV / NH)) * NH;  // first kv head
       const int64_t chunk = (lens[b] + C - 1) / C;
       const int64_t j0 = std::min(lens[b], c * chunk), j1 = std::min(lens[b], j0 + chunk);
-      const int64_t off = (b * H + h * G) * D;  // the G query heads of kv head h are adjacent
-      float* acc = C > 1 ? partial.data() + u * G * (D + 2) : local.data();
-      float* m = acc + G * D;
-      float* l = m + G;
-      unit(qp + off, kp + h * D, vp + h * D, ss, idx + b * Lmax + j0, j1 - j0, static_cast<int>(G),
-           static_cast<int>(D), sc, scores.data(), acc, m, l);
+      const int64_t off = (b * H + h * G) * D;
+      float* acc = C > 1 ? partial.data() + u * R * (D + 2) : local.data();
+      float* m = acc + R * D;
+      float* l = m + R;
+      unit(qp + off, kp + h * D, vp + h * D, ss, idx + b * Lmax + j0, j1 - j0, static_cast<int>(NH),
+           static_cast<int>(G), static_cast<int>(D), sc, scores.data(), acc, m, l);
       if (C == 1) {
-        for (int64_t g = 0; g < G; ++g) {
-          const float inv = l[g] == 0.0f ? 0.0f : 1.0f / l[g];  // l == 0 only for an empty request
-          for (int64_t d = 0; d < D; ++d) op[off + g * D + d] = acc[g * D + d] * inv;
+        for (int64_t r = 0; r < R; ++r) {
+          const float inv = l[r] == 0.0f ? 0.0f : 1.0f / l[r];  // l == 0 only for an empty request
+          for (int64_t d = 0; d < D; ++d) op[off + r * D + d] = acc[r * D + d] * inv;
         }
       }
     }
   }
-  if (C > 1) {
+  if (C > 1) {  // only with NH == 1 (R == G)
     for (int64_t pair = 0; pair < pairs; ++pair) {
       const int64_t b = pair / KV, h = pair % KV;
       float* o = op + (b * H + h * G) * D;
@@ -435,41 +441,55 @@ static inline void pv_group(float* o, int64_t ldo, const float* P, int64_t ldp, 
 
 static constexpr int kPvBlock = 32;
 // Slots are scattered, so hardware stream prefetchers cannot follow them: the score pass
-// prefetches K rows this many keys ahead (a multiple of W), the value pass V rows one block
-// ahead. (On the 2-core dev VM the gain was within measurement noise; it is cheap.)
+// prefetches K rows this many keys ahead (a multiple of W) and the V rows of the keys it scores,
+// the value pass V rows one block ahead. The prefetches go to L2 (T1 hint): L1 has too few miss
+// buffers for this many outstanding rows (at 32 requests x 48 keys x 30 layers, T0 -> T1 alone
+// took a step's decode attention from ~10 to ~7.4 ms, with the V prefetch and whole-row units
+// to ~5.5 ms; docs/benchmarks.md #13).
 static constexpr int64_t kPrefetch = 16;
 
 static inline void prefetch_row(const float* p, int D) {
-  for (int d = 0; d < D; d += 16) __builtin_prefetch(p + d);
+  for (int d = 0; d < D; d += 16) __builtin_prefetch(p + d, 0, 2);
 }
 
-// Decode for one (request, kv head[, chunk of its keys]): G queries (rows of q, contiguous, each
-// D long) over the L slots idx[0..L). kb/vb point at kv head h of slot 0; slot s starts at
-// kb + s * ss. scores: G * L floats of scratch.
-// Output, unnormalised so that chunks can be merged: acc[g] = sum_j exp(s_gj - m_g) v_j (G rows
-// of D), m[g] = max_j s_gj, l[g] = sum_j exp(s_gj - m_g). L == 0 gives acc = 0, m = -inf, l = 0.
+// Decode for one request's NH adjacent kv heads [h, h + NH) (optionally a chunk of its keys):
+// R = NH * G queries (rows of q, contiguous, each D long; rows e*G..e*G+G-1 use kv head h + e)
+// over the L slots idx[0..L). kb/vb point at kv head h of slot 0; slot s starts at kb + s * ss,
+// kv head h + e at + e * D. scores: R * L floats of scratch.
+// Output, unnormalised so that chunks can be merged: acc[r] = sum_j exp(s_rj - m_r) v_j (R rows
+// of D), m[r] = max_j s_rj, l[r] = sum_j exp(s_rj - m_r). L == 0 gives acc = 0, m = -inf, l = 0.
 void decode_unit(const float* q, const float* kb, const float* vb, int64_t ss, const int64_t* idx,
-                 int64_t L, int G, int D, float scale, float* scores, float* acc, float* m_out,
-                 float* l_out) {
-  for (int i = 0; i < G * D; ++i) acc[i] = 0.0f;
+                 int64_t L, int NH, int G, int D, float scale, float* scores, float* acc,
+                 float* m_out, float* l_out) {
+  const int R = NH * G;
+  for (int i = 0; i < R * D; ++i) acc[i] = 0.0f;
   if (L <= 0) {
-    for (int g = 0; g < G; ++g) {
+    for (int g = 0; g < R; ++g) {
       m_out[g] = -std::numeric_limits<float>::infinity();
       l_out[g] = 0.0f;
     }
     return;
   }
-  // Pass 1: scores[g, j] = scale * <q_g, k_j>, 8 keys at a time: 8 vector accumulators, one
-  // transpose-add reduction. The 8 K rows stay in L1 across the G queries of the group.
+  // Pass 1: scores[r, j] = scale * <q_r, k_j>, 8 keys at a time: 8 vector accumulators, one
+  // transpose-add reduction. The 8 K rows stay in L1 across the G queries of the group; the NH
+  // heads of a slot are read one after the other (one contiguous NH * D row).
   const vf8 scv = vsplat(scale);
+  const int HD = NH * D;
+  // The first kPrefetch K rows now (short requests would otherwise start every unit on misses);
+  // V rows while their keys are scored, so that pass 3 finds them in cache.
+  for (int64_t j = 0; j < std::min<int64_t>(L, kPrefetch); ++j) prefetch_row(kb + idx[j] * ss, HD);
   int64_t j0 = 0;
   if (D % W == 0) {
     for (; j0 + W <= L; j0 += W) {
-      const float* kr[W];
-      for (int j = 0; j < W; ++j) kr[j] = kb + idx[j0 + j] * ss;
-      for (int j = 0; j < W && j0 + kPrefetch + j < L; ++j) prefetch_row(kb + idx[j0 + kPrefetch + j] * ss, D);
-      for (int g = 0; g < G; ++g) {
+      const float* kr0[W];
+      for (int j = 0; j < W; ++j) kr0[j] = kb + idx[j0 + j] * ss;
+      for (int j = 0; j < W && j0 + kPrefetch + j < L; ++j) prefetch_row(kb + idx[j0 + kPrefetch + j] * ss, HD);
+      for (int j = 0; j < W; ++j) prefetch_row(vb + idx[j0 + j] * ss, HD);
+      for (int g = 0; g < R; ++g) {
         const float* qg = q + g * D;
+        const int e = g / G;
+        const float* kr[W];
+        for (int j = 0; j < W; ++j) kr[j] = kr0[j] + e * D;
         vf8 a0 = vsplat(0.0f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
         for (int d = 0; d < D; d += W) {
           const vf8 x = vload(qg + d);
@@ -484,10 +504,10 @@ void decode_unit(const float* q, const float* kb, const float* vb, int64_t ss, c
   }
   for (; j0 < L; ++j0) {
     const float* kr = kb + idx[j0] * ss;
-    for (int g = 0; g < G; ++g) scores[g * L + j0] = dot(q + g * D, kr, D) * scale;
+    for (int g = 0; g < R; ++g) scores[g * L + j0] = dot(q + g * D, kr + (g / G) * D, D) * scale;
   }
   // Pass 2: stable softmax numerators in place.
-  for (int g = 0; g < G; ++g) {
+  for (int g = 0; g < R; ++g) {
     float* s = scores + g * L;
     const float m = max_of(s, L, -std::numeric_limits<float>::infinity());
     m_out[g] = m;
@@ -498,11 +518,13 @@ void decode_unit(const float* q, const float* kb, const float* vb, int64_t ss, c
   const float* vrows[kPvBlock];
   for (int64_t j0 = 0; j0 < L; j0 += kPvBlock) {
     const int n = static_cast<int>(std::min<int64_t>(kPvBlock, L - j0));
-    for (int j = 0; j < n; ++j) vrows[j] = vb + idx[j0 + j] * ss;
-    // The next block's rows, one block of work ahead.
+    // The next block's rows (all NH heads), one block of work ahead.
     const int64_t pf_end = std::min<int64_t>(L, j0 + 2 * kPvBlock);
-    for (int64_t j = j0 + kPvBlock; j < pf_end; ++j) prefetch_row(vb + idx[j] * ss, D);
-    pv_group(acc, D, scores + j0, L, G, n, vrows, D);
+    for (int64_t j = j0 + kPvBlock; j < pf_end; ++j) prefetch_row(vb + idx[j] * ss, HD);
+    for (int e = 0; e < NH; ++e) {
+      for (int j = 0; j < n; ++j) vrows[j] = vb + idx[j0 + j] * ss + e * D;
+      pv_group(acc + e * G * D, D, scores + e * G * L + j0, L, G, n, vrows, D);
+    }
   }
 }
 

@@ -336,12 +336,51 @@ def test_native_baseline_isa_variant(native_ops):
         perm = torch.randperm(899, generator=g) + 1
         idx[0, :300], idx[1, :17], idx[2, :500] = perm[:300], perm[300:317], perm[317:817]
         q = torch.randn(3, 9, 64, generator=g)
-        err = (ops.decode(q, k, v, idx, seq, 0.125)
-               - native.torch_paged_decode_attention(q, k, v, idx, seq, 0.125)).abs().max()
-        print(float(err))
-        assert err < 1e-5
+        ref = native.torch_paged_decode_attention(q, k, v, idx, seq, 0.125)
+        for threads in (1, 8):  # units of whole requests, then of (request, kv head) pairs
+            torch.set_num_threads(threads)
+            err = (ops.decode(q, k, v, idx, seq, 0.125) - ref).abs().max()
+            print(threads, float(err))
+            assert err < 1e-5
     """)
     env = dict(os.environ, RADIXRT_NATIVE_ISA="baseline")
     env.pop("RADIXRT_DISABLE_NATIVE", None)
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _paged_indices(seq_lens: list[int], page: int, num_slots: int, gen: torch.Generator) -> torch.Tensor:
+    """Each request's tokens in whole pages of `page` contiguous slots, pages in random order."""
+    n_pages = (num_slots - 1) // page
+    order = (torch.randperm(n_pages, generator=gen) * page + 1).tolist()
+    rows = torch.zeros(len(seq_lens), max(seq_lens), dtype=torch.int64)
+    for b, s in enumerate(seq_lens):
+        for j in range(s):
+            if j % page == 0:
+                start = order.pop()
+            rows[b, j] = start + j % page
+    return rows
+
+
+@pytest.mark.parametrize("threads", [1, 2, 16])
+@pytest.mark.parametrize("page", [1, 16])
+@pytest.mark.parametrize("heads", [(9, 3), (4, 4), (6, 1)], ids=lambda h: f"{h[0]}q{h[1]}kv")
+def test_native_decode_unit_shapes(native_ops, heads, page, threads):
+    """Batch of mixed, odd lengths: with >= 2 requests per thread a unit is a whole request (all
+    kv heads of each slot row), with fewer a (request, kv head) pair, with 16 threads also key
+    chunks; GQA 3, 1 (MHA) and a single kv head; slots one by one or in pages of 16."""
+    H, KV = heads
+    gen = torch.Generator().manual_seed(H * 100 + KV * 10 + page)
+    seq_lens = [1, 15, 16, 17, 33, 48, 7, 600, 3, 64]
+    num_slots = 16 * (sum(seq_lens) // 16 + len(seq_lens) + 2) + 1
+    k_buf, v_buf = _pool(num_slots, KV, gen)
+    kv_indices = _paged_indices(seq_lens, page, num_slots, gen)
+    seq = torch.tensor(seq_lens)
+    q = torch.randn(len(seq_lens), H, D, generator=gen)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        out = native_ops.decode(q, k_buf, v_buf, kv_indices, seq, 0.125)
+    finally:
+        torch.set_num_threads(n)
+    _close(out, ref_decode(q, k_buf, v_buf, kv_indices, seq, 0.125))

@@ -21,6 +21,7 @@ the model onto a token split it would not have chosen: that split is simply not 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, wait
@@ -94,6 +95,7 @@ class GrammarManager:
         def run() -> None:
             t0 = time.perf_counter()
             self.warm_up_status = "running"
+            _lower_this_thread_priority()  # the forward keeps the cores while it has work
             try:
                 built = self.compiler.warm_caches()
             except Exception as e:  # only speed is lost: the caches build on first use
@@ -103,6 +105,11 @@ class GrammarManager:
             self.warm_up_status = "done"
             logger.info("grammar caches warmed in %.2f s (%s)", time.perf_counter() - t0, built)
 
+        # Threads inherit their creator's priority: the tokenizer's worker pool (started by its
+        # first batch encode) is started here, at normal priority, not by the warm-up thread.
+        fast = getattr(self.tokenizer, "_tokenizer", None)
+        if fast is not None and hasattr(fast, "encode_batch"):
+            fast.encode_batch(["a", "b"], add_special_tokens=False)
         thread = threading.Thread(target=run, name="radixrt-grammar-warm-up", daemon=True)
         thread.start()
         return thread
@@ -294,3 +301,13 @@ class GrammarManager:
     def close(self) -> None:
         if self._compiler is not None:
             self._compiler.close()
+
+
+def _lower_this_thread_priority() -> None:
+    """Lowest scheduling priority for the calling thread only (Linux schedules threads as
+    tasks, so ``setpriority`` on the thread id leaves the rest of the process alone; lowering
+    needs no privilege). Elsewhere, or if refused, the thread keeps its priority."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass

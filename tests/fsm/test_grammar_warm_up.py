@@ -39,3 +39,27 @@ def test_warm_up_failure_only_reports(monkeypatch, smol_tokenizer):
     monkeypatch.setattr(GrammarCompiler, "warm_caches", broken)
     gm.start_warm_up().join(timeout=120)
     assert gm.warm_up_status == "failed: RuntimeError: no tables today"
+
+
+def test_warm_up_runs_at_the_lowest_priority(monkeypatch, smol_tokenizer):
+    # The forward keeps the cores: the warm-up thread (only it) runs at nice 19 on Linux.
+    import os
+    import sys
+    import threading
+
+    from radixrt.fsm.compiler import GrammarCompiler
+
+    seen = {}
+
+    def record(self):
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return {}
+
+    monkeypatch.setattr(GrammarCompiler, "warm_caches", record)
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    gm = GrammarManager(smol_tokenizer, len(smol_tokenizer), set())
+    gm.start_warm_up().join(timeout=120)
+    assert gm.warm_up_status == "done"
+    if sys.platform.startswith("linux"):
+        assert seen["nice"] == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before

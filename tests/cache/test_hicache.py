@@ -509,8 +509,7 @@ def test_warm_start_off_or_nothing_on_disk(tmp_path):
 def test_warm_start_takes_free_slots_only(tmp_path):
     seqs = [[s * 100 + i for i in range(1, 17)] for s in range(1, 5)]
     rig = written(tmp_path, seqs, block=4)
-    rig.cache.close()
-    rig.build()
+    rig.restart()
     c = rig.cache
     hold = rig.alloc.alloc(56)  # 8 of 64 slots free
     assert c.warm_start(64) == 8
@@ -523,8 +522,7 @@ def test_warm_start_takes_free_slots_only(tmp_path):
 def test_request_for_a_warm_run_waits_for_it_without_a_second_read(tmp_path):
     seqs = [[s * 100 + i for i in range(1, 17)] for s in range(1, 3)]
     rig = written(tmp_path, seqs, block=4)
-    rig.cache.close()
-    rig.build()
+    rig.restart()
     gate = GatedReads(rig)
     c = rig.cache
     assert c.warm_start(64) == 32
@@ -540,8 +538,7 @@ def test_request_for_a_warm_run_waits_for_it_without_a_second_read(tmp_path):
 def test_a_requests_own_read_cancels_the_warm_start(tmp_path):
     seqs = [[s * 100 + i for i in range(1, 17)] for s in range(1, 5)]
     rig = written(tmp_path, seqs, block=4)
-    rig.cache.close()
-    rig.build()
+    rig.restart()
     gate = GatedReads(rig)
     c = rig.cache
     assert c.warm_start(32) == 32  # the two newest runs
@@ -562,8 +559,7 @@ def test_a_requests_own_read_cancels_the_warm_start(tmp_path):
 def test_eviction_cancels_warm_reads_and_evicts_warm_runs(tmp_path):
     seqs = [[s * 100 + i for i in range(1, 17)] for s in range(1, 5)]
     rig = written(tmp_path, seqs, device=32, host=16, block=4)
-    rig.cache.close()
-    rig.build()
+    rig.restart()
     gate = GatedReads(rig)
     c = rig.cache
     assert c.warm_start(32) == 32  # the whole pool, being read

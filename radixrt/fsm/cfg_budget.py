@@ -495,7 +495,7 @@ class CfgClosing:
         hit = self._free_masks.get(byte_mask)
         if hit is not None:
             return hit
-        mat, lengths = self._token_matrix()
+        mat, lengths = token_matrix(self.vocab, self.vocab_size)
         rows = self._byte_table(byte_mask)[mat].all(axis=1) & (lengths > 0)
         out = pack_token_ids(np.flatnonzero(rows).astype(np.int64), self.num_words)
         with self._lock:
@@ -519,7 +519,7 @@ class CfgClosing:
     def extensions(self, prefix: bytes, byte_mask: int) -> np.ndarray:
         """Ids of the tokens (at most ``MAX_FREE_TOKEN_BYTES`` long) that are ``prefix``
         followed by at least one byte, all in ``byte_mask``."""
-        data, ids, mat = self._sorted_tokens()
+        data, ids, mat = sorted_tokens(self.vocab, self.vocab_size)
         lo = bisect_left(data, prefix)
         hi = bisect_left(data, prefix + b"\xff" * (MAX_FREE_TOKEN_BYTES + 1 - len(prefix)), lo)
         if hi <= lo:
@@ -528,12 +528,6 @@ class CfgClosing:
         sub = mat[lo:hi, len(prefix):]
         rows = ok[sub].all(axis=1) & (sub[:, 0] != 256)
         return ids[lo:hi][rows]
-
-    def _sorted_tokens(self) -> tuple[list[bytes], np.ndarray, np.ndarray]:
-        return sorted_tokens(self.vocab, self.vocab_size)
-
-    def _token_matrix(self) -> tuple[np.ndarray, np.ndarray]:
-        return token_matrix(self.vocab, self.vocab_size)
 
 
 # ------------------------------------------------------------------ per vocabulary

@@ -5,19 +5,27 @@ allowed. A row of all ones (-1) allows everything, for requests without a gramma
 beyond the mask (a model vocabulary larger than ``32 * num_words``) are disallowed.
 
 ``apply_token_bitmask_`` runs the Triton kernel (``bitmask_triton``) on CUDA logits when triton
-imports, and the torch implementation (``apply_token_bitmask_torch``, the reference) otherwise.
+imports, a C loop (``radixrt/csrc/bitmask.cpp``, through ``ctypes``; built on first use like the
+other native code) on float32 CPU logits, and the torch implementation
+(``apply_token_bitmask_torch``, the reference) otherwise. On CPU the C loop skips words that
+allow everything and stores whole runs for words that allow nothing: [32, 49152] logits with
+JSON-state masks take ~0.3 ms instead of 2-6 ms.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 logger = logging.getLogger("radixrt.fsm")
+
+_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "bitmask.cpp"
 
 
 def bitmask_words(vocab_size: int) -> int:
@@ -98,15 +106,61 @@ def _triton_kernel() -> Callable[..., None] | None:
     return apply_token_bitmask_triton
 
 
+def native_bitmask():
+    """The C library's ``radixrt_apply_bitmask_f32``, or None (warned once) without it."""
+    from radixrt.model.native import load_c_library
+
+    lib = load_c_library(_SOURCE, "radixrt_bitmask", "token bitmask (torch is used)")
+    if lib is None:
+        return None
+    fn = lib.radixrt_apply_bitmask_f32
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    fn.argtypes = [p, i64, i64, p, i64, p, i64]
+    fn.restype = None
+    return fn
+
+
+def _apply_native(logits: torch.Tensor, bitmask: torch.Tensor,
+                  indices: list[int] | torch.Tensor | None) -> bool:
+    """Float32 CPU logits with a row-major last dimension: apply with the C loop and return
+    True; anything else (or no library): False."""
+    if (logits.dtype != torch.float32 or logits.stride(1) != 1 or bitmask.dtype != torch.int32
+            or bitmask.device.type != "cpu" or (logits.requires_grad and torch.is_grad_enabled())):
+        return False
+    fn = native_bitmask()
+    if fn is None:
+        return False
+    bitmask = bitmask.contiguous()
+    rows = None
+    if indices is None:
+        if bitmask.shape[0] != logits.shape[0]:
+            raise ValueError(f"bitmask has {bitmask.shape[0]} rows, logits {logits.shape[0]}")
+        num_rows = logits.shape[0]
+    else:
+        rows = torch.as_tensor(indices, dtype=torch.int64).contiguous()
+        num_rows = rows.numel()
+        if rows.dim() != 1 or num_rows != bitmask.shape[0]:
+            raise ValueError(f"bitmask has {bitmask.shape[0]} rows for {num_rows} indices")
+        if num_rows and not (0 <= int(rows.min()) and int(rows.max()) < logits.shape[0]):
+            raise IndexError(f"indices out of range for logits with {logits.shape[0]} rows")
+    if num_rows and logits.shape[1]:
+        fn(logits.data_ptr(), logits.stride(0), logits.shape[1], bitmask.data_ptr(),
+           bitmask.shape[1], None if rows is None else rows.data_ptr(), num_rows)
+    return True
+
+
 def apply_token_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor,
                          indices: list[int] | torch.Tensor | None = None) -> None:
     """Set disallowed logits to -inf in place.
 
     ``logits`` [B, V]; ``bitmask`` [B, W] int32 (or [len(indices), W] rows for ``indices``, the
     rows of ``logits`` to mask). Both on the same device. CUDA logits (row-major) go through
-    the Triton kernel when triton is installed; everything else through the torch path.
+    the Triton kernel when triton is installed, float32 CPU logits through the C loop;
+    everything else through the torch path.
     """
     _check_shapes(logits, bitmask)
+    if logits.device.type == "cpu" and _apply_native(logits, bitmask, indices):
+        return
     if (logits.device.type == "cuda" and bitmask.device == logits.device
             and bitmask.dtype == torch.int32 and logits.stride(1) == 1 and logits.numel() > 0
             and (indices is None or len(indices) > 0)):

@@ -26,6 +26,9 @@ from radixrt.fsm.token_index import TokenTrie
 from radixrt.fsm.vocabulary import get_vocabulary
 
 KINDS = ("regex", "json_schema", "json_object", "choices", "ebnf", "structural_tag")
+# Up to this many texts are encoded one by one (~7 µs each): the fast tokenizer's batch call
+# wakes its thread pool, which costs 0.3-1.2 ms after an idle spell on a 2-core machine.
+_SERIAL_ENCODE_TEXTS = 16
 
 
 class GrammarCompiler:
@@ -92,9 +95,11 @@ class GrammarCompiler:
     def warm_caches(self) -> dict:
         """Build what the first constrained requests would otherwise pay for: the process-wide
         automata many schemas embed (``json_schema.warm_caches``) and this vocabulary's
-        canonical-token tables (``canonical_split``) and the token tables of ebnf budget
-        closing (``cfg_budget``). NumPy and the tokenizer only (no torch ops), so it may run
-        on any thread. Returns what was built."""
+        canonical-token tables (``canonical_split``), the token tables of ebnf budget
+        closing (``cfg_budget``) and the native CPU bitmask library (built once per machine).
+        NumPy, the tokenizer and ``ctypes`` only (no torch ops), so it may run on any thread.
+        Returns what was built."""
+        from radixrt.fsm.bitmask import native_bitmask
         from radixrt.fsm.canonical_split import SplitVerdicts
         from radixrt.fsm.cfg_budget import warm_vocabulary
         from radixrt.fsm.json_schema import warm_caches
@@ -103,8 +108,10 @@ class GrammarCompiler:
         warm_vocabulary(self.vocab, self.vocab_size)  # ebnf budget closing's token tables
         split = SplitVerdicts.of(self.vocab, self._encode_batch) if self.canonical_tokens else None
         pairs = split.warm() if split is not None else 0
-        return {"trie_nodes": TokenTrie.of(self.vocab).num_nodes, "split_verdicts": split is not None,
-                "punct_pairs": pairs}
+        trie = TokenTrie.of(self.vocab)
+        return {"trie_nodes": trie.num_nodes, "split_verdicts": split is not None,
+                "punct_pairs": pairs, "native_trie_walk": trie.native is not None,
+                "native_cpu_bitmask": native_bitmask() is not None}
 
     # ------------------------------------------------------------ internals
     def _key(self, kind: str, spec: Any) -> tuple:
@@ -182,5 +189,7 @@ class GrammarCompiler:
     def _encode_batch(self, texts: list[str]) -> list[list[int]]:
         fast = getattr(self.tokenizer, "_tokenizer", None)  # a transformers fast tokenizer's core
         if fast is not None and hasattr(fast, "encode_batch"):
+            if len(texts) <= _SERIAL_ENCODE_TEXTS:
+                return [list(fast.encode(t, add_special_tokens=False).ids) for t in texts]
             return [list(e.ids) for e in fast.encode_batch(texts, add_special_tokens=False)]
         return [self._encode(t) for t in texts]

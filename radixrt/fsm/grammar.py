@@ -196,7 +196,7 @@ class CompiledGrammar:
         dropped = np.zeros(0, np.int64)
         split = SplitVerdicts.of(self.vocab, self.encode_batch) if len(check) > 16 else None
         if split is not None:  # the verdicts the tokenizer's chunking settles without a call
-            uniq, inv = np.unique(ends[check], return_inverse=True)
+            uniq, inv = _unique_states(ends[check], len(self._forced))
             infos = [split.forced_info(self.forced_bytes(e, CANONICAL_LOOKAHEAD_BYTES))
                      for e in uniq.tolist()]
             decided, drop = split.verdicts(ids[check], infos, inv)
@@ -273,3 +273,14 @@ class CompiledGrammar:
 
     def _compute_mask(self, state: int) -> np.ndarray:
         return pack_token_ids(self.allowed_token_ids(state), self.num_words)
+
+
+def _unique_states(states: np.ndarray, num_states: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(states, return_inverse=True)`` for DFA states (0 <= s < num_states), by a
+    table over the states instead of a sort of the thousands of tokens that share a few."""
+    seen = np.zeros(num_states, np.bool_)
+    seen[states] = True
+    uniq = np.flatnonzero(seen)
+    index = np.empty(num_states, np.int64)
+    index[uniq] = np.arange(len(uniq))
+    return uniq, index[states]

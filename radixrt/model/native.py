@@ -19,6 +19,10 @@ int64 indices and no autograd; anything else silently takes the torch path):
   ``add_rms_norm_``, ``silu_mul``, ``rope_store``; built into the same library) or ``None``.
 - ``quant_gemm_ops()``: ``torch.ops.radixrt_qg`` (``radixrt/csrc/quant_gemm.cpp``: dense layers
   on a GGUF file's own Q4_0/Q4_1/Q8_0 blocks; see ``radixrt.model.gguf_weights``) or ``None``.
+- ``build_c_library(source, name)``: a plain C-ABI source (no torch headers) compiled into a
+  ``ctypes`` library in the same cache and under the same lock; ``load_c_library`` loads it
+  once per process (the token-trie walk of ``radixrt.fsm.trie_native``, the CPU bitmask of
+  ``radixrt.fsm.bitmask``).
 - ``torch_paged_decode_attention``: the decode fallback, callable directly (tests and benchmarks
   compare it with the kernel).
 - ``torch_paged_extend_attention(q [T,H,D], k_buf, v_buf, kv_indices [B,Lmax], seq_lens [B],
@@ -52,6 +56,8 @@ _LDFLAGS = ["-fopenmp"]
 
 _lock = threading.Lock()
 _state: dict[str, object] = {"tried": False, "ops": None, "reason": "not loaded yet"}
+_c_lock = threading.Lock()
+_c_libraries: dict[str, object] = {}  # name -> ctypes.CDLL, or None when it failed
 
 
 def _disabled_by_env() -> bool:
@@ -141,6 +147,59 @@ def load_native():
                                _state["reason"])
             _state["tried"] = True
     return _state["ops"]
+
+
+def build_c_library(source: Path, name: str, flags: tuple[str, ...] = ("-O3",)) -> Path:
+    """Compile ``source`` (C or C++ with a C ABI, no torch headers) into a shared library for
+    ``ctypes`` and return its path: ``$RADIXRT_CACHE_DIR/ext/<hash>/lib<name>.so``, the hash over
+    the source, the flags and the compiler's name, built once under the same cross-process lock
+    as the torch extension. Takes about a second. Raises ``RuntimeError`` when disabled by
+    ``RADIXRT_DISABLE_NATIVE``, without a compiler, or when the build fails."""
+    import subprocess
+
+    if _disabled_by_env():
+        raise RuntimeError("disabled by RADIXRT_DISABLE_NATIVE")
+    if sys.platform == "win32":
+        raise RuntimeError("native kernels are only built on Linux/macOS")
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        raise RuntimeError(f"C++ compiler {cxx!r} not found")
+    h = hashlib.sha256(source.read_bytes())
+    for part in (cxx, " ".join(flags), sys.platform,
+                 os.uname().machine if hasattr(os, "uname") else ""):
+        h.update(b"\0" + part.encode())
+    build_dir = _cache_root() / "ext" / h.hexdigest()[:16]
+    lib = build_dir / f"lib{name}.so"
+    if lib.is_file():
+        return lib
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with _build_lock(build_dir):
+        if not lib.is_file():
+            tmp = lib.with_name(f".{lib.name}.{os.getpid()}")
+            cmd = [cxx, *flags, "-shared", "-fPIC", "-o", str(tmp), str(source)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                tmp.unlink(missing_ok=True)
+                raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-1500:]}")
+            os.replace(tmp, lib)  # whole or absent, for processes that do not take the lock
+    return lib
+
+
+def load_c_library(source: Path, name: str, what: str):
+    """``build_c_library(source, name)`` loaded with ``ctypes``, once per process; None when it
+    cannot be built or loaded (a warning naming ``what`` is logged once)."""
+    if name in _c_libraries:
+        return _c_libraries[name]
+    with _c_lock:
+        if name not in _c_libraries:
+            import ctypes
+
+            try:
+                _c_libraries[name] = ctypes.CDLL(str(build_c_library(source, name)))
+            except Exception as e:  # noqa: BLE001 - any failure means the fallback
+                logger.warning("native %s unavailable, using the fallback: %s", what, e)
+                _c_libraries[name] = None
+    return _c_libraries[name]
 
 
 def fused_ops():

@@ -90,8 +90,10 @@ class GrammarManager:
     def start_warm_up(self) -> threading.Thread:
         """Build the compiler and its vocabulary-level caches (token trie, shared automata,
         canonical-token tables; ``GrammarCompiler.warm_caches``) on a background thread, so
-        the first constrained request does not pay for them. NumPy and the tokenizer only: no
-        torch op runs there (an OpenMP team on a second thread slows every forward)."""
+        the first constrained request does not pay for them; the native trie walk and CPU
+        bitmask libraries are built there too (once per machine). NumPy, the tokenizer and
+        ``ctypes`` only: no torch op runs there (an OpenMP team on a second thread slows every
+        forward)."""
         def run() -> None:
             t0 = time.perf_counter()
             self.warm_up_status = "running"

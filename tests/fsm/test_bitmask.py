@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 import radixrt.fsm.bitmask as bitmask_mod
@@ -50,7 +51,7 @@ def test_apply_with_indices_and_wider_logits():
         assert torch.isfinite(logits[row]).nonzero().flatten().tolist() == [5]
 
 
-def test_cpu_logits_take_the_torch_path(monkeypatch):
+def test_cpu_logits_never_look_for_triton(monkeypatch):
     """The Triton kernel is for CUDA logits only: CPU logits never look for it, even when it
     would be available, and get exactly the torch reference's result."""
     looked = []
@@ -74,6 +75,78 @@ def test_cpu_logits_take_the_torch_path(monkeypatch):
         assert torch.equal(logits, expected)
         assert torch.isinf(logits).any() and torch.isfinite(logits).any()
     assert not looked
+
+
+def _random_masks(rng: np.random.Generator, rows: int, words: int) -> torch.Tensor:
+    """Rows of every kind a server sees: all allowed, none, a few ids, most ids, random words
+    (and words that are all ones or all zeros inside an otherwise mixed row)."""
+    out = np.zeros((rows, words), np.int64)
+    for r in range(rows):
+        kind = r % 5
+        if kind == 0:
+            out[r] = -1
+        elif kind == 2:
+            out[r, rng.integers(0, words, 3)] = 1 << int(rng.integers(0, 31))
+        elif kind == 3:
+            out[r] = -1
+            out[r, rng.integers(0, words, 4)] = rng.integers(0, 1 << 32, 4)
+        elif kind == 4:
+            out[r] = rng.integers(0, 1 << 32, words)
+    return torch.from_numpy(out.astype(np.uint32).view(np.int32))
+
+
+def test_native_cpu_path_equals_the_torch_reference():
+    if bitmask_mod.native_bitmask() is None:
+        pytest.skip("no C++ compiler here: the native bitmask is not built")
+    rng = np.random.default_rng(0)
+    # Vocabularies narrower, wider and exactly as wide as the masks; indices in any order;
+    # logits rows further apart than the vocabulary (a slice of a wider tensor).
+    for rows, vocab, words, width in [(6, 100, 4, 100), (5, 70, 2, 70), (7, 64, 2, 64),
+                                      (5, 33, 3, 40), (9, 49152, 1536, 49152), (3, 1, 1, 8)]:
+        masks = _random_masks(rng, rows, words)
+        base = torch.randn(rows + 2, width)[:, :vocab]
+        for indices in (None, list(range(rows))[::-1], [i + 2 for i in range(rows)]):
+            if indices is None:
+                logits, expected = base[:rows].clone(), base[:rows].clone()
+            else:
+                logits, expected = base.clone(), base.clone()
+            bitmask_mod.apply_token_bitmask_torch(expected, masks, indices)
+            assert bitmask_mod._apply_native(logits, masks, indices)
+            assert torch.equal(logits, expected), (rows, vocab, words, indices)
+    wide = torch.randn(4, 96)
+    view = wide[:, :50]  # rows 96 floats apart: only the first 50 of each are masked
+    apply_token_bitmask_(view, torch.zeros(4, 2, dtype=torch.int32))
+    assert torch.isinf(wide[:, :50]).all() and torch.isfinite(wide[:, 50:]).all()
+
+
+def test_native_cpu_path_checks_and_declines():
+    if bitmask_mod.native_bitmask() is None:
+        pytest.skip("no C++ compiler here: the native bitmask is not built")
+    masks = torch.zeros(2, 2, dtype=torch.int32)
+    with pytest.raises(IndexError, match="out of range"):
+        apply_token_bitmask_(torch.zeros(3, 64), masks, indices=[0, 3])
+    with pytest.raises(ValueError, match="rows"):
+        apply_token_bitmask_(torch.zeros(3, 64), masks, indices=[0])
+    with pytest.raises(ValueError, match="rows"):
+        apply_token_bitmask_(torch.zeros(3, 64), masks)
+    apply_token_bitmask_(torch.zeros(3, 64), masks[:0], indices=[])  # nothing to mask
+    # Other dtypes and column-strided logits take the torch path, with the same result.
+    for logits in (torch.randn(2, 64, dtype=torch.bfloat16), torch.randn(64, 2).t()):
+        assert not bitmask_mod._apply_native(logits.clone(), masks, None)
+        expected = logits.clone()
+        bitmask_mod.apply_token_bitmask_torch(expected, masks)
+        apply_token_bitmask_(logits, masks)
+        assert torch.equal(logits, expected)
+
+
+def test_without_the_native_library_cpu_logits_use_torch(monkeypatch):
+    monkeypatch.setattr(bitmask_mod, "native_bitmask", lambda: None)
+    masks = torch.from_numpy(np.stack([pack_token_ids(np.array([1, 40]), 2)] * 2))
+    logits = torch.randn(2, 64)
+    expected = logits.clone()
+    bitmask_mod.apply_token_bitmask_torch(expected, masks)
+    apply_token_bitmask_(logits, masks)
+    assert torch.equal(logits, expected)
 
 
 def test_triton_lookup_is_cached_and_optional(monkeypatch):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 from radixrt.fsm.canonical_split import COMMON_HEADS, SplitVerdicts
 from radixrt.fsm.cfg_budget import single_byte_tokens, sorted_tokens
 from radixrt.fsm.token_index import TokenTrie
@@ -23,6 +26,10 @@ def test_warm_up_builds_the_vocabulary_caches(smol_tokenizer):
         assert (split._pairs[head][pair_tokens] >= -1).all()
     # The first constrained request finds it all built (no second table, no second compiler).
     assert SplitVerdicts.of(vocab, gm.compiler._encode_batch) is split
+    if shutil.which(os.environ.get("CXX", "c++")) and not os.environ.get("RADIXRT_DISABLE_NATIVE"):
+        from radixrt.fsm.bitmask import native_bitmask
+
+        assert TokenTrie.of(vocab).native is not None and native_bitmask() is not None
     n = gm.compiler.vocab_size  # and ebnf budget closing's token tables
     built_sorted, built_single = vocab._cache[f"cfg_budget_sorted:{n}"], vocab._cache[f"cfg_budget_single:{n}"]
     assert sorted_tokens(vocab, n) is built_sorted and single_byte_tokens(vocab, n) is built_single

@@ -54,11 +54,7 @@ class _TrieWalk:
 
     @classmethod
     def of(cls, trie: TokenTrie, vocab, vocab_size: int) -> _TrieWalk:
-        key = f"trie_walk:{vocab_size}"
-        walk = vocab._cache.get(key)
-        if walk is None:
-            walk = vocab._cache[key] = cls(trie, vocab_size)
-        return walk
+        return vocab.cached(f"trie_walk:{vocab_size}", lambda: cls(trie, vocab_size))
 
     def child(self, node: int, b: int) -> int:
         lo, hi = self.child_start[node], self.child_end[node]

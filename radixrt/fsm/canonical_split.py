@@ -42,7 +42,6 @@ identical (tests/fsm/test_canonical_split.py compares them token by token).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -70,7 +69,6 @@ _MAX_HEADS = 256
 # string's closing quote and what comes after it), precomputed by ``warm``.
 COMMON_HEADS = (b'"', b'","', b'",', b',"', b'"}', b'"]', b'"},', b'"}]', b'"}}', b'"]}',
                 b'"},{"', b'":"', b'":', b':"', b":", b"-", b"}", b"]", b",", b".")
-_build_lock = threading.Lock()
 
 
 class SplitVerdicts:
@@ -130,13 +128,7 @@ class SplitVerdicts:
         layout the rules are proven for."""
         if vocab.chunking != "gpt2_regex" or vocab.pre_tokenize is None:
             return None
-        got = vocab._cache.get("split_verdicts")
-        if got is None:
-            with _build_lock:
-                got = vocab._cache.get("split_verdicts")
-                if got is None:
-                    got = vocab._cache["split_verdicts"] = cls(vocab, encode_batch)
-        return got
+        return vocab.cached("split_verdicts", lambda: cls(vocab, encode_batch))
 
     def warm(self, heads: tuple[bytes, ...] = COMMON_HEADS) -> int:
         """Precompute the punctuation tokens' verdicts in front of ``heads``; returns how many

@@ -87,16 +87,14 @@ class _TokenizerView:
 def llguidance_tokenizer(vocab: Vocabulary, vocab_size: int, eos_ids: tuple[int, ...],
                          encode: Callable[[str], list[int]]):
     """llguidance's tokenizer for this vocabulary, built once per (vocabulary, size, EOS ids)."""
-    key = f"llguidance:{vocab_size}:{','.join(map(str, eos_ids))}"
-    tok = vocab._cache.get(key)
-    if tok is None:
+    def build():
         llg = _llguidance()
         view = _TokenizerView(vocab, vocab_size, eos_ids, encode)
-        tok = llg.LLTokenizer(llg.TokenizerWrapper(view), n_vocab=vocab_size,
-                              eos_token=list(eos_ids) or None,
-                              slices=list(EXTRA_SLICES) + llg.LLTokenizer.general_slices())
-        vocab._cache[key] = tok
-    return tok
+        return llg.LLTokenizer(llg.TokenizerWrapper(view), n_vocab=vocab_size,
+                               eos_token=list(eos_ids) or None,
+                               slices=list(EXTRA_SLICES) + llg.LLTokenizer.general_slices())
+
+    return vocab.cached(f"llguidance:{vocab_size}:{','.join(map(str, eos_ids))}", build)
 
 
 class CfgGrammar:

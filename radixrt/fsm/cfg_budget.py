@@ -541,35 +541,28 @@ def warm_vocabulary(vocab, vocab_size: int) -> None:
 
 def single_byte_tokens(vocab, vocab_size: int) -> frozenset:
     """The bytes that are tokens of their own."""
-    key = f"cfg_budget_single:{vocab_size}"
-    hit = vocab._cache.get(key)
-    if hit is None:
-        tb = vocab.token_bytes
-        hit = vocab._cache[key] = frozenset(
-            tb[i][0] for i in range(min(vocab_size, len(tb))) if len(tb[i]) == 1)
-    return hit
+    tb = vocab.token_bytes
+    return vocab.cached(f"cfg_budget_single:{vocab_size}", lambda: frozenset(
+        tb[i][0] for i in range(min(vocab_size, len(tb))) if len(tb[i]) == 1))
 
 
 def sorted_tokens(vocab, vocab_size: int) -> tuple[list[bytes], np.ndarray, np.ndarray]:
     """The vocabulary's tokens sorted by their bytes: bytes, ids and the padded byte matrix in
     that order (for prefix ranges)."""
-    key = f"cfg_budget_sorted:{vocab_size}"
-    hit = vocab._cache.get(key)
-    if hit is None:
+    def build():
         mat, lengths = token_matrix(vocab, vocab_size)
         tb = vocab.token_bytes
         ids = sorted((i for i in range(vocab_size) if lengths[i]), key=tb.__getitem__)
         order = np.asarray(ids, np.int64)
-        hit = vocab._cache[key] = ([tb[i] for i in ids], order, mat[order])
-    return hit
+        return [tb[i] for i in ids], order, mat[order]
+
+    return vocab.cached(f"cfg_budget_sorted:{vocab_size}", build)
 
 
 def token_matrix(vocab, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Each token's bytes (at most ``MAX_FREE_TOKEN_BYTES``; longer ones have length 0) padded
     with 256, and their lengths."""
-    key = f"cfg_budget_matrix:{vocab_size}"
-    hit = vocab._cache.get(key)
-    if hit is None:
+    def build():
         tb = vocab.token_bytes
         mat = np.full((vocab_size, MAX_FREE_TOKEN_BYTES), 256, np.int16)
         lengths = np.zeros(vocab_size, np.int64)
@@ -578,8 +571,9 @@ def token_matrix(vocab, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
             if b and len(b) <= MAX_FREE_TOKEN_BYTES:
                 mat[i, :len(b)] = np.frombuffer(b, np.uint8)
                 lengths[i] = len(b)
-        hit = vocab._cache[key] = (mat, lengths)
-    return hit
+        return mat, lengths
+
+    return vocab.cached(f"cfg_budget_matrix:{vocab_size}", build)
 
 
 class CfgCloser:

@@ -255,7 +255,7 @@ class CompiledGrammar:
         the vocabulary's cache ``cache_name``. That cache is shared by every grammar of the
         vocabulary and their threads: each key is read once and no entry is relied on to stay
         there. Misses are encoded in one batch."""
-        cache: dict = self.vocab._cache.setdefault(cache_name, {})
+        cache: dict = self.vocab.cached(cache_name, dict)
         out = {}
         for key in texts:
             hit = cache.get(key)

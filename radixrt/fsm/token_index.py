@@ -106,10 +106,7 @@ class TokenTrie:
 
     @classmethod
     def of(cls, vocab: Vocabulary) -> TokenTrie:
-        trie = vocab._cache.get("trie")
-        if trie is None:
-            trie = vocab._cache["trie"] = cls(vocab)
-        return trie
+        return vocab.cached("trie", lambda: cls(vocab))
 
     def allowed_tokens(self, table_flat: np.ndarray, state: int,
                        with_states: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:

@@ -19,10 +19,13 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from radixrt.fsm.errors import GrammarError
+
+T = TypeVar("T")
 
 
 def gpt2_bytes_to_unicode() -> dict[int, str]:
@@ -55,6 +58,23 @@ class Vocabulary:
     # The tokenizer's own pre-tokenizer (text -> chunks), where ``chunking`` is set.
     pre_tokenize: Any = field(default=None, repr=False)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    _key_locks: dict[str, threading.Lock] = field(default_factory=dict, repr=False)
+    _locks_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def cached(self, key: str, build: Callable[[], T]) -> T:
+        """The vocabulary-level table ``key`` (a trie, verdict tables, a library's tokenizer),
+        built by ``build()`` on its first use: once, however many threads ask at the same time
+        (each key has its own lock, so a long build does not hold up the others)."""
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        with self._locks_lock:
+            lock = self._key_locks.setdefault(key, threading.Lock())
+        with lock:
+            hit = self._cache.get(key)
+            if hit is None:
+                hit = self._cache[key] = build()
+        return hit
 
     @property
     def size(self) -> int:

@@ -47,3 +47,33 @@ def test_whole_vocabulary_matches_decode(smol_tokenizer):
 
 def test_vocabulary_is_cached(smol_tokenizer):
     assert get_vocabulary(smol_tokenizer) is get_vocabulary(smol_tokenizer)
+
+
+def test_cached_tables_are_built_once_under_concurrent_first_use():
+    import threading
+    import time
+
+    from radixrt.fsm.vocabulary import Vocabulary
+
+    vocab = Vocabulary(key="cached-test", token_bytes=[b"a"], special_ids=frozenset(), kind="plain")
+    builds: list[str] = []
+    release = threading.Event()
+
+    def slow():
+        builds.append("slow")
+        release.wait(5)
+        return ["slow table"]
+
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(vocab.cached("slow", slow)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    # Another key is not held up by the slow build.
+    assert vocab.cached("quick", lambda: {"quick": 1}) == {"quick": 1}
+    release.set()
+    for t in threads:
+        t.join()
+    assert builds == ["slow"] and len(got) == 4 and all(g is got[0] for g in got)
+    assert vocab.cached("slow", lambda: 1 / 0) is got[0]  # built already: not called again

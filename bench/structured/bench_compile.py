@@ -16,7 +16,9 @@ real schemas with the default model's tokenizer:
 - per step: what a decode step pays for its mask (first visit + fill, or the cached fill),
   as wall time and as this process's CPU time (``per_step_cpu_*``), after the vocabulary-level
   warm-up a server does at start (``GrammarCompiler.warm_caches``);
-- apply: ``apply_token_bitmask_`` on [B, 49152] float32 logits (torch, 1 thread).
+- apply: ``apply_token_bitmask_`` on [B, 49152] float32 logits with masks of visited states,
+  every row by index as the scheduler calls it (``apply_B*``: radixrt's path, the C loop on
+  CPU; ``apply_B*_torch``: the torch reference; torch 1 thread).
 
   python bench/structured/bench_compile.py [--tokenizer /tmp/smol/hf] [--repeat 3] [--no-masks]
       [--no-compile] [--save]
@@ -159,6 +161,7 @@ def bench_compile(tokenizer, schemas: list[tuple[str, object]], corpus: str, rep
 
 
 def bench_masks(tokenizer, schemas: list[tuple[str, object]], walks: int = 3) -> dict:
+    import numpy as np
     import torch
 
     from radixrt.fsm import (
@@ -172,6 +175,7 @@ def bench_masks(tokenizer, schemas: list[tuple[str, object]], walks: int = 3) ->
     if hasattr(gc, "warm_caches"):  # what a server does at start (an older radixrt had none)
         gc.warm_caches()
     cached, first, step, step_cpu = [], [], [], []
+    state_masks: list[np.ndarray] = []  # masks of visited states, for the apply timings
     for _name, schema in schemas:
         g = gc.compile("json_schema", schema)
         bitmask = allocate_token_bitmask(1, g.vocab_size)
@@ -193,19 +197,29 @@ def bench_masks(tokenizer, schemas: list[tuple[str, object]], walks: int = 3) ->
                 cached.append(time.perf_counter() - t0)
                 step.append(t_first + cached[-1])
                 step_cpu.append(c_first + time.process_time() - c0)
+                if len(state_masks) < 64:
+                    state_masks.append(bitmask[0].numpy().copy())
                 ids = m.allowed_token_ids()
                 m.accept_token(rng.choice(ids))
     gc.close()
+    # Applying masks as the scheduler does (its constrained rows by index), with the masks of
+    # states the walks visited, radixrt's path (the C loop for float32 CPU logits) and the
+    # torch reference.
+    from radixrt.fsm.bitmask import apply_token_bitmask_torch
+
+    visited = state_masks
     apply = {}
     for batch in (1, 8, 32):
-        logits = torch.randn(batch, 49152)
-        bm = allocate_token_bitmask(batch, 49152)
-        ts = []
-        for _ in range(50):
-            t0 = time.perf_counter()
-            apply_token_bitmask_(logits, bm)
-            ts.append(time.perf_counter() - t0)
-        apply[batch] = statistics.median(ts)
+        bm = torch.from_numpy(np.stack([visited[i % len(visited)] for i in range(batch)]))
+        rows = list(range(batch))
+        for name, fn in (("", apply_token_bitmask_), ("_torch", apply_token_bitmask_torch)):
+            ts = []
+            for _ in range(20):
+                logits = torch.randn(batch, 49152)
+                t0 = time.perf_counter()
+                fn(logits, bm, rows)
+                ts.append(time.perf_counter() - t0)
+            apply[f"{batch}{name}"] = statistics.median(ts)
     return {"steps": len(cached), "states_first_visited": len(first),
             "fill_cached_p50_us": 1e6 * percentile(cached, 0.5),
             "fill_cached_p99_us": 1e6 * percentile(cached, 0.99),

@@ -108,7 +108,7 @@ def _triton_kernel() -> Callable[..., None] | None:
 
 def native_bitmask():
     """The C library's ``radixrt_apply_bitmask_f32``, or None (warned once) without it."""
-    from radixrt.model.native import load_c_library
+    from radixrt.native_build import load_c_library
 
     lib = load_c_library(_SOURCE, "radixrt_bitmask", "token bitmask (torch is used)")
     if lib is None:

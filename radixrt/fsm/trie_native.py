@@ -9,7 +9,7 @@ ids ascending with the DFA state after each token (tests/fsm/test_trie_native.py
 state by state).
 
 The library is a plain C ABI called through ``ctypes`` (no torch), compiled on first use with
-``radixrt.model.native.build_c_library`` (about a second, cached on disk). Without a compiler,
+``radixrt.native_build.build_c_library`` (about a second, cached on disk). Without a compiler,
 or with ``RADIXRT_DISABLE_NATIVE=1``, ``NativeTrie.build`` returns None and ``TokenTrie`` walks
 in NumPy.
 """
@@ -46,7 +46,7 @@ class _Scratch(ctypes.Structure):  # RadixrtScratch
 def _library():
     """The library (``radixrt_trie_walk``, ``radixrt_string_walk``), or None (a warning is
     logged once) when it cannot be built."""
-    from radixrt.model.native import load_c_library
+    from radixrt.native_build import load_c_library
 
     lib = load_c_library(_SOURCE, "radixrt_token_trie", "token-trie walk (masks use NumPy)")
     if lib is not None:

@@ -19,10 +19,8 @@ int64 indices and no autograd; anything else silently takes the torch path):
   ``add_rms_norm_``, ``silu_mul``, ``rope_store``; built into the same library) or ``None``.
 - ``quant_gemm_ops()``: ``torch.ops.radixrt_qg`` (``radixrt/csrc/quant_gemm.cpp``: dense layers
   on a GGUF file's own Q4_0/Q4_1/Q8_0 blocks; see ``radixrt.model.gguf_weights``) or ``None``.
-- ``build_c_library(source, name)``: a plain C-ABI source (no torch headers) compiled into a
-  ``ctypes`` library in the same cache and under the same lock; ``load_c_library`` loads it
-  once per process (the token-trie walk of ``radixrt.fsm.trie_native``, the CPU bitmask of
-  ``radixrt.fsm.bitmask``).
+- The cache directory, the build lock and the plain C-ABI libraries (``build_c_library``,
+  ``load_c_library``) live in ``radixrt.native_build``, which ``fsm`` uses too.
 - ``torch_paged_decode_attention``: the decode fallback, callable directly (tests and benchmarks
   compare it with the kernel).
 - ``torch_paged_extend_attention(q [T,H,D], k_buf, v_buf, kv_indices [B,Lmax], seq_lens [B],
@@ -31,7 +29,6 @@ int64 indices and no autograd; anything else silently takes the torch path):
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -43,6 +40,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from radixrt.native_build import _build_lock, _cache_root, _disabled_by_env
 
 logger = logging.getLogger("radixrt.native")
 
@@ -56,17 +55,6 @@ _LDFLAGS = ["-fopenmp"]
 
 _lock = threading.Lock()
 _state: dict[str, object] = {"tried": False, "ops": None, "reason": "not loaded yet"}
-_c_lock = threading.Lock()
-_c_libraries: dict[str, object] = {}  # name -> ctypes.CDLL, or None when it failed
-
-
-def _disabled_by_env() -> bool:
-    return os.environ.get("RADIXRT_DISABLE_NATIVE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _cache_root() -> Path:
-    env = os.environ.get("RADIXRT_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "radixrt"
 
 
 def _build_dir(source: bytes) -> Path:
@@ -76,26 +64,6 @@ def _build_dir(source: bytes) -> Path:
                  " ".join(_CFLAGS + _LDFLAGS), sys.platform, os.uname().machine if hasattr(os, "uname") else ""):
         h.update(b"\0" + part.encode())
     return _cache_root() / "ext" / h.hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def _build_lock(build_dir: Path):
-    """Serialise builds of one build dir across processes with an flock, which the kernel drops
-    when its holder dies. cpp_extension's own "lock" file stays behind when a build is killed
-    mid-way, and every later load would wait on it forever; under the flock nobody else is
-    building here, so such a file is stale and removed."""
-    import fcntl
-
-    with open(build_dir / "build.flock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            baton = build_dir / "lock"
-            if baton.exists():
-                logger.warning("removing the build lock a killed native-kernel build left: %s", baton)
-                baton.unlink()
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _build():
@@ -147,59 +115,6 @@ def load_native():
                                _state["reason"])
             _state["tried"] = True
     return _state["ops"]
-
-
-def build_c_library(source: Path, name: str, flags: tuple[str, ...] = ("-O3",)) -> Path:
-    """Compile ``source`` (C or C++ with a C ABI, no torch headers) into a shared library for
-    ``ctypes`` and return its path: ``$RADIXRT_CACHE_DIR/ext/<hash>/lib<name>.so``, the hash over
-    the source, the flags and the compiler's name, built once under the same cross-process lock
-    as the torch extension. Takes about a second. Raises ``RuntimeError`` when disabled by
-    ``RADIXRT_DISABLE_NATIVE``, without a compiler, or when the build fails."""
-    import subprocess
-
-    if _disabled_by_env():
-        raise RuntimeError("disabled by RADIXRT_DISABLE_NATIVE")
-    if sys.platform == "win32":
-        raise RuntimeError("native kernels are only built on Linux/macOS")
-    cxx = os.environ.get("CXX", "c++")
-    if shutil.which(cxx) is None:
-        raise RuntimeError(f"C++ compiler {cxx!r} not found")
-    h = hashlib.sha256(source.read_bytes())
-    for part in (cxx, " ".join(flags), sys.platform,
-                 os.uname().machine if hasattr(os, "uname") else ""):
-        h.update(b"\0" + part.encode())
-    build_dir = _cache_root() / "ext" / h.hexdigest()[:16]
-    lib = build_dir / f"lib{name}.so"
-    if lib.is_file():
-        return lib
-    build_dir.mkdir(parents=True, exist_ok=True)
-    with _build_lock(build_dir):
-        if not lib.is_file():
-            tmp = lib.with_name(f".{lib.name}.{os.getpid()}")
-            cmd = [cxx, *flags, "-shared", "-fPIC", "-o", str(tmp), str(source)]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                tmp.unlink(missing_ok=True)
-                raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-1500:]}")
-            os.replace(tmp, lib)  # whole or absent, for processes that do not take the lock
-    return lib
-
-
-def load_c_library(source: Path, name: str, what: str):
-    """``build_c_library(source, name)`` loaded with ``ctypes``, once per process; None when it
-    cannot be built or loaded (a warning naming ``what`` is logged once)."""
-    if name in _c_libraries:
-        return _c_libraries[name]
-    with _c_lock:
-        if name not in _c_libraries:
-            import ctypes
-
-            try:
-                _c_libraries[name] = ctypes.CDLL(str(build_c_library(source, name)))
-            except Exception as e:  # noqa: BLE001 - any failure means the fallback
-                logger.warning("native %s unavailable, using the fallback: %s", what, e)
-                _c_libraries[name] = None
-    return _c_libraries[name]
 
 
 def fused_ops():

@@ -167,7 +167,7 @@ def test_walks_on_several_threads_at_once(compiler, tries):
 
 
 def test_without_the_library_the_numpy_walk_is_used(compiler, monkeypatch):
-    from radixrt.model import native
+    from radixrt import native_build as native
 
     monkeypatch.setattr(native, "_c_libraries", {})
     monkeypatch.setenv("RADIXRT_DISABLE_NATIVE", "1")
@@ -180,7 +180,7 @@ def test_without_the_library_the_numpy_walk_is_used(compiler, monkeypatch):
 
 
 def test_a_failed_build_is_reported_once_and_falls_back(monkeypatch, tmp_path, caplog):
-    from radixrt.model import native
+    from radixrt import native_build as native
 
     monkeypatch.setattr(native, "_c_libraries", {})
     monkeypatch.delenv("RADIXRT_DISABLE_NATIVE", raising=False)
@@ -194,7 +194,7 @@ def test_a_failed_build_is_reported_once_and_falls_back(monkeypatch, tmp_path, c
 
 
 def test_the_library_is_built_once_per_source(monkeypatch, tmp_path):
-    from radixrt.model import native
+    from radixrt import native_build as native
 
     monkeypatch.delenv("RADIXRT_DISABLE_NATIVE", raising=False)
     monkeypatch.setenv("RADIXRT_CACHE_DIR", str(tmp_path))

@@ -208,3 +208,45 @@ def test_the_library_is_built_once_per_source(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="failed"):
         native.build_c_library(broken, "broken")
     assert not list((tmp_path / "ext").glob("*/libbroken.so"))
+
+
+def test_random_tables_and_vocabularies():
+    # Random vocabularies (printable ASCII mostly, some quotes, backslashes, high bytes, long
+    # tokens, duplicates) against random tables, some of them string-like (most printable bytes
+    # alike): every state, both walks, against the NumPy walk.
+    rng = np.random.default_rng(7)
+    printable = np.arange(0x20, 0x7F)
+    checked = 0
+    routes = {"walk": 0, "chain": 0, "chain_with_exceptions": 0}
+    for case in range(12):
+        tb = []
+        for _ in range(int(rng.integers(20, 400))):
+            n = int(rng.integers(1, 12 if case % 3 else 40))
+            pool = printable if rng.random() < 0.85 else np.arange(256)
+            tb.append(bytes(rng.choice(pool, n).astype(np.uint8).tolist()))
+        tb += tb[: int(rng.integers(0, 5))]  # spelled alike
+        vocab = Vocabulary(key=f"native-random-{case}", token_bytes=tb, special_ids=frozenset(),
+                           kind="plain")
+        native = TokenTrie(vocab)
+        if native.native is None:
+            pytest.skip("no C++ compiler here: the native walk is not built")
+        reference = TokenTrie(vocab, native=False)
+        num_states = int(rng.integers(2, 30))
+        table = rng.integers(0, num_states, (num_states, 256)) * (rng.random((num_states, 256)) < 0.6)
+        for s in range(1, num_states):
+            if rng.random() < 0.5:  # string-like: one target for most bytes (often itself, an
+                # unbounded string), a few exceptions
+                target = s if rng.random() < 0.6 else int(rng.integers(1, num_states))
+                table[s, printable] = target
+                k = int(rng.integers(0, MAX_CHAIN_EXCEPTIONS + 3))
+                table[s, rng.choice(printable, k)] = rng.integers(0, num_states, k)
+        table[0] = 0
+        flat = table.reshape(-1).astype(np.int64)
+        for state in range(1, num_states):
+            want = reference.allowed_tokens(flat, state, with_states=True)
+            _same(native.allowed_tokens(flat, state, with_states=True), want)
+            _same(native.native.walk(flat, state), want)
+            got = native._string_chain(flat, state, MAX_CHAIN_EXCEPTIONS)
+            routes["walk" if got is None else "chain_with_exceptions" if len(got[1]) else "chain"] += 1
+            checked += 1
+    assert checked > 100 and min(routes.values()) > 0, routes  # every route was taken

@@ -10,7 +10,7 @@
   grammar never allows them, except EOS, which the matcher allows in accepting states.
 
 Vocabularies are cached per tokenizer under ``name_or_path:size:hash-of-pieces`` (plus the
-chunking layout, when it is one ``canonical_split`` knows).
+chunking layout, when it is one ``canonical_split`` knows, and ``nfc`` for its normalizer).
 """
 
 from __future__ import annotations
@@ -50,13 +50,18 @@ class Vocabulary:
     token_bytes: list[bytes]  # per id; b"" for special/control tokens
     special_ids: frozenset[int]
     kind: str  # "byte_level" | "sentencepiece" | "plain"
-    # "gpt2_regex": no normalizer, GPT-2's ByteLevel pre-tokenizer (its regex, no prefix space)
-    # and a BPE model without dropout, so text is encoded chunk by chunk as that regex cuts it
-    # (``radixrt.fsm.canonical_split`` relies on it); None: anything else.
+    # How the tokenizer cuts text into chunks that BPE (without dropout) encodes one by one
+    # (``radixrt.fsm.canonical_split`` relies on it): "gpt2_regex": no normalizer and GPT-2's
+    # ByteLevel pre-tokenizer (its regex, no prefix space); "llama3_regex" / "qwen2_regex": no
+    # normalizer or NFC, then a Split on Llama 3's regex (Qwen2's: single digits) and a
+    # ByteLevel without regex or prefix space; None: anything else.
     chunking: str | None = None
     added_texts: tuple[bytes, ...] = ()  # contents of added tokens (split out before chunking)
     # The tokenizer's own pre-tokenizer (text -> chunks), where ``chunking`` is set.
     pre_tokenize: Any = field(default=None, repr=False)
+    # The tokenizer's own normalizer (text -> text), where ``chunking`` is set and it has one
+    # (NFC); None: text is not normalized.
+    normalize: Any = field(default=None, repr=False)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
     _key_locks: dict[str, threading.Lock] = field(default_factory=dict, repr=False)
     _locks_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -98,9 +103,10 @@ def get_vocabulary(tokenizer) -> Vocabulary:
     digest = hashlib.sha1("\x00".join(p if p is not None else "\x01" for p in pieces)
                           .encode("utf-8", "surrogatepass")).hexdigest()[:16]
     chunking = _chunking(tokenizer)
+    normalizer = tokenizer.backend_tokenizer.normalizer if chunking else None
     key = f"{getattr(tokenizer, 'name_or_path', '')}:{len(pieces)}:{digest}"
     if chunking:
-        key += f":{chunking}"
+        key += f":{chunking}" + (":nfc" if normalizer is not None else "")
     with _vocabulary_lock:
         vocab = _vocabulary_cache.get(key)
         if vocab is not None:
@@ -110,6 +116,8 @@ def get_vocabulary(tokenizer) -> Vocabulary:
     vocab.chunking = chunking
     if chunking:
         vocab.pre_tokenize = tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str
+        if normalizer is not None:
+            vocab.normalize = normalizer.normalize_str
     with _vocabulary_lock:
         _vocabulary_cache[key] = vocab
         while len(_vocabulary_cache) > _VOCABULARY_CACHE_SIZE:
@@ -140,8 +148,17 @@ def _decoder_kind(tokenizer) -> tuple[str, bool]:
     return "plain", False
 
 
+# The Split patterns of the layouts ``canonical_split`` knows besides GPT-2's, exactly as a
+# tokenizer.json writes them (Qwen2's takes one digit at a time).
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}", 1)
+_SPLIT_LAYOUTS = {LLAMA3_PATTERN: "llama3_regex", QWEN2_PATTERN: "qwen2_regex"}
+
+
 def _chunking(tokenizer) -> str | None:
-    """"gpt2_regex" when the fast tokenizer's spec is exactly that layout (see ``Vocabulary``)."""
+    """The chunking layout (see ``Vocabulary.chunking``) when the fast tokenizer's spec is
+    exactly one of them, else None."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
@@ -151,10 +168,22 @@ def _chunking(tokenizer) -> str | None:
         return None
     pre = spec.get("pre_tokenizer") or {}
     model = spec.get("model") or {}
-    if (spec.get("normalizer") is None and pre.get("type") == "ByteLevel"
-            and pre.get("use_regex", True) is True and pre.get("add_prefix_space") is False
-            and model.get("type") == "BPE" and not model.get("dropout")):
+    normalizer = spec.get("normalizer")
+    if model.get("type") != "BPE" or model.get("dropout"):
+        return None
+    if (normalizer is None and pre.get("type") == "ByteLevel"
+            and pre.get("use_regex", True) is True and pre.get("add_prefix_space") is False):
         return "gpt2_regex"
+    parts = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
+    if normalizer not in (None, {"type": "NFC"}) or not isinstance(parts, list) or len(parts) != 2:
+        return None
+    split, byte_level = parts
+    pattern = split.get("pattern") or {}
+    if (split.get("type") == "Split" and set(pattern) == {"Regex"}
+            and split.get("behavior") == "Isolated" and split.get("invert") is False
+            and byte_level.get("type") == "ByteLevel" and byte_level.get("use_regex") is False
+            and byte_level.get("add_prefix_space") is False):
+        return _SPLIT_LAYOUTS.get(pattern["Regex"])
     return None
 
 

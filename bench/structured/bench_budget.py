@@ -1,7 +1,8 @@
 """Budget closing end to end: how many JSON documents come back valid when max_new_tokens binds.
 
 radixrt's Engine (default model) answers chat prompts asking for a document of each schema
-(realistic API-style schemas with unbounded strings, numbers, arrays and open objects), at
+(realistic API-style schemas with unbounded strings, numbers, arrays and open objects; with
+``--corpus real``, the 36 real-world schemas of tests/fsm/data/real_schemas), at
 temperature 0.3 with a per-request seed, once with budget closing and once with every request's
 ``no_budget_closing`` set. Reported per ``max_new_tokens``:
 
@@ -23,6 +24,7 @@ the closing window (medians of ``--repeat`` runs, side by side).
 
   python bench/structured/bench_budget.py [--docs-per-schema 3] [--max-new-tokens 128 512]
       [--grammar-max-new-tokens 16 32 64] [--prompts-per-grammar 4] [--no-grammars] [--no-schemas]
+      [--corpus realistic|real]
 """
 
 from __future__ import annotations
@@ -93,11 +95,20 @@ GRAMMAR_TASKS = {
 }
 
 
-def make_requests(tokenizer, docs_per_schema: int) -> list[tuple[str, str]]:
+def real_schemas() -> dict[str, dict]:
+    """The real-world corpus of ``tests/fsm/data/real_schemas`` (MCP tools, function calling,
+    OpenAPI fragments, Kubernetes objects, package.json, tsconfig, a GitHub workflow)."""
+    from bench_compile import real_corpus
+
+    return {name: schema for name, schema in real_corpus() if not name.startswith("realistic:")}
+
+
+def make_requests(tokenizer, docs_per_schema: int, schemas: dict) -> list[tuple[str, str]]:
     out = []
     for k in range(docs_per_schema):
-        for name, schema in SCHEMAS.items():
-            msg = (f"Write a JSON document describing a {name.replace('_', ' ')}, following this "
+        for name, schema in schemas.items():
+            what = name.rsplit("/", 1)[-1].replace("_", " ")
+            msg = (f"Write a JSON document describing a {what}, following this "
                    f"JSON schema:\n{json.dumps(schema)}{STYLES[k % len(STYLES)]}")
             prompt = tokenizer.apply_chat_template([{"role": "user", "content": msg}],
                                                    add_generation_prompt=True, tokenize=False)
@@ -105,7 +116,7 @@ def make_requests(tokenizer, docs_per_schema: int) -> list[tuple[str, str]]:
     return out
 
 
-def score(docs, results) -> dict:
+def score(docs, results, schemas: dict) -> dict:
     import jsonschema
 
     valid = cut = finished_invalid = closed = 0
@@ -113,7 +124,7 @@ def score(docs, results) -> dict:
         reason = r["meta_info"]["finish_reason"]
         closed += bool(reason.get("budget_closed"))
         try:
-            jsonschema.validate(json.loads(r["text"]), SCHEMAS[name],
+            jsonschema.validate(json.loads(r["text"]), schemas[name],
                                 format_checker=jsonschema.FormatChecker())
             valid += 1
         except (ValueError, jsonschema.ValidationError):
@@ -222,6 +233,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs of the mask-cost walks")
     ap.add_argument("--no-grammars", action="store_true", help="skip the ebnf rows")
     ap.add_argument("--no-schemas", action="store_true", help="skip the JSON-schema rows")
+    ap.add_argument("--corpus", choices=("realistic", "real"), default="realistic",
+                    help="JSON schemas: 'realistic' (12 API-style schemas written for this "
+                         "benchmark) or 'real' (the 36 real-world schemas of "
+                         "tests/fsm/data/real_schemas)")
     args = ap.parse_args()
 
     from radixrt import Engine
@@ -235,27 +250,28 @@ def main() -> None:
         _report_grammars(g_rows, [] if args.no_grammars else grammar_mask_cost(tokenizer, args.repeat),
                          args)
         return
+    schemas = SCHEMAS if args.corpus == "realistic" else real_schemas()
     gc = GrammarCompiler(tokenizer)
     accepted = {}
-    for name, schema in SCHEMAS.items():
+    for name, schema in schemas.items():
         try:
             gc.compile("json_schema", json.dumps(schema))
             accepted[name] = True
         except GrammarError:
             accepted[name] = False
     gc.close()
-    docs = [d for d in make_requests(tokenizer, args.docs_per_schema) if accepted[d[0]]]
+    docs = [d for d in make_requests(tokenizer, args.docs_per_schema, schemas) if accepted[d[0]]]
     rows = []
     for max_new in args.max_new_tokens:
         for closing in (True, False):
-            params = [{"max_new_tokens": max_new, "json_schema": json.dumps(SCHEMAS[name]),
+            params = [{"max_new_tokens": max_new, "json_schema": json.dumps(schemas[name]),
                        "temperature": args.temperature, "seed": 1000 + i,
                        "no_budget_closing": not closing} for i, (name, _) in enumerate(docs)]
             eng.flush_cache()
             t0 = time.perf_counter()
             results = eng.generate([prompt for _, prompt in docs], params)
             wall = time.perf_counter() - t0
-            s = score(docs, results)
+            s = score(docs, results, schemas)
             rows.append({"max_new_tokens": max_new, "budget closing": "on" if closing else "off",
                          "accepted": len(docs),
                          "valid / accepted": f"{s['valid']}/{len(docs)} "
@@ -269,10 +285,11 @@ def main() -> None:
     cols = list(rows[0])
     print_table(rows, cols)
     print()
-    print(f"CPU: {cpu_name()}; schemas: {len(SCHEMAS)} ({sum(accepted.values())} accepted), "
+    print(f"CPU: {cpu_name()}; schemas ({args.corpus}): {len(schemas)} "
+          f"({sum(accepted.values())} accepted), "
           f"{args.docs_per_schema} prompts each")
     print(markdown_table(rows, cols))
-    save_results("structured_budget", {"machine": {**machine_info(), "cpu": cpu_name()},
+    save_results("structured_budget" if args.corpus == "realistic" else "structured_budget_real", {"machine": {**machine_info(), "cpu": cpu_name()},
                                        "args": vars(args), "rows": rows})
     if not args.no_grammars:
         _report_grammars(g_rows, grammar_mask_cost(tokenizer, args.repeat), args)

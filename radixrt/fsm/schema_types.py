@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
+
+import numpy as np
 
 from radixrt.fsm import regex_ast as ra
 from radixrt.fsm.automaton import compile_regex_ast, register_constant
@@ -202,7 +205,7 @@ class TypeCompiler:
     # ------------------------------------------------------------ containers
     def _array(self, schema: dict, ptr: str) -> Node:
         if schema.get("uniqueItems") is True and not (schema.get("maxItems", 2) <= 1):
-            raise GrammarError(f"unsupported JSON schema keyword 'uniqueItems' at {ptr}")
+            return self._unique_array(schema, ptr)
         reject_excluded_containers(_excluded(schema, ptr)[3], list, ptr)
         if "contains" in schema:
             m = read_count(schema, "minContains", ptr, 1, self.opts.max_length_bound)
@@ -251,6 +254,57 @@ class TypeCompiler:
             if lo == 0:
                 content = ra.opt(content)
         return ra.cat(ra.lit("["), self.ws, content, self.ws, ra.lit("]"))
+
+    def _unique_array(self, schema: dict, ptr: str) -> Node:
+        """``uniqueItems: true`` where every element comes from a small finite set of JSON
+        texts (an ``enum``, booleans, a short integer range, in ``items`` and ``prefixItems``):
+        the array without ``uniqueItems``, intersected for each distinct value v with "at most
+        one element is a spelling of v". Elements are split at the commas between them (a
+        JSON value holds no comma outside its own brackets or quotes), and spellings are
+        grouped by value as validators compare them (``1`` and ``1.0`` are one value, ``true``
+        and ``1`` are not). The intersection tracks which values were used: about
+        2^values x spelling bytes states, so the values are capped. Anything else (free
+        strings, numbers, objects) is not regular: rejected, naming the keyword."""
+        def reject(why: str) -> GrammarError:
+            return GrammarError(f"unsupported JSON schema keyword 'uniqueItems' at {ptr}: {why}")
+
+        if "contains" in schema:
+            raise reject("not with 'contains'")
+        base = self._array({k: v for k, v in schema.items() if k != "uniqueItems"}, ptr)
+        parts = [(sub, f"{ptr}/prefixItems/{i}")
+                 for i, sub in enumerate(schema.get("prefixItems", []))]
+        hi = schema.get("maxItems")
+        if hi is None or len(parts) < hi:
+            parts.append((schema.get("items", True), f"{ptr}/items"))
+        spellings: list[str] = []
+        for sub, where in parts:
+            try:
+                node = self.subschema(sub, where)
+            except Unsatisfiable:
+                continue
+            found = finite_texts(node, MAX_UNIQUE_SPELLINGS)
+            if found is None:
+                raise reject(f"its elements at {where} may take more than "
+                             f"{MAX_UNIQUE_SPELLINGS} values (only small finite sets, such as "
+                             "an enum, are enforced exactly)")
+            spellings += found
+        groups: dict[object, list[str]] = {}
+        for text in dict.fromkeys(spellings):
+            groups.setdefault(json_value_key(json.loads(text)), []).append(text)
+        size = 2 ** len(groups) * (4 + sum(len(t.encode()) for t in dict.fromkeys(spellings)))
+        if len(groups) > MAX_UNIQUE_VALUES or size > MAX_UNIQUE_STATES:
+            raise reject(f"{len(groups)} distinct values are too many to track "
+                         f"(at most {MAX_UNIQUE_VALUES}, and about {MAX_UNIQUE_STATES} states)")
+        constraints = []
+        for value, texts in groups.items():
+            this = ra.alt(*(ra.lit(t) for t in texts))
+            other = ra.alt(*(ra.lit(t) for v, ts in groups.items() if v != value for t in ts))
+            rest = ra.star(ra.cat(self.comma, other))
+            none = ra.opt(ra.cat(other, rest))
+            once = ra.cat(ra.star(ra.cat(other, self.comma)), this, rest)
+            constraints.append(ra.cat(ra.lit("["), self.ws, ra.alt(none, once), self.ws,
+                                      ra.lit("]")))
+        return ra.intersect(base, *constraints) if constraints else base
 
     def _array_contains(self, schema: dict, ptr: str, m: int, big_m: int | None) -> Node:
         """An array in which between ``m`` and ``big_m`` items match ``contains``: every
@@ -450,3 +504,63 @@ def _excluded(schema: dict, ptr: str) -> tuple[list[str], list[Any], set]:
     if not isinstance(values, list):
         raise GrammarError(f"'not' at {ptr}: excluded values must be an array")
     return split_excluded(values, ptr)
+
+
+# uniqueItems over finite element sets (``TypeCompiler._unique_array``).
+MAX_UNIQUE_SPELLINGS = 64  # texts an element may take, per position
+MAX_UNIQUE_VALUES = 10  # distinct values across the positions
+MAX_UNIQUE_STATES = 60_000  # 2^values x spelling bytes, about the intersection's states
+
+
+def finite_texts(node: Node, limit: int) -> list[str] | None:
+    """Every text ``node`` accepts, when they are at most ``limit`` (a finite language);
+    None otherwise."""
+    dfa = compile_regex_ast(node)
+    if dfa.is_empty():
+        return []
+    table, accepting = dfa.table, dfa.accepting
+    out: list[str] = []
+    path = bytearray()
+    on_path = {dfa.start}
+    # Depth-first over the live states (every one reaches acceptance, so a cycle among them
+    # means infinitely many texts); each frame is a state and its live bytes still to take.
+    stack = [(dfa.start, iter(np.flatnonzero(table[dfa.start]).tolist()))]
+    if accepting[dfa.start]:
+        out.append("")
+    while stack:
+        state, todo = stack[-1]
+        b = next(todo, None)
+        if b is None:
+            stack.pop()
+            on_path.discard(state)
+            if path:
+                path.pop()
+            continue
+        nxt = int(table[state, b])
+        if nxt in on_path:
+            return None
+        path.append(b)
+        if accepting[nxt]:
+            out.append(path.decode("utf-8"))
+            if len(out) > limit:
+                return None
+        on_path.add(nxt)
+        stack.append((nxt, iter(np.flatnonzero(table[nxt]).tolist())))
+    return out
+
+
+def json_value_key(value: Any) -> object:
+    """A key equal for JSON values that validators treat as equal under ``uniqueItems``:
+    numbers by value (``1 == 1.0``), booleans apart from numbers, objects regardless of key
+    order."""
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, (int, float)):
+        return ("number", Fraction(value))
+    if isinstance(value, str):
+        return ("string", value)
+    if value is None:
+        return ("null",)
+    if isinstance(value, list):
+        return ("array", tuple(json_value_key(v) for v in value))
+    return ("object", frozenset((k, json_value_key(v)) for k, v in value.items()))

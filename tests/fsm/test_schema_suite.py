@@ -20,7 +20,7 @@ MIN_VALID_RATE = {"const": 1.0, "enum": 1.0, "type": 1.0, "allOf": 1.0, "anyOf":
 MIN_COMPILED = {"not": 6, "if-then-else": 10, "oneOf": 8, "contains": 5, "minContains": 7,
                 "maxContains": 5, "patternProperties": 5, "dependentRequired": 4,
                 "dependentSchemas": 4, "format:hostname": 2, "format:uri-reference": 1,
-                "propertyNames": 4, "multipleOf": 1, "format:ipv6": 1}
+                "propertyNames": 4, "multipleOf": 1, "format:ipv6": 1, "uniqueItems": 4}
 
 
 def test_suite_is_present():

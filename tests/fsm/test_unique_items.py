@@ -13,8 +13,8 @@ import pytest
 from fsm_helpers import token_walk
 
 from radixrt.fsm import GrammarError
-from radixrt.fsm.schema_types import finite_texts, json_value_key
 from radixrt.fsm.json_schema import json_schema_to_ast
+from radixrt.fsm.schema_types import finite_texts, json_value_key
 
 POOL = [True, False, None, 0, 1, 1.0, 2, 5, 6, "admin", "editor", "viewer", "1", "x",
         [1, 2], {"a": 1, "b": 2}]

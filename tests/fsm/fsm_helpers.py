@@ -99,3 +99,18 @@ def token_walk(grammar, seed: int, jump_forward: bool = False, budget: int = 40,
 
 def bytes_of(grammar, ids: list[int]) -> bytes:
     return b"".join(grammar.vocab.token_bytes[i] for i in ids)
+
+
+# JSON schemas whose strings reach their length limits (where thousands of tokens end right
+# before the forced closing quote: the canonical-split tests walk them).
+LENGTH_LIMIT_SCHEMAS = [
+    {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                      "age": {"type": "integer"}},
+     "required": ["name", "age"], "additionalProperties": False},
+    {"type": "object", "properties": {"tags": {"type": "array", "maxItems": 3,
+                                               "items": {"type": "string", "maxLength": 6}}},
+     "required": ["tags"], "additionalProperties": False},
+    {"type": "array", "items": {"type": "object", "properties": {
+        "k": {"type": "string", "minLength": 2, "maxLength": 9}, "v": {"type": "number"}},
+        "required": ["k", "v"], "additionalProperties": False}, "maxItems": 2},
+]

@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+from fsm_helpers import LENGTH_LIMIT_SCHEMAS
 
 from radixrt.fsm import GrammarMatcher
 from radixrt.fsm import grammar as grammar_module
@@ -19,17 +20,7 @@ FORCED = [b'","age":', b'"}', b'"]', b'",', b'"},{"id":', b"x", b"s", b"re", b"1
           b" ", b"  x", b"\n", b"\n\n}", b"'s", b"'ll", b"\xc3\xa9t", b"\xe2\x80\x9c", b"--",
           b"-->", b".5", b"\x1c", b"<|im_end|>", b"|>", b'":', b'"}]}', b'"\xe2\x80\x9c',
           b"-\x1c", b"_>", b'"start']
-SCHEMAS = [
-    {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
-                                      "age": {"type": "integer"}},
-     "required": ["name", "age"], "additionalProperties": False},
-    {"type": "object", "properties": {"tags": {"type": "array", "maxItems": 3,
-                                               "items": {"type": "string", "maxLength": 6}}},
-     "required": ["tags"], "additionalProperties": False},
-    {"type": "array", "items": {"type": "object", "properties": {
-        "k": {"type": "string", "minLength": 2, "maxLength": 9}, "v": {"type": "number"}},
-        "required": ["k", "v"], "additionalProperties": False}, "maxItems": 2},
-]
+SCHEMAS = LENGTH_LIMIT_SCHEMAS
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from fsm_helpers import LENGTH_LIMIT_SCHEMAS
 
 from radixrt.fsm import GrammarMatcher
 from radixrt.fsm import grammar as grammar_module
@@ -41,17 +42,7 @@ FORCED = [b'","age":', b'"}', b'"]', b'",', b'"},{"id":', b'":', b'"}]}', b"x", 
           b"\xc3\xa9t", b"e\xcc\x81", b"\xcc\x81", b"\xe2\x80\x9c", b'"\xe2\x80\x9c', b"\xc5\xbf",
           b"--", b"-->", b".5", b"\x1c", b"-\x1c", b"_>", b'"start', EOS.encode(), b"|>",
           ADDED.encode(), b"ol>", b'"<tool>']
-SCHEMAS = [
-    {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
-                                      "age": {"type": "integer"}},
-     "required": ["name", "age"], "additionalProperties": False},
-    {"type": "object", "properties": {"tags": {"type": "array", "maxItems": 3,
-                                               "items": {"type": "string", "maxLength": 6}}},
-     "required": ["tags"], "additionalProperties": False},
-    {"type": "array", "items": {"type": "object", "properties": {
-        "k": {"type": "string", "minLength": 2, "maxLength": 9}, "v": {"type": "number"}},
-        "required": ["k", "v"], "additionalProperties": False}, "maxItems": 2},
-]
+SCHEMAS = LENGTH_LIMIT_SCHEMAS
 # Forced newlines (LF and CRLF) and tabs after free text, and punctuation right after it.
 REGEXES = [r'\{\n  "a": "[a-zA-Z ]{0,6}",\r\n\t"b": [0-9]{1,5}\n\}',
            r"(say|SAY) [a-z']{1,5}'(S|ll|re)!\n\n[A-Z]{1,3};"]

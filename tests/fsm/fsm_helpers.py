@@ -114,3 +114,15 @@ LENGTH_LIMIT_SCHEMAS = [
         "k": {"type": "string", "minLength": 2, "maxLength": 9}, "v": {"type": "number"}},
         "required": ["k", "v"], "additionalProperties": False}, "maxItems": 2},
 ]
+
+
+def walk_states(grammar, rng: random.Random, steps: int = 40) -> list[int]:
+    """The states of one random token walk (uniform over the allowed tokens)."""
+    m = GrammarMatcher(grammar)
+    out = []
+    for _ in range(steps):
+        if m.is_terminated():
+            break
+        out.append(m.state)
+        m.accept_token(rng.choice(m.allowed_token_ids()))
+    return out

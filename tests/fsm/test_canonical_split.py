@@ -7,9 +7,8 @@ import random
 
 import numpy as np
 import pytest
-from fsm_helpers import LENGTH_LIMIT_SCHEMAS
+from fsm_helpers import LENGTH_LIMIT_SCHEMAS, walk_states
 
-from radixrt.fsm import GrammarMatcher
 from radixrt.fsm import grammar as grammar_module
 from radixrt.fsm.canonical_split import SplitVerdicts
 from radixrt.fsm.utf8 import whole_chars_prefix
@@ -58,17 +57,6 @@ def test_rules_agree_with_the_tokenizer(compiler, split):
     assert split.forced_info(b"<|im_end|>") is None and split.forced_info(b"|>") is None
 
 
-def _walk_states(g, rng, steps=40):
-    m = GrammarMatcher(g)
-    out = []
-    for _ in range(steps):
-        if m.is_terminated():
-            break
-        out.append(m.state)
-        m.accept_token(rng.choice(m.allowed_token_ids()))
-    return out
-
-
 def test_masks_identical_to_tokenizer_verdicts(compiler, monkeypatch):
     """Random walks (including every state of the strings' length limits): the mask with the
     chunking rules equals the mask with every verdict from the tokenizer."""
@@ -76,7 +64,7 @@ def test_masks_identical_to_tokenizer_verdicts(compiler, monkeypatch):
     checked = 0
     for schema in SCHEMAS:
         g = compiler.compile("json_schema", schema)
-        states = {s for _ in range(4) for s in _walk_states(g, rng)}
+        states = {s for _ in range(4) for s in walk_states(g, rng)}
         for state in sorted(states):
             fast = g.allowed_token_ids(state)
             with monkeypatch.context() as mp:
@@ -101,7 +89,7 @@ def test_trie_walk_matches_byte_walk(compiler):
         True, True, True, False]  # at the limit no plain token is alive: walked
     s3 = g3.walk(g3.start_state, b'"')
     assert g3.trie._string_chain(g3._table_flat, s3) is None
-    cases = ((g, _walk_states(g, rng)[:8] + inside), (g2, [g2.walk(g2.start_state, b'"')]),
+    cases = ((g, walk_states(g, rng)[:8] + inside), (g2, [g2.walk(g2.start_state, b'"')]),
              (g3, [s3, g3.walk(s3, b"ab")]))
     for gr, states in cases:
         for state in states:

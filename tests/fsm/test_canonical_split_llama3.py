@@ -12,9 +12,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from fsm_helpers import LENGTH_LIMIT_SCHEMAS
+from fsm_helpers import LENGTH_LIMIT_SCHEMAS, walk_states
 
-from radixrt.fsm import GrammarMatcher
 from radixrt.fsm import grammar as grammar_module
 from radixrt.fsm.canonical_split import SplitVerdicts
 from radixrt.fsm.utf8 import whole_chars_prefix
@@ -220,17 +219,6 @@ def test_rules_agree_with_the_tokenizer(setups, name):
     assert not decided[0]
 
 
-def _walk_states(g, rng, steps=40):
-    m = GrammarMatcher(g)
-    out = []
-    for _ in range(steps):
-        if m.is_terminated():
-            break
-        out.append(m.state)
-        m.accept_token(rng.choice(m.allowed_token_ids()))
-    return out
-
-
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_masks_identical_to_tokenizer_verdicts(setups, name, monkeypatch):
     """Random walks through JSON schemas with length-limited strings and regexes with forced
@@ -242,7 +230,7 @@ def test_masks_identical_to_tokenizer_verdicts(setups, name, monkeypatch):
     grammars = [gc.compile("json_schema", s) for s in SCHEMAS]
     grammars += [gc.compile("regex", r) for r in REGEXES]
     for g in grammars:
-        states = {s for _ in range(6) for s in _walk_states(g, rng)}
+        states = {s for _ in range(6) for s in walk_states(g, rng)}
         for state in sorted(states):
             fast = g.allowed_token_ids(state)
             with monkeypatch.context() as mp:

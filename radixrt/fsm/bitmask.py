@@ -106,8 +106,10 @@ def _triton_kernel() -> Callable[..., None] | None:
     return apply_token_bitmask_triton
 
 
+@functools.cache
 def native_bitmask():
-    """The C library's ``radixrt_apply_bitmask_f32``, or None (warned once) without it."""
+    """The C library's ``radixrt_apply_bitmask_f32``, or None (warned once) without it; looked
+    up and typed once per process (every CPU mask application asks for it)."""
     from radixrt.native_build import load_c_library
 
     lib = load_c_library(_SOURCE, "radixrt_bitmask", "token bitmask (torch is used)")

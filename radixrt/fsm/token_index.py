@@ -101,8 +101,7 @@ class TokenTrie:
                 self.rest = TokenTrie(vocab, [i for i in ids if i not in plain_set], split=False,
                                       native=False)
         # The same walks in native code when it can be built (``trie_native``).
-        self.native = NativeTrie.build(self, self.rest, self.plain_ids, vocab.token_bytes) \
-            if native else None
+        self.native = NativeTrie.build(self, vocab.token_bytes) if native else None
 
     @classmethod
     def of(cls, vocab: Vocabulary) -> TokenTrie:

@@ -93,11 +93,10 @@ class _Arrays:
 
 
 class NativeTrie:
-    """A ``TokenTrie`` for the native walk; with ``rest`` (the trie without the plain tokens)
-    and the plain tokens, also the walk of a state inside a string (``string_walk``)."""
+    """A ``TokenTrie`` for the native walk; when it has the plain tokens apart (its ``rest``
+    trie and ``plain_ids``), also the walk of a state inside a string (``string_walk``)."""
 
-    def __init__(self, trie: TokenTrie, lib, rest: TokenTrie | None = None,
-                 plain_ids: np.ndarray | None = None, token_bytes: list[bytes] | None = None):
+    def __init__(self, trie: TokenTrie, lib, token_bytes: list[bytes]):
         self._lib = lib
         self.vocab_size = trie.vocab_size
         ids = trie.token_ids
@@ -105,27 +104,25 @@ class NativeTrie:
         # "no token"; the outputs also have a spare slot.
         self._out_len = max(self.vocab_size, int(ids.max()) + 1 if len(ids) else 1)
         self.full = _Arrays(trie, self._out_len)
-        self.rest = _Arrays(rest, self._out_len) if rest is not None else None
+        self.rest = _Arrays(trie.rest, self._out_len) if trie.rest is not None else None
         self._num_nodes = max(self.full.num_nodes, self.rest.num_nodes if self.rest else 0)
         self._max_level = max(self.full.max_level, self.rest.max_level if self.rest else 0)
         # The plain tokens (not in ``rest``): ids, lengths and first bytes.
-        plain = [] if plain_ids is None else np.asarray(plain_ids, np.int64).tolist()
-        self.plain_ids = np.asarray(plain, np.int32)
-        self.plain_len = np.asarray([len(token_bytes[i]) for i in plain], np.int32)
-        self.plain_first = np.asarray([token_bytes[i][0] for i in plain], np.uint8)
+        has_plain = trie.plain_ids is not None
+        self.plain_ids = (trie.plain_ids if has_plain else np.zeros(0)).astype(np.int32)
+        self.plain_len = (trie.plain_len if has_plain else np.zeros(0)).astype(np.int32)
+        self.plain_first = np.asarray([token_bytes[i][0] for i in self.plain_ids.tolist()],
+                                      np.uint8)
         self._buffers = threading.local()  # per thread: walks may run on several at once
 
     @classmethod
-    def build(cls, trie: TokenTrie, rest: TokenTrie | None = None,
-              plain_ids: np.ndarray | None = None,
-              token_bytes: list[bytes] | None = None) -> NativeTrie | None:
-        """``trie`` (with ``rest``, and the plain tokens ``plain_ids`` spelled by
-        ``token_bytes``, when given) for the native walk, or None when the native library is
-        unavailable."""
+    def build(cls, trie: TokenTrie, token_bytes: list[bytes]) -> NativeTrie | None:
+        """``trie`` (spelled by ``token_bytes``) for the native walk, or None when the native
+        library is unavailable."""
         lib = _library()
         if lib is None or trie.num_nodes >= 1 << 31:
             return None
-        return cls(trie, lib, rest, plain_ids, token_bytes)
+        return cls(trie, lib, token_bytes)
 
     def _scratch(self) -> _Scratch:
         got = getattr(self._buffers, "scratch", None)

@@ -126,3 +126,18 @@ def walk_states(grammar, rng: random.Random, steps: int = 40) -> list[int]:
         out.append(m.state)
         m.accept_token(rng.choice(m.allowed_token_ids()))
     return out
+
+
+def assert_split_verdicts_exact(grammar, states, monkeypatch, where) -> int:
+    """At each of ``states``, the allowed tokens with the chunking rules of
+    ``canonical_split`` equal those with every verdict from the tokenizer; returns how many
+    states were compared."""
+    from radixrt.fsm import grammar as grammar_module
+
+    for state in sorted(states):
+        fast = grammar.allowed_token_ids(state)
+        with monkeypatch.context() as mp:
+            mp.setattr(grammar_module.SplitVerdicts, "of", classmethod(lambda cls, v, e: None))
+            slow = grammar.allowed_token_ids(state)
+        assert np.array_equal(fast, slow), (where, state)
+    return len(states)

@@ -7,9 +7,8 @@ import random
 
 import numpy as np
 import pytest
-from fsm_helpers import LENGTH_LIMIT_SCHEMAS, walk_states
+from fsm_helpers import LENGTH_LIMIT_SCHEMAS, assert_split_verdicts_exact, walk_states
 
-from radixrt.fsm import grammar as grammar_module
 from radixrt.fsm.canonical_split import SplitVerdicts
 from radixrt.fsm.utf8 import whole_chars_prefix
 
@@ -65,13 +64,7 @@ def test_masks_identical_to_tokenizer_verdicts(compiler, monkeypatch):
     for schema in SCHEMAS:
         g = compiler.compile("json_schema", schema)
         states = {s for _ in range(4) for s in walk_states(g, rng)}
-        for state in sorted(states):
-            fast = g.allowed_token_ids(state)
-            with monkeypatch.context() as mp:
-                mp.setattr(grammar_module.SplitVerdicts, "of", classmethod(lambda cls, v, e: None))
-                slow = g.allowed_token_ids(state)
-            assert np.array_equal(fast, slow), (schema, state)
-            checked += 1
+        checked += assert_split_verdicts_exact(g, states, monkeypatch, schema)
     assert checked > 40
 
 

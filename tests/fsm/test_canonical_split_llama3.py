@@ -12,9 +12,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from fsm_helpers import LENGTH_LIMIT_SCHEMAS, walk_states
+from fsm_helpers import LENGTH_LIMIT_SCHEMAS, assert_split_verdicts_exact, walk_states
 
-from radixrt.fsm import grammar as grammar_module
 from radixrt.fsm.canonical_split import SplitVerdicts
 from radixrt.fsm.utf8 import whole_chars_prefix
 from radixrt.fsm.vocabulary import (
@@ -231,13 +230,7 @@ def test_masks_identical_to_tokenizer_verdicts(setups, name, monkeypatch):
     grammars += [gc.compile("regex", r) for r in REGEXES]
     for g in grammars:
         states = {s for _ in range(6) for s in walk_states(g, rng)}
-        for state in sorted(states):
-            fast = g.allowed_token_ids(state)
-            with monkeypatch.context() as mp:
-                mp.setattr(grammar_module.SplitVerdicts, "of", classmethod(lambda cls, v, e: None))
-                slow = g.allowed_token_ids(state)
-            assert np.array_equal(fast, slow), (name, g.spec, state)
-            checked += 1
+        checked += assert_split_verdicts_exact(g, states, monkeypatch, (name, g.spec))
     assert checked > 60
 
 

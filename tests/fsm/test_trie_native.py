@@ -8,8 +8,9 @@ import threading
 
 import numpy as np
 import pytest
+from fsm_helpers import walk_states
 
-from radixrt.fsm import GrammarMatcher, trie_native
+from radixrt.fsm import trie_native
 from radixrt.fsm.automaton import compile_regex_ast
 from radixrt.fsm.grammar import CompiledGrammar
 from radixrt.fsm.regex_parser import parse_regex
@@ -45,16 +46,9 @@ def tries(compiler):
 
 
 def _visited_states(grammar, walks: int = 4, steps: int = 50) -> list[int]:
-    seen: dict[int, None] = {grammar.start_state: None}
-    for seed in range(walks):
-        rng = random.Random(seed)
-        m = GrammarMatcher(grammar)
-        for _ in range(steps):
-            if m.is_terminated():
-                break
-            seen[m.state] = None
-            m.accept_token(rng.choice(m.allowed_token_ids()))
-    return list(seen)
+    """The states of ``walks`` random walks (seeds 0..), each once, the start state first."""
+    return list(dict.fromkeys(s for seed in range(walks)
+                              for s in walk_states(grammar, random.Random(seed), steps)))
 
 
 def _grammars(compiler):

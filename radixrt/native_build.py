@@ -43,6 +43,16 @@ def _cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "radixrt"
 
 
+def build_dir_for(content: bytes, *parts: str) -> Path:
+    """``$RADIXRT_CACHE_DIR/ext/<hash>``: the hash over ``content`` (the sources), ``parts``
+    (compiler, flags, versions) and the platform and machine, so a change to any of them
+    builds anew."""
+    h = hashlib.sha256(content)
+    for part in (*parts, sys.platform, os.uname().machine if hasattr(os, "uname") else ""):
+        h.update(b"\0" + part.encode())
+    return _cache_root() / "ext" / h.hexdigest()[:16]
+
+
 @contextlib.contextmanager
 def _build_lock(build_dir: Path):
     """Serialise builds of one build dir across processes with an flock, which the kernel drops
@@ -78,11 +88,7 @@ def build_c_library(source: Path, name: str, flags: tuple[str, ...] = ("-O3",)) 
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:
         raise RuntimeError(f"C++ compiler {cxx!r} not found")
-    h = hashlib.sha256(source.read_bytes())
-    for part in (cxx, " ".join(flags), sys.platform,
-                 os.uname().machine if hasattr(os, "uname") else ""):
-        h.update(b"\0" + part.encode())
-    build_dir = _cache_root() / "ext" / h.hexdigest()[:16]
+    build_dir = build_dir_for(source.read_bytes(), cxx, " ".join(flags))
     lib = build_dir / f"lib{name}.so"
     if lib.is_file():
         return lib
@@ -97,6 +103,7 @@ def build_c_library(source: Path, name: str, flags: tuple[str, ...] = ("-O3",)) 
                 raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-1500:]}")
             os.replace(tmp, lib)  # whole or absent, for processes that do not take the lock
     return lib
+
 
 def load_c_library(source: Path, name: str, what: str):
     """``build_c_library(source, name)`` loaded with ``ctypes``, once per process; None when it

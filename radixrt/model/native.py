@@ -29,7 +29,6 @@ int64 indices and no autograd; anything else silently takes the torch path):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -41,7 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from radixrt.native_build import _build_lock, _cache_root, _disabled_by_env
+from radixrt.native_build import _build_lock, _disabled_by_env, build_dir_for
 
 logger = logging.getLogger("radixrt.native")
 
@@ -58,12 +57,8 @@ _state: dict[str, object] = {"tried": False, "ops": None, "reason": "not loaded 
 
 
 def _build_dir(source: bytes) -> Path:
-    h = hashlib.sha256()
-    h.update(source)
-    for part in (torch.__version__, f"{sys.version_info[0]}.{sys.version_info[1]}",
-                 " ".join(_CFLAGS + _LDFLAGS), sys.platform, os.uname().machine if hasattr(os, "uname") else ""):
-        h.update(b"\0" + part.encode())
-    return _cache_root() / "ext" / h.hexdigest()[:16]
+    return build_dir_for(source, torch.__version__, f"{sys.version_info[0]}.{sys.version_info[1]}",
+                         " ".join(_CFLAGS + _LDFLAGS))
 
 
 def _build():
